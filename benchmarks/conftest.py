@@ -2,8 +2,8 @@
 
 Each benchmark measures its figure AND a same-run reference (memcpy of the same bytes, a plain
 matmul, the naive algorithm) and records both with :func:`record`, so the ratio means something
-on a noisy shared machine. The CI gate (benchmarks/gate.py) compares ``extra_info['ratio']``
-against the committed baseline, never absolute seconds.
+on a noisy shared machine. The CI gate (benchmarks/gate.py) compares ``extra_info['figure']`` of
+this tree against the reference commit's, both measured in the same run on the same machine.
 
 ``STEVE1_BENCH_QUICK=1`` shrinks problem sizes for CI; figures in benchmarks/results/ come from
 full runs.

@@ -1,234 +1,304 @@
-"""Benchmark regression gate: compare a pytest-benchmark run against the committed baseline.
+"""Benchmark regression gate: the code under test against a reference commit, side by side.
 
-Every benchmark records ``extra_info['ratio']`` = our throughput / a same-run reference
-throughput (memcpy of the same bytes, a plain matmul, the naive algorithm; see
-``benchmarks/conftest.py``). The gate compares those ratios, never seconds: CI and developer
-machines are shared and noisy (2 cores, other jobs running), so absolute times swing by 2x
-from one run to the next, while a ratio of two measurements taken side by side cancels most
-of the machine's speed and load. Higher is better.
+A ratio recorded on one machine does not hold on another (a tiny model's step against a matmul
+moves by 30% between two x86 generations), so the gate never compares with a figure measured
+elsewhere. It exports the reference commit named in ``benchmarks/reference.json`` into a
+temporary tree, then runs the quick benchmark suite of both trees on this machine, in this run,
+in the same Python environment, alternating base and head (B H H B B H ...) so that load drifts
+hit both. Each side runs its own ``benchmarks/`` against its own ``steve1`` (the tree is first on
+``sys.path``); benchmarks are matched by name.
 
-    python -m benchmarks.gate .benchmarks/quick.json            # check; exit 1 on regression
-    python -m benchmarks.gate run1.json run2.json run3.json --update   # refresh the baseline
+Per benchmark the gate compares each benchmark's throughput figure (``extra_info['figure']``,
+higher is better; see ``benchmarks/conftest.py``) over the repetitions:
 
-A benchmark fails when its ratio is below ``baseline * (1 - threshold)``; the threshold comes
-from ``--threshold``, else the entry's own ``"threshold"``, else the file's top-level one
-(0.25). Benchmarks absent from the baseline are reported as ``new`` (a warning); baseline
-entries absent from the run are ``missing`` (a warning, an error with ``--strict``).
+- ``change`` is the ratio of the medians, head / base, minus one;
+- each side's repetitions lose their one most extreme figure (the one farthest from the
+  median; from 4 repetitions on), since a stray slow run (a page-cache miss, a neighbour's
+  burst) would otherwise decide the verdict alone;
+- ``noise`` is the larger relative range (max - min) / median of the two sides' kept figures;
+- an entry whose noise exceeds the threshold cannot resolve a drop of that size: it is
+  reported as ``noisy``, not gated;
+- a gated entry FAILS when the change is below ``-threshold`` AND every kept head figure is
+  below every kept base figure (the drop stands clear of the run's own spread; with 4 kept
+  repetitions a side, chance alone orders them so 1 time in 70).
 
-Refreshing the baseline: run the quick suite three to five times on the machine kind CI uses
-(``STEVE1_BENCH_QUICK=1 pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/qN.json``)
-and pass all the files with ``--update``: each entry gets the median ratio of the runs and a
-``recorded`` note (date, machine, commit). Entries not in the runs are kept unless ``--prune``.
+Same-run references inside each benchmark (memcpy, matmul, plain decode) stay in the results
+as figures; they are not the gate's yardstick.
 
-Exit status: 0 pass, 1 regression (or missing entries with ``--strict``), 2 unusable input.
+    python -m benchmarks.gate                      # head = this working tree, base = reference.json
+    python -m benchmarks.gate --base HEAD~3 --reps 6 -k policy --json out.json
+
+Exit status: 0 pass, 1 regression, 2 unusable input (no reference, a side that fails to run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import shutil
 import statistics
+import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_BASELINE = Path(__file__).resolve().parent / "baseline.json"
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference.json"
 DEFAULT_THRESHOLD = 0.25
+DEFAULT_REPS = 5
+QUICK_ENV = {"STEVE1_BENCH_QUICK": "1"}
 
 
 class GateError(Exception):
-    """Input the gate cannot judge: a missing file, bad JSON, a benchmark without a ratio."""
+    """Input the gate cannot judge: no reference commit, a side whose benchmarks fail to run."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The commit the code under test is measured against, and why it was chosen."""
+
+    commit: str
+    reason: str
+    moved: str
+
+
+def read_reference(path: Path = REFERENCE_FILE) -> Reference:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GateError(f"{path}: no such file; it names the reference commit (keys commit, reason, moved)") from None
+    except json.JSONDecodeError as exc:
+        raise GateError(f"{path}: not valid JSON ({exc})") from None
+    missing = [k for k in ("commit", "reason", "moved") if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise GateError(f"{path}: needs non-empty string(s) {', '.join(missing)}, got {data!r}")
+    return Reference(data["commit"], data["reason"], data["moved"])
+
+
+def resolve_commit(repo: Path, ref: str) -> str:
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GateError(f"reference {ref!r} is not a commit of {repo} (a shallow clone? `git fetch --unshallow`)")
+    return proc.stdout.strip()
+
+
+def export_tree(repo: Path, commit: str, dest: Path) -> Path:
+    """The commit's tracked files in ``dest`` (git archive: no worktree metadata left behind)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=repo, capture_output=True)
+    if archive.returncode != 0:
+        raise GateError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def side_env(tree: Path) -> dict[str, str]:
+    """Environment for one side: its tree first on sys.path, quick sizes, nothing else changed."""
+    env = dict(os.environ, **QUICK_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def check_import_origin(tree: Path) -> None:
+    """Refuse to measure when ``steve1`` would not come from ``tree`` (an install shadowing it)."""
+    proc = subprocess.run([sys.executable, "-c", "import steve1, sys; sys.stdout.write(steve1.__file__)"],
+                          cwd=tree, env=side_env(tree), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GateError(f"{tree}: `import steve1` fails there:\n{proc.stderr.strip()[-2000:]}")
+    origin = Path(proc.stdout).resolve()
+    if not origin.is_relative_to(tree.resolve()):
+        raise GateError(f"{tree}: `import steve1` loads {origin}, not this tree's copy")
+
+
+def run_side(tree: Path, out_json: Path, select: str | None, log: Path) -> dict[str, dict]:
+    """One quick-suite run of ``tree``'s benchmarks; ``{fullname: extra_info}`` (empty: none collected)."""
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", f"--benchmark-json={out_json}",
+           "-q", "-p", "no:cacheprovider"]
+    if select:
+        cmd += ["-k", select]
+    with log.open("a") as fh:
+        fh.write(f"\n$ (cd {tree} && {' '.join(cmd)})\n")
+        fh.flush()
+        rc = subprocess.run(cmd, cwd=tree, env=side_env(tree), stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc == 5:  # pytest: nothing collected
+        return {}
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise GateError(f"the benchmarks of {tree} failed (pytest exit {rc}); last lines of {log}:\n{tail}")
+    data = json.loads(out_json.read_text())
+    return {b.get("fullname") or b["name"]: b.get("extra_info") or {} for b in data.get("benchmarks", [])}
+
+
+@dataclass
+class Samples:
+    """One benchmark's figures over the repetitions, per side."""
+
+    unit: str = ""
+    base: list[float] = field(default_factory=list)
+    head: list[float] = field(default_factory=list)
+
+
+def _figure(name: str, info: dict) -> float:
+    value = info.get("figure")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise GateError(f"benchmark {name!r} recorded no positive extra_info['figure'] (got {value!r}); "
+                        "every benchmark must call benchmarks.conftest.record(...)")
+    return float(value)
+
+
+def measure(base: Path, head: Path, reps: int, select: str | None, workdir: Path,
+            progress=print) -> dict[str, Samples]:
+    """``reps`` runs of each side, interleaved B H H B B H ...; figures by benchmark name."""
+    samples: dict[str, Samples] = {}
+    log = workdir / "gate.log"
+    for i in range(reps):
+        order = (("base", base), ("head", head)) if i % 2 == 0 else (("head", head), ("base", base))
+        for side, tree in order:
+            t0 = time.perf_counter()
+            infos = run_side(tree, workdir / f"{side}-{i}.json", select, log)
+            progress(f"gate: repetition {i + 1}/{reps} {side}: {len(infos)} benchmark(s) in "
+                     f"{time.perf_counter() - t0:.0f} s")
+            for name, info in infos.items():
+                entry = samples.setdefault(name, Samples(unit=str(info.get("unit", ""))))
+                getattr(entry, side).append(_figure(name, info))
+    return samples
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
-    baseline: float | None
-    current: float | None
-    threshold: float
-    verdict: str  # ok | better | REGRESSION | new | missing
-
-    @property
-    def change(self) -> float | None:
-        if self.baseline is None or self.current is None or self.baseline == 0:
-            return None
-        return self.current / self.baseline - 1.0
+    unit: str
+    base: float | None   # median figure
+    head: float | None
+    change: float | None  # head / base - 1
+    noise: float | None   # larger relative range of the two sides' kept figures
+    verdict: str          # ok | faster | SLOWER | noisy | new | gone
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GateError(f"{path}: no such file (did the benchmark run write --benchmark-json there?)") from None
-    except json.JSONDecodeError as exc:
-        raise GateError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise GateError(f"{path}: expected a JSON object at the top level")
-    return data
+def _relative_range(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
-def read_run(path: Path) -> tuple[dict[str, float], dict]:
-    """Ratios by benchmark fullname from one ``--benchmark-json`` file, and the run's metadata."""
-    data = _read_json(path)
-    if not isinstance(data.get("benchmarks"), list):
-        raise GateError(f"{path}: no 'benchmarks' list; is this a pytest-benchmark --benchmark-json file?")
-    ratios: dict[str, float] = {}
-    for bench in data["benchmarks"]:
-        name = bench.get("fullname") or bench.get("name") or "<unnamed>"
-        ratio = (bench.get("extra_info") or {}).get("ratio")
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not math.isfinite(ratio):
-            raise GateError(
-                f"{path}: benchmark {name!r} has no usable extra_info['ratio'] (got {ratio!r}); "
-                "every benchmark must call benchmarks.conftest.record(...) with a positive reference")
-        ratios[name] = float(ratio)
-    return ratios, data
+def trimmed(values: list[float]) -> list[float]:
+    """``values`` without the one farthest from their median (kept whole below 4 values)."""
+    if len(values) < 4:
+        return list(values)
+    median = statistics.median(values)
+    drop = max(range(len(values)), key=lambda i: abs(values[i] - median))
+    return [v for i, v in enumerate(values) if i != drop]
 
 
-def read_runs(paths: list[Path]) -> tuple[dict[str, float], list[dict]]:
-    """Median ratio per benchmark over several runs (one run: its own ratios)."""
-    samples: dict[str, list[float]] = {}
-    metas = []
-    for path in paths:
-        ratios, meta = read_run(path)
-        metas.append(meta)
-        for name, ratio in ratios.items():
-            samples.setdefault(name, []).append(ratio)
-    return {name: statistics.median(vals) for name, vals in samples.items()}, metas
-
-
-def read_baseline(path: Path) -> dict:
-    if not path.exists():
-        return {"threshold": DEFAULT_THRESHOLD, "benchmarks": {}}
-    data = _read_json(path)
-    threshold = data.get("threshold", DEFAULT_THRESHOLD)
-    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
-        raise GateError(f"{path}: 'threshold' must be a number in [0, 1), got {threshold!r}")
-    entries = data.get("benchmarks", {})
-    if not isinstance(entries, dict):
-        raise GateError(f"{path}: 'benchmarks' must be an object of name -> {{'ratio': ...}}")
-    for name, entry in entries.items():
-        ratio = entry.get("ratio") if isinstance(entry, dict) else None
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0:
-            raise GateError(f"{path}: baseline entry {name!r} needs a positive 'ratio', got {entry!r}")
-    return {"threshold": float(threshold), "benchmarks": entries}
-
-
-def _short(fullname: str) -> str:
-    return fullname.rsplit("::", 1)[-1]
-
-
-def compare(current: dict[str, float], baseline: dict, threshold: float | None = None) -> list[Row]:
-    """One row per benchmark in the run or the baseline; baseline keys match fullname or short name."""
-    entries = baseline["benchmarks"]
-    rows: list[Row] = []
-    matched: set[str] = set()
-    for name in sorted(current):
-        key = name if name in entries else _short(name) if _short(name) in entries else None
-        cur = current[name]
-        if key is None:
-            rows.append(Row(name, None, cur, threshold or baseline["threshold"], "new"))
+def judge(samples: dict[str, Samples], threshold: float) -> list[Row]:
+    rows = []
+    for name in sorted(samples):
+        s = samples[name]
+        if not s.base or not s.head:
+            median = statistics.median(s.base or s.head)
+            rows.append(Row(name, s.unit, median if s.base else None, median if s.head else None, None, None,
+                            "new" if s.head else "gone"))
             continue
-        matched.add(key)
-        entry = entries[key]
-        limit = threshold if threshold is not None else float(entry.get("threshold", baseline["threshold"]))
-        base = float(entry["ratio"])
-        verdict = "REGRESSION" if cur < base * (1.0 - limit) else "better" if cur > base else "ok"
-        rows.append(Row(name, base, cur, limit, verdict))
-    for key in sorted(set(entries) - matched):
-        rows.append(Row(key, float(entries[key]["ratio"]), None, baseline["threshold"], "missing"))
+        base, head = statistics.median(s.base), statistics.median(s.head)
+        change = head / base - 1.0
+        kept_base, kept_head = trimmed(s.base), trimmed(s.head)
+        noise = max(_relative_range(kept_base), _relative_range(kept_head))
+        if noise > threshold:
+            verdict = "noisy"
+        elif change < -threshold and max(kept_head) < min(kept_base):
+            verdict = "SLOWER"
+        elif change > threshold and min(kept_head) > max(kept_base):
+            verdict = "faster"
+        else:
+            verdict = "ok"
+        rows.append(Row(name, s.unit, base, head, change, noise, verdict))
     return rows
 
 
-def format_table(rows: list[Row]) -> str:
+def format_table(rows: list[Row], threshold: float) -> str:
     def num(x: float | None) -> str:
-        return "-" if x is None else f"{x:.3f}"
+        return "-" if x is None else f"{x:,.4g}"
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:+.1%}"
 
-    table = [("benchmark", "baseline", "current", "change", "allowed", "verdict")]
-    table += [(r.name, num(r.baseline), num(r.current), pct(r.change), f"-{r.threshold:.0%}", r.verdict)
-              for r in rows]
+    table = [("benchmark", "unit", "base", "head", "change", "noise", "verdict")]
+    table += [(r.name.split("::", 1)[-1], r.unit, num(r.base), num(r.head), pct(r.change),
+               "-" if r.noise is None else f"{r.noise:.0%}", r.verdict) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"(medians of the repetitions; fail: change below -{threshold:.0%} with every kept head figure "
+                 f"below every kept base one; noise above {threshold:.0%}: reported, not gated)")
     return "\n".join(lines)
-
-
-def _recorded(meta: dict) -> str:
-    machine = meta.get("machine_info") or {}
-    cpu = (machine.get("cpu") or {}).get("brand_raw") or machine.get("processor") or "?"
-    info = meta.get("commit_info") or {}
-    commit = info.get("id") or "?"
-    commit = "no-git" if commit == "unversioned" else commit[:10] + ("+dirty" if info.get("dirty") else "")
-    date = (meta.get("datetime") or "?")[:10]
-    return f"{date} {machine.get('node', '?')} ({cpu}) {commit}"
-
-
-def update_baseline(path: Path, current: dict[str, float], metas: list[dict], *,
-                    threshold: float | None = None, prune: bool = False) -> dict:
-    """Write the run's (median) ratios into the baseline file and return the new content."""
-    old = read_baseline(path)
-    entries = {} if prune else dict(old["benchmarks"])
-    note = _recorded(metas[-1]) if metas else "?"
-    if len(metas) > 1:
-        note += f" median of {len(metas)} runs"
-    for name, ratio in current.items():
-        entries[name] = {"ratio": round(ratio, 6), "recorded": note}
-    new = {"threshold": threshold if threshold is not None else old["threshold"],
-           "benchmarks": dict(sorted(entries.items()))}
-    path.write_text(json.dumps(new, indent=2) + "\n")
-    return new
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path,
-                        help="pytest-benchmark --benchmark-json file(s); several are reduced to the median")
-    parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="baseline JSON (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="allowed relative drop of the ratio, e.g. 0.25 (default: the baseline file's)")
-    parser.add_argument("--strict", action="store_true", help="fail when a baseline entry is missing from the run")
-    parser.add_argument("--update", action="store_true", help="write the run's ratios into the baseline and exit")
-    parser.add_argument("--prune", action="store_true", help="with --update: drop entries absent from the run")
+    parser.add_argument("--base", default=None,
+                        help="reference commit (default: the one in benchmarks/reference.json)")
+    parser.add_argument("--head", type=Path, default=REPO,
+                        help="tree of the code under test (default: this working tree, %(default)s)")
+    parser.add_argument("--repo", type=Path, default=REPO, help="git repository holding the base commit")
+    parser.add_argument("--reps", type=int, default=DEFAULT_REPS, help="repetitions per side (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="largest tolerated drop of a figure, e.g. 0.25 (default: %(default)s)")
+    parser.add_argument("-k", dest="select", default=None, help="pytest -k expression: gate only these benchmarks")
+    parser.add_argument("--json", type=Path, default=None, help="also write every sample and verdict here")
     args = parser.parse_args(argv)
-    if args.threshold is not None and not 0 <= args.threshold < 1:
-        parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
+    if not 0 < args.threshold < 1:
+        parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.reps < 2:
+        parser.error(f"--reps must be at least 2 (the noise needs two repetitions), got {args.reps}")
 
+    workdir = Path(tempfile.mkdtemp(prefix="steve1-gate-"))
     try:
-        current, metas = read_runs(args.results)
-        if args.update:
-            new = update_baseline(args.baseline, current, metas, threshold=args.threshold, prune=args.prune)
-            print(f"wrote {len(current)} ratio(s) to {args.baseline} ({len(new['benchmarks'])} entries in all)")
-            return 0
-        baseline = read_baseline(args.baseline)
+        if args.base is None:
+            ref = read_reference()
+            base_ref, why = ref.commit, f"benchmarks/reference.json (moved {ref.moved}: {ref.reason})"
+        else:
+            base_ref, why = args.base, "--base"
+        commit = resolve_commit(args.repo, base_ref)
+        head = args.head.resolve()
+        print(f"gate: base {commit[:12]} from {why}")
+        print(f"gate: head {head}; {args.reps} repetitions a side, interleaved, threshold {args.threshold:.0%}")
+        base = export_tree(args.repo, commit, workdir / "base")
+        for tree in (base, head):
+            check_import_origin(tree)
+        samples = measure(base, head, args.reps, args.select, workdir)
     except GateError as exc:
         print(f"gate: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if (workdir / "gate.log").exists() and args.json:
+            shutil.copy(workdir / "gate.log", args.json.with_suffix(".log"))
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    rows = compare(current, baseline, args.threshold)
-    if rows:
-        print(format_table(rows))
-    else:
-        print("gate: the run has no benchmarks and the baseline no entries: nothing to compare")
-    new = [r.name for r in rows if r.verdict == "new"]
-    missing = [r.name for r in rows if r.verdict == "missing"]
-    regressions = [r.name for r in rows if r.verdict == "REGRESSION"]
-    if new:
-        print(f"warning: {len(new)} benchmark(s) not in the baseline {args.baseline} "
-              "(refresh it with --update): " + ", ".join(new))
-    if missing:
-        print(f"{'error' if args.strict else 'warning'}: {len(missing)} baseline entr"
-              f"{'y' if len(missing) == 1 else 'ies'} not in this run: " + ", ".join(missing))
-    if regressions:
-        print(f"FAIL: {len(regressions)} regression(s) beyond the allowed drop: " + ", ".join(regressions))
+    rows = judge(samples, args.threshold)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "base": commit, "head": str(head), "reps": args.reps, "threshold": args.threshold,
+            "samples": {k: asdict(v) for k, v in samples.items()}, "rows": [asdict(r) for r in rows]}, indent=1))
+    if not rows:
+        print("gate: no benchmark collected on either side: nothing to compare")
+        return 0
+    print(format_table(rows, args.threshold))
+    for verdict, what in (("noisy", "too noisy in this run to resolve the threshold, reported only"),
+                          ("new", "only in head, not compared"), ("gone", "only in base, not compared")):
+        names = [r.name for r in rows if r.verdict == verdict]
+        if names:
+            print(f"note: {len(names)} {what}: " + ", ".join(names))
+    slower = [r.name for r in rows if r.verdict == "SLOWER"]
+    if slower:
+        print(f"FAIL: {len(slower)} benchmark(s) slower than base beyond {args.threshold:.0%}: " + ", ".join(slower))
         return 1
-    if missing and args.strict:
-        return 1
-    print(f"gate: pass ({sum(r.verdict in ('ok', 'better') for r in rows)} compared)")
+    gated = sum(r.verdict in ("ok", "faster") for r in rows)
+    print(f"gate: pass ({gated} gated, {len(rows) - gated} reported only)")
     return 0
 
 

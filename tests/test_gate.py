@@ -1,4 +1,4 @@
-"""benchmarks/gate.py on crafted pytest-benchmark JSON files."""
+"""benchmarks/gate.py: the verdict rule on crafted samples, and real side-by-side runs on this machine."""
 
 from __future__ import annotations
 
@@ -16,140 +16,143 @@ gate = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = gate  # dataclasses look their module up there
 _spec.loader.exec_module(gate)
 
-A = "benchmarks/test_loader.py::test_loader[quick]"
-B = "benchmarks/test_forward.py::test_forward"
+NAME = "benchmarks/test_x.py::test_x"
 
 
-def write_run(path: Path, ratios: dict[str, float | None], commit: str = "0123456789abcdef") -> Path:
-    benches = []
-    for fullname, ratio in ratios.items():
-        extra = {} if ratio is None else {"figure": ratio * 10, "reference": 10.0, "ratio": ratio,
-                                          "unit": "frames/s", "reference_name": "memcpy", "quick": True}
-        benches.append({"group": None, "name": fullname.rsplit("::", 1)[-1], "fullname": fullname,
-                        "stats": {"mean": 0.01}, "extra_info": extra})
-    path.write_text(json.dumps({
-        "machine_info": {"node": "ci-box", "cpu": {"brand_raw": "Test CPU"}},
-        "commit_info": {"id": commit}, "datetime": "2026-11-23T12:00:00", "benchmarks": benches}))
-    return path
+def verdict(base: list[float], head: list[float], threshold: float = 0.25) -> str:
+    (row,) = gate.judge({NAME: gate.Samples("frames/s", base, head)}, threshold)
+    return row.verdict
 
 
-def write_baseline(path: Path, ratios: dict[str, float], threshold: float = 0.25) -> Path:
-    path.write_text(json.dumps({"threshold": threshold,
-                                "benchmarks": {k: {"ratio": v, "recorded": "x"} for k, v in ratios.items()}}))
-    return path
+def test_same_figures_pass():
+    assert verdict([100, 104, 98, 101, 99], [99, 103, 100, 102, 97]) == "ok"
 
 
-@pytest.fixture
-def baseline(tmp_path: Path) -> Path:
-    return write_baseline(tmp_path / "baseline.json", {A: 2.0, B: 0.5})
+def test_a_third_slower_beyond_the_spread_fails():
+    assert verdict([100, 104, 98, 101, 99], [67, 69, 66, 68, 65]) == "SLOWER"
 
 
-def run_gate(*args) -> int:
-    return gate.main([str(a) for a in args])
+def test_a_drop_inside_the_threshold_passes():
+    assert verdict([100, 104, 98, 101, 99], [82, 80, 84, 81, 83]) == "ok"  # -19%
 
 
-def test_within_threshold_passes(tmp_path, baseline, capsys):
-    run = write_run(tmp_path / "run.json", {A: 1.6, B: 0.5})  # A: -20%, allowed -25%
-    assert run_gate(run, "--baseline", baseline) == 0
-    out = capsys.readouterr().out
-    assert "benchmark" in out and "baseline" in out and "-20.0%" in out and "gate: pass" in out
+def test_a_drop_overlapping_the_spread_passes():
+    # medians -32%, but a kept head figure (78) is above a kept base one (76): not clear of the noise
+    base, head = [75, 76, 100, 101, 102], [60, 65, 68, 78, 79]
+    assert verdict(base, head, threshold=0.3) == "ok"
 
 
-def test_regression_beyond_threshold_fails(tmp_path, baseline, capsys):
-    run = write_run(tmp_path / "run.json", {A: 1.4, B: 0.5})  # A: -30%
-    assert run_gate(run, "--baseline", baseline) == 1
-    out = capsys.readouterr().out
-    assert "REGRESSION" in out and "FAIL" in out and A in out
+def test_one_stray_repetition_neither_hides_nor_fakes_a_regression():
+    # a stray fast head run (page cache) is trimmed: the slowdown is still caught
+    assert verdict([100, 104, 98, 101, 99], [67, 69, 66, 99, 65]) == "SLOWER"
+    # a stray slow base run does not make an unchanged head look faster or a head slower
+    assert verdict([100, 104, 40, 101, 99], [99, 103, 100, 102, 97]) == "ok"
 
 
-def test_threshold_option_overrides_file(tmp_path, baseline):
-    run = write_run(tmp_path / "run.json", {A: 1.4, B: 0.5})
-    assert run_gate(run, "--baseline", baseline, "--threshold", "0.4") == 0
-    assert run_gate(run, "--baseline", write_baseline(tmp_path / "b2.json", {A: 2.0}, threshold=0.1)) == 1
+def test_noise_beyond_the_threshold_is_reported_not_gated():
+    assert verdict([100, 150, 60, 120, 80], [40, 50, 30, 45, 35]) == "noisy"
 
 
-def test_improvement_passes(tmp_path, baseline, capsys):
-    run = write_run(tmp_path / "run.json", {A: 5.0, B: 0.9})
-    assert run_gate(run, "--baseline", baseline) == 0
-    assert "better" in capsys.readouterr().out
+def test_faster_is_reported():
+    assert verdict([100, 104, 98, 101, 99], [150, 155, 149, 152, 151]) == "faster"
 
 
-def test_short_name_in_baseline_matches(tmp_path):
-    base = write_baseline(tmp_path / "baseline.json", {"test_forward": 1.0})
-    assert run_gate(write_run(tmp_path / "run.json", {B: 0.5}), "--baseline", base) == 1
+def test_benchmarks_on_one_side_only_are_not_compared():
+    rows = gate.judge({"a": gate.Samples("x", [1.0, 2.0], []), "b": gate.Samples("x", [], [3.0, 3.0])}, 0.25)
+    assert [(r.name, r.verdict, r.base, r.head) for r in rows] == [("a", "gone", 1.5, None), ("b", "new", None, 3.0)]
 
 
-def test_missing_entries_warn_or_fail_with_strict(tmp_path, baseline, capsys):
-    run = write_run(tmp_path / "run.json", {A: 2.0, "benchmarks/test_new.py::test_new": 1.0})
-    assert run_gate(run, "--baseline", baseline) == 0
-    out = capsys.readouterr().out
-    assert "not in the baseline" in out and "test_new" in out
-    assert "not in this run" in out and B in out
-    assert run_gate(run, "--baseline", baseline, "--strict") == 1
+def test_trimmed_drops_only_the_farthest_from_the_median():
+    assert gate.trimmed([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert gate.trimmed([10.0, 11.0, 9.0, 30.0]) == [10.0, 11.0, 9.0]
 
 
-def test_empty_baseline_passes_with_warnings(tmp_path, capsys):
-    base = tmp_path / "baseline.json"
-    base.write_text(json.dumps({"threshold": 0.25, "benchmarks": {}}))
-    assert run_gate(write_run(tmp_path / "run.json", {A: 1.0}), "--baseline", base) == 0
-    assert "warning" in capsys.readouterr().out
-
-
-def test_committed_baseline_is_valid():
-    data = gate.read_baseline(gate.DEFAULT_BASELINE)
-    assert 0 < data["threshold"] < 1
-
-
-def test_update_writes_median_of_runs(tmp_path, capsys):
-    base = write_baseline(tmp_path / "baseline.json", {"benchmarks/old.py::test_old": 3.0}, threshold=0.3)
-    runs = [write_run(tmp_path / f"r{i}.json", {A: r, B: 0.5}, commit="abcdef1234567") for i, r in
-            enumerate([1.0, 3.0, 2.0])]
-    assert run_gate(*runs, "--baseline", base, "--update") == 0
-    data = json.loads(base.read_text())
-    assert data["threshold"] == 0.3
-    assert data["benchmarks"][A]["ratio"] == 2.0
-    assert data["benchmarks"][B]["ratio"] == 0.5
-    assert data["benchmarks"]["benchmarks/old.py::test_old"]["ratio"] == 3.0  # kept without --prune
-    recorded = data["benchmarks"][A]["recorded"]
-    assert "2026-11-23" in recorded and "ci-box" in recorded and "abcdef1234" in recorded and "median of 3" in recorded
-    # the refreshed baseline passes the same run
-    assert run_gate(runs[2], "--baseline", base) == 0
-
-    assert run_gate(runs[0], "--baseline", base, "--update", "--prune", "--threshold", "0.2") == 0
-    data = json.loads(base.read_text())
-    assert set(data["benchmarks"]) == {A, B} and data["threshold"] == 0.2
-
-
-def test_missing_ratio_is_a_clear_error(tmp_path, baseline, capsys):
-    run = write_run(tmp_path / "run.json", {A: 2.0, B: None})
-    assert run_gate(run, "--baseline", baseline) == 2
-    err = capsys.readouterr().err
-    assert B in err and "extra_info['ratio']" in err
+def test_committed_reference_is_a_commit_of_this_repository():
+    ref = gate.read_reference()
+    assert len(ref.commit) == 40 and ref.reason and ref.moved
+    assert gate.resolve_commit(REPO, ref.commit) == ref.commit
 
 
 @pytest.mark.parametrize("content, message", [
     ("not json", "not valid JSON"),
-    ('{"benchmarks": 3}', "no 'benchmarks' list"),
+    ('{"commit": "abc"}', "reason, moved"),
 ])
-def test_bad_files_are_clear_errors(tmp_path, baseline, capsys, content, message):
-    path = tmp_path / "run.json"
+def test_bad_reference_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "reference.json"
     path.write_text(content)
-    assert run_gate(path, "--baseline", baseline) == 2
-    assert message in capsys.readouterr().err
-    assert run_gate(tmp_path / "absent.json", "--baseline", baseline) == 2
-    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(gate.GateError, match=message):
+        gate.read_reference(path)
+    with pytest.raises(gate.GateError, match="no such file"):
+        gate.read_reference(tmp_path / "absent.json")
 
 
-def test_bad_baseline_entry_is_a_clear_error(tmp_path, capsys):
-    base = tmp_path / "baseline.json"
-    base.write_text(json.dumps({"threshold": 0.25, "benchmarks": {A: {"recorded": "x"}}}))
-    assert run_gate(write_run(tmp_path / "run.json", {A: 1.0}), "--baseline", base) == 2
-    assert A in capsys.readouterr().err
+def test_unknown_base_is_a_clear_error(capsys):
+    assert gate.main(["--base", "no-such-ref-anywhere", "--reps", "2"]) == 2
+    assert "no-such-ref-anywhere" in capsys.readouterr().err
 
 
-def test_cli_module_entry_point(tmp_path, baseline):
-    run = write_run(tmp_path / "run.json", {A: 1.0, B: 0.5})
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate", str(run), "--baseline", str(baseline)],
-                          cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stderr
-    assert "REGRESSION" in proc.stdout
+def test_figure_must_be_recorded():
+    with pytest.raises(gate.GateError, match="extra_info\\['figure'\\]"):
+        gate._figure(NAME, {"ratio": 1.0})
+
+
+# --- real runs: base and head measured side by side on this machine --------------------------------------------
+
+# A benchmark whose figure is steady on a shared 2-core VM (frames per CPU-second of an HDF5 gzip write;
+# its noise stays at a few percent in the gate's own runs): the gate must resolve a 1.5x slowdown there.
+SELECT = "test_codec_bytes_per_frame and gzip"
+SLOWDOWN = '''
+
+def _injected_slowdown(fn, factor):
+    """Test-only: make ``fn`` take ``factor`` times its CPU time (a busy wait, so CPU-time figures see it)."""
+    import functools
+    import time
+
+    @functools.wraps(fn)
+    def slow(*args, **kwargs):
+        t0 = time.process_time()
+        out = fn(*args, **kwargs)
+        until = t0 + factor * (time.process_time() - t0)
+        while time.process_time() < until:
+            pass
+        return out
+    return slow
+
+
+write_episode = _injected_slowdown(write_episode, 1.5)
+'''
+
+
+@pytest.fixture(scope="module")
+def head_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"not a git checkout: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def run_gate(tmp_path: Path, base: str, head: Path) -> tuple[int, dict]:
+    out = tmp_path / "gate.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gate", "--base", base, "--head", str(head), "--reps", "4",
+                           "-k", SELECT, "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    print(proc.stdout)
+    result = json.loads(out.read_text())
+    (row,) = [r for r in result["rows"] if "gzip" in r["name"]]
+    return proc.returncode, row
+
+
+def test_gate_passes_when_base_and_head_are_the_same_code(tmp_path, head_commit):
+    head = gate.export_tree(REPO, head_commit, tmp_path / "head")
+    rc, row = run_gate(tmp_path, head_commit, head)
+    assert rc == 0 and row["verdict"] != "SLOWER", row
+
+
+def test_gate_fails_for_an_injected_one_and_a_half_times_slowdown(tmp_path, head_commit):
+    head = gate.export_tree(REPO, head_commit, tmp_path / "head")
+    with (head / "steve1" / "data" / "episodes.py").open("a") as fh:
+        fh.write(SLOWDOWN)
+    rc, row = run_gate(tmp_path, head_commit, head)
+    assert row["noise"] <= 0.25, f"the benchmark was too noisy in this run to test the gate: {row}"
+    assert rc == 1 and row["verdict"] == "SLOWER", row
+    assert row["change"] == pytest.approx(-1 / 3, abs=0.1)
