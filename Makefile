@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-all bench env clean-venv
+.PHONY: repro test test-all bench env clean-venv dvc-yaml
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ env: $(STAMP)
 # dvc.yaml's commands say `python`: the environment's bin goes first on PATH
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# dvc.yaml is generated (steve1/pipeline.py): stage code deps are what each stage imports
+dvc-yaml: $(STAMP)
+	$(BIN)/python -m steve1.pipeline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q

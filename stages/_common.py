@@ -10,14 +10,25 @@ from typing import Callable, Optional, Sequence
 from steve1.params import Params, ParamsError, load_params
 
 
-def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``--params``, validate params.yaml before any work, run ``body``; return an exit code."""
+def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence[str]] = None,
+              check: Optional[Callable[[Params], None]] = None) -> int:
+    """Parse ``--params``, validate params.yaml before any work, run ``body``; return an exit code.
+
+    ``check`` validates what the schema cannot without importing the library (official file
+    names, freeze groups); it raises ``ValueError`` with a line made by ``describe_invalid``, reported
+    like a schema error, before any work.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"steve1 {name} stage")
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     try:
         params = load_params(args.params)
+        if check is not None:
+            try:
+                check(params)
+            except ValueError as exc:
+                raise ParamsError(f"{args.params} is invalid:\n  {exc}") from None
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Prior stage: train the text-to-goal CVAE -> ``<paths.models>/prior.pt`` + ``prior_metrics.json``.
+"""Prior stage: train the text-to-goal CVAE -> ``Layout.prior`` + ``Layout.prior_metrics``.
 
 With no ``prior.data``/``annotations``/``annotations_file`` the embedded episodes are paired with
 toy prompts and the metrics say ``"toy": true``.
@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
 from steve1.eval.prompt import mineclip_text_encoder
+from steve1.layout import Layout
 from steve1.params import Params
 from steve1.train.prior import PriorDataError, fit_prior
 
@@ -18,7 +19,8 @@ def _body(params: Params) -> None:
     e = params.embed
     device = "cpu" if e.device == "auto" else e.device
     try:
-        metrics = fit_prior(params.prior, params.paths.embeds, params.paths.models,
+        layout = Layout.from_params(params)
+        metrics = fit_prior(params.prior, layout.embeds, layout.prior, layout.prior_metrics,
                             lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device))
     except (PriorDataError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None

@@ -1,6 +1,6 @@
 """Report stage: dataset summaries and Evidently drift between train and val (and an earlier sampling).
 
-Writes ``<paths.reports>/summary.json`` (DVC metrics) and ``<paths.reports>/data/`` (drift HTML/JSON,
+Writes ``Layout.report_summary`` (DVC metrics) and ``Layout.report_data`` (drift HTML/JSON,
 per-split tables). Detected drift is a warning, or with ``report.on_drift: fail`` a non-zero exit
 after the reports are written, so the evidence is on disk either way.
 """
@@ -8,23 +8,22 @@ after the reports are written, so the evidence is on disk either way.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
-from steve1.eval.drift import DATA_DIR, SUMMARY, DriftInputError, build_report
+from steve1.eval.drift import DriftInputError, build_report
+from steve1.layout import Layout
 from steve1.params import Params
 
 log = logging.getLogger("stages.report")
 
 
 def _body(params: Params) -> None:
-    rp, paths = params.report, params.paths
+    rp, layout = params.report, Layout.from_params(params)
     try:
         summary = build_report(
-            episodes_dir=paths.episodes, embeds_dir=paths.embeds,
-            sampling_path=Path(paths.samplings) / f"{params.sample.name}.json",
-            out_dir=paths.reports, reference_sampling=rp.reference_sampling,
+            episodes_dir=layout.episodes, embeds_dir=layout.embeds, sampling_path=layout.sampling,
+            summary_path=layout.report_summary, data_dir=layout.report_data, reference_sampling=rp.reference_sampling,
             drift_share_threshold=rp.drift_share_threshold, column_threshold=rp.column_threshold,
             max_steps_per_split=rp.max_steps_per_split, n_components=rp.n_components, seed=rp.seed,
         )
@@ -37,13 +36,13 @@ def _body(params: Params) -> None:
                  c["n_columns"], c["drift_share"], rp.drift_share_threshold)
     drifted = [f"{name} ({c['drift_share']:.3f}: {', '.join(c['drifted_columns'])})"
                for name, c in summary["comparisons"].items() if c["drift_detected"]]
-    where = Path(paths.reports) / DATA_DIR
+    where = layout.report_data
     if drifted and rp.on_drift == "fail":
         raise StageError(f"drift above report.drift_share_threshold={rp.drift_share_threshold} in "
                          f"{'; '.join(drifted)}; see {where}/drift*.html (set report.on_drift: warn to continue)")
     if drifted:
         log.warning("drift detected in %s; see %s/drift*.html", "; ".join(drifted), where)
-    log.info("wrote %s and %s", Path(paths.reports) / SUMMARY, where)
+    log.info("wrote %s and %s", layout.report_summary, where)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""Sample stage: train/val split by frame budgets and chunk index -> <paths.samplings>/<name>.json.
+"""Sample stage: train/val split by frame budgets and chunk index -> ``Layout.sampling``.
 
 With ``sample.mix`` the split draws from several episode sets (see ``steve1.data.sampling``).
 """
@@ -9,12 +9,14 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
 from steve1.data.sampling import SamplingError, run_sampling
+from steve1.layout import Layout
 from steve1.params import Params
 
 
 def _body(params: Params) -> None:
     try:
-        run_sampling(params.sample, params.paths.episodes, params.paths.embeds, params.paths.samplings)
+        layout = Layout.from_params(params)
+        run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling)
     except (SamplingError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None
 

@@ -12,9 +12,17 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
 from steve1.models.checkpoints import CheckpointMismatchError
-from steve1.params import Params
+from steve1.params import Params, describe_invalid
 from steve1.train.accelerator import AcceleratorConfigError
+from steve1.train.freeze import check_freeze_names
 from steve1.train.trainer import NonFiniteLossError, train
+
+
+def check(params: Params) -> None:
+    try:
+        check_freeze_names(params.train.freeze)
+    except ValueError as exc:
+        raise ValueError(describe_invalid("train.freeze", params.train.freeze, str(exc))) from None
 
 
 def _body(params: Params) -> None:
@@ -30,7 +38,7 @@ def _body(params: Params) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_stage("train", _body, argv)
+    return run_stage("train", _body, argv, check)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,17 @@ import logging
 
 from stages._common import StageError, run_stage
 from steve1.data.download import RetryPolicy
-from steve1.models.official_files import WeightsError, ensure_official_files
-from steve1.params import Params
+from steve1.models.official_files import OFFICIAL_FILES, WeightsError, ensure_official_files
+from steve1.params import Params, describe_invalid
 
 log = logging.getLogger("stages.weights")
+
+
+def check(params: Params) -> None:
+    unknown = [f for f in params.weights.files if f not in OFFICIAL_FILES]
+    if unknown:
+        raise ValueError(describe_invalid("weights.files", params.weights.files,
+                                          f"unknown official file(s) {unknown}; expected some of {sorted(OFFICIAL_FILES)}"))
 
 
 def _body(params: Params) -> None:
@@ -25,7 +32,7 @@ def _body(params: Params) -> None:
 
 
 def main(argv=None) -> int:
-    return run_stage("weights", _body, argv)
+    return run_stage("weights", _body, argv, check)
 
 
 if __name__ == "__main__":

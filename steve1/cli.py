@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from steve1.params import DecodeParams, EmbedParams, RolloutParams
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 # stage name -> (module, one-line help). Each module has ``main(argv) -> int``.
@@ -29,6 +31,11 @@ STAGES: dict[str, tuple[str, str]] = {
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="path to params.yaml")
 
 
+def _default(section: type, key: str):
+    """The schema's default of ``section.key``: single-file commands default like the stages."""
+    return section.model_fields[key].default
+
+
 def _stage_command(module: str):
     def command(params: Path = PARAMS_OPTION) -> None:
         code = importlib.import_module(module).main(["--params", str(params)])
@@ -46,8 +53,10 @@ def decode_one(
     video: Path = typer.Argument(..., exists=True, dir_okay=False, help="recording .mp4 (640x360, 20 fps)"),
     actions: Path = typer.Argument(..., exists=True, dir_okay=False, help="its contractor .jsonl"),
     out: Path = typer.Argument(..., help="episode .h5 to write"),
-    camera_int_truncation: bool = typer.Option(False, "--camera-int-truncation", help="the official int64 camera truncation"),
-    codec: str = typer.Option("lzf", "--codec", help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd"),
+    camera_int_truncation: bool = typer.Option(_default(DecodeParams, "camera_int_truncation"), "--camera-int-truncation",
+                                               help="the official int64 camera truncation"),
+    codec: str = typer.Option(_default(DecodeParams, "frame_codec"), "--codec",
+                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd (decode.frame_codec)"),
     cursor_png: Optional[Path] = typer.Option(None, "--cursor-png", help="official mouse_cursor_white_16x16.png"),
 ) -> None:
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
@@ -55,7 +64,6 @@ def decode_one(
     from steve1.io import sha256_file
     from steve1.data.episodes import write_episode
     from steve1.data import formats as F
-    from steve1.params import DecodeParams
 
     if codec not in F.CODECS:
         typer.echo(f"error: --codec {codec!r} is not a frame codec; expected one of {', '.join(F.CODECS)}", err=True)
@@ -78,17 +86,19 @@ def import_recordings(
     src_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="one folder per episode"),
     out_dir: Path = typer.Argument(..., help="episodes folder of its own: <OUT_DIR>/<id>.h5 + manifest.json"),
     fmt: str = typer.Option("auto", "--format", help="auto, frames (frames/*.png + actions.jsonl) or minerl (MineRL v0.4)"),
-    codec: str = typer.Option("lzf", "--codec", help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd"),
+    codec: str = typer.Option(_default(DecodeParams, "frame_codec"), "--codec",
+                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd (decode.frame_codec)"),
     video_dir: Optional[Path] = typer.Option(None, "--video-dir", help="companion videos for the embed stage (default <OUT_DIR>/raw)"),
     fps: float = typer.Option(20.0, "--fps", help="frame rate of PNG-frame recordings"),
-    camera_int_truncation: bool = typer.Option(False, "--camera-int-truncation", help="contractor lines: the official int64 camera truncation"),
-    min_kept_steps: int = typer.Option(1, "--min-kept-steps", min=1, help="skip episodes with fewer non-null steps"),
+    camera_int_truncation: bool = typer.Option(_default(DecodeParams, "camera_int_truncation"), "--camera-int-truncation",
+                                               help="contractor lines: the official int64 camera truncation"),
+    min_kept_steps: int = typer.Option(_default(DecodeParams, "min_kept_steps"), "--min-kept-steps", min=1,
+                                       help="skip episodes with fewer non-null steps"),
 ) -> None:
     """Import custom recordings (PNG frames + actions.jsonl, or MineRL v0.4 trajectories) as HDF5 episodes;
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
     from steve1.data import formats as F
     from steve1.data.custom import FORMATS, import_all
-    from steve1.params import DecodeParams
 
     if fmt not in FORMATS or codec not in F.CODECS:
         typer.echo(f"error: --format {fmt!r} / --codec {codec!r}: expected --format in {', '.join(FORMATS)} "
@@ -112,8 +122,9 @@ def embed_text(
     text: str = typer.Argument(..., help="the instruction, e.g. \"chop a tree\""),
     weights: Optional[Path] = typer.Option(None, "--weights", exists=True, dir_okay=False,
                                            help="official MineCLIP attn.pth; without it a seeded random MineCLIP"),
-    preset: str = typer.Option("tiny", "--preset", help="random MineCLIP architecture without --weights: tiny or full"),
-    seed: int = typer.Option(0, "--seed", help="seed of the random MineCLIP"),
+    preset: str = typer.Option(_default(EmbedParams, "preset"), "--preset",
+                               help="random MineCLIP architecture without --weights: tiny or full"),
+    seed: int = typer.Option(_default(EmbedParams, "seed"), "--seed", help="seed of the random MineCLIP"),
     out: Optional[Path] = typer.Option(None, "--out", help="save the float32 [512] embedding as .npy"),
 ) -> None:
     """MineCLIP text embedding of one instruction (printed, or saved with --out)."""
@@ -147,19 +158,31 @@ def _emit_vector(vec, out: Optional[Path], text: str, what: str, label: str) -> 
 @app.command("prompt")
 def prompt(
     text: str = typer.Argument(..., help="the instruction, e.g. \"chop a tree\""),
-    prior: Path = typer.Option(Path("models/prior.pt"), "--prior", help="prior weights (ours or the official steve1_prior.pt)"),
+    prior: Optional[Path] = typer.Option(None, "--prior", help="prior weights (ours or the official steve1_prior.pt); "
+                                                               "default: the prior stage's output for --params"),
+    params: Path = PARAMS_OPTION,
     mineclip_weights: Optional[Path] = typer.Option(None, "--mineclip-weights", exists=True, dir_okay=False,
                                                     help="official MineCLIP attn.pth; without it the seeded random MineCLIP"),
-    preset: str = typer.Option("tiny", "--preset", help="random MineCLIP architecture without --mineclip-weights"),
-    mineclip_seed: int = typer.Option(0, "--mineclip-seed", help="seed of the random MineCLIP"),
-    seed: int = typer.Option(0, "--seed", help="seed of the prior sample"),
-    deterministic: bool = typer.Option(False, "--deterministic", help="decode the prior mean instead of sampling"),
+    preset: str = typer.Option(_default(EmbedParams, "preset"), "--preset",
+                               help="random MineCLIP architecture without --mineclip-weights"),
+    mineclip_seed: int = typer.Option(_default(EmbedParams, "seed"), "--mineclip-seed", help="seed of the random MineCLIP"),
+    seed: int = typer.Option(_default(RolloutParams, "prior_seed"), "--seed", help="seed of the prior sample"),
+    deterministic: bool = typer.Option(_default(RolloutParams, "prior_deterministic"), "--deterministic",
+                                       help="decode the prior mean instead of sampling"),
     out: Optional[Path] = typer.Option(None, "--out", help="save the float32 [512] goal embedding as .npy"),
 ) -> None:
     """Goal embedding of a text prompt: MineCLIP text embedding, then the prior (seeded sample or mean)."""
     from steve1.eval.prompt import mineclip_text_encoder, prompt_to_goal
+    from steve1.layout import Layout
     from steve1.models.prior import load_prior
+    from steve1.params import Params, ParamsError, load_params
 
+    try:
+        if prior is None:
+            prior = Layout.from_params(load_params(params) if params.is_file() else Params()).prior
+    except ParamsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     try:
         encoder, weights_id = mineclip_text_encoder(str(mineclip_weights) if mineclip_weights else None, preset, mineclip_seed)
         goal = prompt_to_goal([text], encoder, load_prior(prior), seed=seed, deterministic=deterministic)[0]
@@ -175,7 +198,7 @@ def rollout(
     params: Path = PARAMS_OPTION,
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="override rollout.n_episodes"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override rollout.steps"),
-    out: Optional[Path] = typer.Option(None, "--out", help="results folder (default <paths.eval>/rollouts/<name>)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder (default: the rollout layout of --params)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
     """MineRL HumanSurvival rollouts with programmatic metrics and videos (needs steve1[rollout];

@@ -8,7 +8,7 @@ what was expected. Each section is a model of its own; stages read only their se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
@@ -18,10 +18,28 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_accepts_bool(a) for a in get_args(annotation) if a is not type(None))
+
+
 class Section(BaseModel):
     """Base for every section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        """YAML's true/false are not numbers: pydantic would read ``learning_rate: true`` as 1.0."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"key '{name}' is {str(value).lower()} (a boolean); expected "
+                                     f"{getattr(field.annotation, '__name__', field.annotation)}")
+        return data
 
 
 class Paths(Section):
@@ -68,11 +86,14 @@ class DownloadParams(Section):
         return self
 
 
+FrameCodec = Literal["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd"]  # HDF5 filters: steve1.data.formats
+
+
 class DecodeParams(Section):
     """Convert mp4 + jsonl to HDF5 episodes."""
 
     camera_int_truncation: bool = Field(False, description="reproduce the official int64 camera truncation bit-for-bit (a known bug)")
-    frame_codec: Literal["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd"] = Field("blosc-lz4", description="HDF5 compression of the frames dataset")
+    frame_codec: FrameCodec = Field("blosc-lz4", description="HDF5 compression of the frames dataset")
     codec_level: int = Field(1, ge=0, le=9, description="compression level for gzip/blosc codecs")
     chunk_frames: int = Field(64, ge=1, le=4096, description="frames per HDF5 chunk")
     workers: int = Field(1, ge=1, le=256, description="episodes decoded in parallel processes")
@@ -102,14 +123,6 @@ class WeightsParams(Section):
     retries: int = Field(5, ge=0, le=100, description="retries per file on connection errors")
     timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="socket timeout per request")
 
-    @model_validator(mode="after")
-    def _known_files(self) -> "WeightsParams":
-        from steve1.models.official_files import OFFICIAL_FILES
-
-        unknown = [f for f in self.files if f not in OFFICIAL_FILES]
-        if unknown:
-            raise ValueError(f"unknown official file(s) {unknown}; expected some of {sorted(OFFICIAL_FILES)}")
-        return self
 
 
 class MixSet(Section):
@@ -312,9 +325,6 @@ class TrainParams(Section):
             raise ValueError(f"warmup_frames ({self.warmup_frames}) must be below 1.1 x n_frames ({self.n_frames})")
         if self.grad_norm_range[0] >= self.grad_norm_range[1]:
             raise ValueError(f"grad_norm_range {list(self.grad_norm_range)} must be [low, high] with low < high")
-        from steve1.train.freeze import check_freeze_names
-
-        check_freeze_names(self.freeze)
         return self
 
 
@@ -340,9 +350,9 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
-    """The whole of params.yaml."""
+    """The whole of params.yaml. Every random source is seeded by its own section's ``seed`` (there is
+    no global seed: one would have to override or be overridden by each of them)."""
 
-    seed: int = Field(0, ge=0, description="global seed; sections may override")
     learning_rate: float = Field(4e-5, gt=0.0, le=1.0, description="train stage learning rate (top level so `dvc exp run -S learning_rate=...` works)")
     paths: Paths = Field(default_factory=Paths)
     source: SourceParams = Field(default_factory=SourceParams)
@@ -374,12 +384,19 @@ class Params(Section):
         return self.train.T if self.train.T is not None else self.sample.T
 
 
+def describe_invalid(key: str, value: Any, why: str) -> str:
+    """One line of a params error: the key, its value and what was expected."""
+    return f"key '{key}': value {value!r} is invalid: {why}"
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}' (value {err['input']!r}); check the spelling against params.yaml's documented keys"
-    value = err.get("input")
-    return f"key '{key}': value {value!r} is invalid: {err['msg']}"
+    if isinstance(err.get("input"), dict):  # a rule over a section's keys: its message names them
+        where = f"section '{key}'" if err["loc"] else "params"
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+    return describe_invalid(key, err.get("input"), err["msg"])
 
 
 def validate_params(raw: Any, origin: str = "params.yaml") -> Params:

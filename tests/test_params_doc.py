@@ -27,7 +27,7 @@ def test_readme_table_matches_schema(repo_root):
 
 
 def test_check_fails_on_a_stale_table(tmp_path, repo_root):
-    text = (repo_root / "README.md").read_text().replace("| `seed` |", "| `seeds` |", 1)
+    text = (repo_root / "README.md").read_text().replace("| `learning_rate` |", "| `learning_rates` |", 1)
     (tmp_path / "README.md").write_text(text)
     assert main(["--check", str(tmp_path / "README.md")]) == 1
     (tmp_path / "none.md").write_text("no table")

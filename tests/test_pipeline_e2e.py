@@ -1,6 +1,7 @@
 """End to end at toy size: `dvc repro` runs every stage from a fresh copy, a second run does
 nothing, a param change reruns only its dependents, and `dvc exp run -S learning_rate=...`
-shows up in `dvc exp show`.
+shows up in `dvc exp show`; editing a module makes exactly the stages that import it stale; the
+data stages run again from nothing give the same bytes.
 
 The copy is the project's tracked and untracked-but-not-ignored files, in a new git repo, with
 the project's virtual environment on PATH (what `make repro` sets up).
@@ -8,7 +9,9 @@ the project's virtual environment on PATH (what `make repro` sets up).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +19,9 @@ import pytest
 import yaml
 
 from fixtures.project import commit, copy_project, init_git, project_env, run as _run
+from steve1.layout import Layout
+from steve1.params import load_params
+from steve1.pipeline import ImportGraph, stages
 
 STAGES = ["make-source", "weights", "download", "decode", "embed", "sample", "train", "prior", "evaluate", "report"]
 
@@ -75,3 +81,45 @@ def _experiment_with(shown: list[dict], **params) -> dict:
                 if all(values.get(k) == v for k, v in params.items()):
                     return rev
     raise AssertionError(f"no experiment with {params} in dvc exp show: {json.dumps(shown)[:2000]}")
+
+
+def _stale(root: Path, env: dict[str, str]) -> set[str]:
+    """Stages `dvc status` reports as changed (their own deps or params, not what is downstream)."""
+    out = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout or "{}"))
+
+
+@pytest.mark.parametrize("module", ["steve1/data/sampling.py", "steve1/data/formats.py", "steve1/params.py",
+                                    "steve1/models/vpt.py"])
+def test_editing_a_module_makes_exactly_its_importers_stale(project, module):
+    root, env = project
+    assert _stale(root, env) == set()
+    path = root / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        expected = {s.name for s in stages() if module in ImportGraph(root).deps(s.module)}
+        assert expected and _stale(root, env) == expected
+    finally:
+        path.write_bytes(original)
+    assert _stale(root, env) == set()
+
+
+def _digests(root: Path, folders: list[Path]) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def test_data_stages_from_nothing_give_the_same_bytes(project):
+    root, env = project
+    layout = Layout.from_params(load_params(root / "params.yaml"))
+    folders = [layout.source, layout.raw, layout.episodes, layout.embeds, layout.samplings]
+    before = _digests(root, folders)
+    assert any(k.endswith(".h5") for k in before) and any(k.endswith("manifest.json") for k in before)
+    lock = (root / "dvc.lock").read_text()
+    for folder in folders:
+        shutil.rmtree(root / folder)
+    out = _run(["dvc", "repro", "--force", "sample"], root, env)
+    assert {"make-source", "download", "decode", "embed", "sample"} <= _ran(out), out[-3000:]
+    assert _digests(root, folders) == before
+    assert (root / "dvc.lock").read_text() == lock    # same md5 of every output

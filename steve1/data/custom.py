@@ -33,7 +33,6 @@ import logging
 import math
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -50,6 +49,7 @@ from steve1.data.recording import RecordingActions, RecordingError, convert_reco
 from steve1.data.video import (ReadStats, VideoError, composite_cursor, cursor_position, iter_kept_bgr,
                                load_cursor, probe_video, to_rgb_resized)
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
+from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
 
 log = logging.getLogger(__name__)
@@ -383,10 +383,11 @@ def source_digests(src: CustomSource) -> tuple[str, str]:
 
 
 def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: DecodeParams, base: dict[str, Any],
-                fps: float) -> dict[str, Any]:
-    t0 = time.monotonic()
+                fps: float) -> tuple[dict[str, Any], bool]:
+    """The episode's manifest row (sources and settings only) and whether its file was kept."""
     row: dict[str, Any] = {"status": "skipped", "reason": None, "format": src.format, "n_lines": None,
-                           "n_frames_video": None, "n_kept": None, "reused": False}
+                           "n_frames_video": None, "n_kept": None}
+    reused = False
     dest, video_out = episode_path(out_dir, src.episode_id), video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}"
     try:
         if src.format is None:
@@ -402,16 +403,15 @@ def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: Dec
                 return import_frames_episode(src.folder, src.episode_id, settings, video_out, fps, {**origin, **attrs})
             return import_minerl_episode(src.folder, src.episode_id, settings, video_out, {**origin, **attrs})
 
-        counts, row["reused"] = write_or_reuse(dest, settings, conversion, frames_sha, actions_sha, make,
-                                               reusable=video_out.is_file())
+        counts, reused = write_or_reuse(dest, settings, conversion, frames_sha, actions_sha, make,
+                                        reusable=video_out.is_file())
         row.update(status="ok", n_lines=counts["n_lines"], n_frames_video=counts["n_frames_video"],
                    n_kept=counts["n_kept"])
     except DecodeSkip as exc:
         row["reason"] = str(exc)
         dest.unlink(missing_ok=True)          # an old episode of a now-bad source is stale
         video_out.unlink(missing_ok=True)
-    row["seconds"] = round(time.monotonic() - t0, 3)
-    return row
+    return row, reused
 
 
 def _previous_rows(manifest: Path) -> dict[str, dict[str, Any]]:
@@ -441,7 +441,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     video_dir = Path(video_dir) if video_dir is not None else out_dir / "raw"
     if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps {fps!r} must be a positive number")
-    manifest = out_dir / F.DECODE_MANIFEST
+    manifest = out_dir / MANIFEST
     rows = _previous_rows(manifest)
     sources = find_custom_sources(src_dir, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,9 +451,9 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     base = {**conversion_settings(settings), "import_version": IMPORT_VERSION}
     report = DecodeReport(manifest)
     for src in tqdm(sources, desc="import", unit="ep", disable=not progress):
-        row = report.rows[src.episode_id] = rows[src.episode_id] = _import_one(src, out_dir, video_dir, settings,
-                                                                                base, fps)
-        report.reused += bool(row.get("reused"))
+        row, reused = _import_one(src, out_dir, video_dir, settings, base, fps)
+        report.rows[src.episode_id] = rows[src.episode_id] = row
+        report.reused += reused
         if row["status"] != "ok":
             log.warning("%s skipped: %s", src.episode_id, row["reason"])
     write_json_atomic(manifest, {"format_version": F.DECODE_MANIFEST_VERSION, "importer": IMPORTER,

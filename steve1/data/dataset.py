@@ -51,6 +51,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeFormatError
 from steve1.data.sampling import MAIN_SET, Chunk, episode_files, load_sampling, set_dirs, split_chunks, split_key
+from steve1.params import SampleParams
+
+_SAMPLE = SampleParams()  # goal-gap defaults of samplings written before they were recorded
 
 GapDist = Literal["uniform", "geometric"]
 
@@ -165,7 +168,8 @@ class ChunkDataset(Dataset):
     """
 
     def __init__(self, chunks: Sequence[Chunk], episodes_dir: str | Path, embeds_dir: str | Path, *,
-                 seed: int, min_btwn_goals: int = 15, max_btwn_goals: int = 200, p_uncond: float = 0.1,
+                 seed: int, min_btwn_goals: int = _SAMPLE.min_btwn_goals, max_btwn_goals: int = _SAMPLE.max_btwn_goals,
+                 p_uncond: float = 0.1,
                  gap_dist: GapDist = "uniform", official_goal_lag: bool = False,
                  lengths: Optional[dict[str, int]] = None, max_open_files: int = 64,
                  sets: Optional[dict[str, tuple[str | Path, str | Path]]] = None):
@@ -409,8 +413,8 @@ def make_dataloader(sampling: str | Path | dict[str, Any], split: str, episodes_
     dirs = set_dirs(data, episodes_dir, embeds_dir, set_dirs_override)
     main_episodes, main_embeds = dirs.pop(MAIN_SET)
     ds = ChunkDataset(chunks, main_episodes, main_embeds, sets=dirs, seed=seed,
-                      min_btwn_goals=min_btwn_goals if min_btwn_goals is not None else sp.get("min_btwn_goals", 15),
-                      max_btwn_goals=max_btwn_goals if max_btwn_goals is not None else sp.get("max_btwn_goals", 200),
+                      min_btwn_goals=min_btwn_goals if min_btwn_goals is not None else sp.get("min_btwn_goals", _SAMPLE.min_btwn_goals),
+                      max_btwn_goals=max_btwn_goals if max_btwn_goals is not None else sp.get("max_btwn_goals", _SAMPLE.max_btwn_goals),
                       p_uncond=p_uncond, gap_dist=gap_dist, official_goal_lag=official_goal_lag,
                       lengths=data.get("lengths"))
     sampler = ChunkBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size,

@@ -12,7 +12,6 @@ import concurrent.futures as cf
 import json
 import logging
 import multiprocessing
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,6 +26,7 @@ from steve1.data.episodes import Episode, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import ReadStats, VideoError, iter_kept_bgr, load_cursor, probe_video, to_rgb_resized
 from steve1.io import remove_stale_temps, sha256_file, write_json_atomic
+from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def find_sources(raw_dir: str | Path) -> list[Source]:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: raw recordings folder not found (run the download stage)")
-    manifest = raw_dir / F.RAW_MANIFEST
+    manifest = raw_dir / MANIFEST
     if manifest.is_file():
         try:
             episodes = json.loads(manifest.read_text())["episodes"]
@@ -199,17 +199,18 @@ def write_or_reuse(dest: Path, settings: DecodeParams, conversion: str, video_sh
 
 
 def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: str) -> dict[str, Any]:
-    """Decode one source into ``out_dir`` (or keep the matching file); return its manifest row."""
-    t0 = time.monotonic()
+    """Decode one source into ``out_dir`` (or keep the matching file); return its manifest row and
+    whether the file was kept (reported, never written: the manifest is a DVC output)."""
     row: dict[str, Any] = {"status": "skipped", "reason": None, "n_lines": None, "n_frames_video": None,
-                           "n_kept": None, "reused": False}
+                           "n_kept": None}
+    reused = False
     dest = episode_path(out_dir, src.episode_id)
     try:
         for p in (src.video, src.jsonl):
             if not p.is_file():
                 raise DecodeSkip(f"missing pair: {p.name} not found")
         origin = {F.A_SOURCE_URL: src.url or "", F.A_RECORDER_VERSION: src.version or ""}
-        counts, row["reused"] = write_or_reuse(
+        counts, reused = write_or_reuse(
             dest, settings, conversion, sha256_file(src.video), sha256_file(src.jsonl),
             lambda attrs: decode_recording(src.video, src.jsonl, src.episode_id, settings, {**origin, **attrs}))
         row.update(status="ok", n_lines=counts["n_lines"], n_frames_video=counts["n_frames_video"],
@@ -217,8 +218,7 @@ def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: 
     except DecodeSkip as exc:
         row["reason"] = str(exc)
         dest.unlink(missing_ok=True)      # an old episode of a now-bad recording is stale
-    row["seconds"] = round(time.monotonic() - t0, 3)
-    return row
+    return row, reused
 
 
 def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
@@ -235,21 +235,22 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     for p in stale:   # episodes whose recording left the raw folder
         p.unlink()
     conversion = json.dumps(conversion_settings(settings), sort_keys=True)
-    report = DecodeReport(out_dir / F.DECODE_MANIFEST, removed=len(stale))
+    report = DecodeReport(out_dir / MANIFEST, removed=len(stale))
     bar = tqdm(total=len(sources), desc="decode", unit="ep", disable=not progress)
     if settings.workers == 1 or len(sources) <= 1:
         for src in sources:
-            report.rows[src.episode_id] = _decode_one(src, out_dir, settings, conversion)
+            report.rows[src.episode_id], reused = _decode_one(src, out_dir, settings, conversion)
+            report.reused += reused
             bar.update()
     else:
         ctx = multiprocessing.get_context("spawn")   # cv2/FFmpeg threads and fork do not mix
         with cf.ProcessPoolExecutor(settings.workers, mp_context=ctx) as pool:
             futures = {pool.submit(_decode_one, s, out_dir, settings, conversion): s for s in sources}
             for fut in cf.as_completed(futures):
-                report.rows[futures[fut].episode_id] = fut.result()
+                report.rows[futures[fut].episode_id], reused = fut.result()
+                report.reused += reused
                 bar.update()
     bar.close()
-    report.reused = sum(r["reused"] for r in report.rows.values())
     write_json_atomic(report.manifest_path, {
         "format_version": F.DECODE_MANIFEST_VERSION,
         "conversion": json.loads(conversion),

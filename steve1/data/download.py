@@ -34,11 +34,11 @@ from steve1.data.formats import (
     PART_SUFFIX,
     RAW_ACTIONS_SUFFIX,
     RAW_FORMAT_VERSION,
-    RAW_MANIFEST,
     RAW_VIDEO_SUFFIX,
 )
 from steve1.data.index import Entry, Index, file_url_path, load_indices, select_entries
 from steve1.data.video import VideoError, probe_video
+from steve1.layout import MANIFEST
 from steve1.io import remove_stale_temps, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,9 @@ def _still_ok(record: Optional[dict], entry: Entry, paths: dict[str, Path]) -> b
 def fetch_episode(
     entry: Entry, raw_dir: Path, policy: RetryPolicy, on_bytes: OnBytes = lambda n: None
 ) -> dict[str, Any]:
-    """Fetch and verify one episode; return its manifest record (never raises for a bad episode)."""
-    t0 = time.monotonic()
+    """Fetch and verify one episode; return its manifest record (never raises for a bad episode).
+
+    The record holds only what the sources determine (no timings): the manifest is a DVC output."""
     paths = episode_paths(raw_dir, entry.episode_id)
     urls = {"mp4": entry.mp4_url, "jsonl": entry.jsonl_url}
     record: dict[str, Any] = {"url": entry.mp4_url, "version": entry.version}
@@ -291,7 +292,6 @@ def fetch_episode(
             bytes={k: r.bytes for k, r in results.items()},
             sha256={k: r.sha256 for k, r in results.items()},
         )
-    record["seconds"] = round(time.monotonic() - t0, 3)
     return record
 
 
@@ -300,7 +300,7 @@ def fetch_episode(
 
 def read_manifest(raw_dir: Path) -> dict[str, Any]:
     """The previous run's manifest, or an empty one when absent or unreadable."""
-    path = raw_dir / RAW_MANIFEST
+    path = raw_dir / MANIFEST
     try:
         data = json.loads(path.read_text())
         if data.get("format_version") == RAW_FORMAT_VERSION and isinstance(data.get("episodes"), dict):
@@ -408,7 +408,7 @@ def download_entries(
     selected = {e.episode_id for e in entries}
     if len(selected) != len(entries):
         raise ValueError("download_entries: episode ids must be unique (select_entries guarantees it)")
-    report = DownloadReport(raw_dir / RAW_MANIFEST, {}, removed_files=_remove_unselected(raw_dir, selected))
+    report = DownloadReport(raw_dir / MANIFEST, {}, removed_files=_remove_unselected(raw_dir, selected))
     writer = _ManifestWriter(report.manifest_path, header or {})
     lock = threading.Lock()
     bar = tqdm(total=len(entries), unit="ep", desc="download", disable=not progress, dynamic_ncols=True)

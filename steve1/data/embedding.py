@@ -28,11 +28,11 @@ from tqdm import tqdm
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
 from steve1.io import remove_stale_temps, write_json_atomic
+from steve1.layout import MANIFEST
 from steve1.models.mineclip import MineCLIP, WeightsInfo, build_mineclip, load_attn_pth, random_weights_info
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 POOL_BATCH = 256                       # windows per temporal-pooling call
 _DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, get_args
 
 # Blosc decompresses with this many threads (c-blosc reads BLOSC_NTHREADS at every call): 2
 # threads took the loader's best batch from ~53k to ~75k frames/s on 2 cores
@@ -19,9 +19,10 @@ os.environ.setdefault("BLOSC_NTHREADS", str(min(4, os.cpu_count() or 1)))
 
 import hdf5plugin  # noqa: E402  registers the Blosc filters with h5py: every reader of a blosc file needs it
 
+from steve1.params import FrameCodec  # noqa: E402
+
 # ---------------------------------------------------------------- raw recordings: data/raw/<id>.{mp4,jsonl}
 RAW_FORMAT_VERSION = 1                  # of data/raw/manifest.json
-RAW_MANIFEST = "manifest.json"          # per-episode status, sizes, sha256 (see steve1/data/download.py)
 RAW_VIDEO_SUFFIX = ".mp4"
 RAW_ACTIONS_SUFFIX = ".jsonl"
 PART_SUFFIX = ".part"                   # a resumable partial download: <id>.mp4.part
@@ -51,7 +52,6 @@ A_VIDEO_SHA256 = "video_sha256"
 A_JSONL_SHA256 = "jsonl_sha256"
 A_CONVERSION = "conversion_json"        # JSON of the settings that shaped the episode
 A_DECODE_COUNTS = "decode_counts_json"  # JSON: n_lines, n_frames_video, n_kept, n_null, ... (decode stage)
-DECODE_MANIFEST = "manifest.json"       # <episodes>/manifest.json: one row per episode, status ok/skipped
 DECODE_MANIFEST_VERSION = 1
 
 # ---------------------------------------------------------------- embeds: data/embeds/<id>.h5
@@ -68,7 +68,7 @@ A_SOURCE_ID = "source_id"               # digest of the episode's sources + conv
 SAMPLING_FORMAT_VERSION = 1
 
 # ---------------------------------------------------------------- frame codecs (params: decode.frame_codec)
-CODECS = ("none", "lzf", "gzip", "blosc-lz4", "blosc-zstd")
+CODECS: tuple[str, ...] = get_args(FrameCodec)   # the names params accept; their filters below
 
 
 @contextlib.contextmanager

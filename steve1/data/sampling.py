@@ -56,6 +56,7 @@ import numpy as np
 from steve1.data import formats as F
 from steve1.data.episodes import episode_path, list_episode_ids
 from steve1.io import write_json_atomic
+from steve1.params import SampleParams
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +344,9 @@ def split_chunks(sampling: dict[str, Any], split: str) -> list[Chunk]:
     return [(str(e), int(s), int(t)) for e, s, t in sampling["chunks"][split]]
 
 
-def run_sampling(sample_params: Any, episodes_dir: str | Path, embeds_dir: str | Path,
-                 samplings_dir: str | Path) -> Path:
-    """Scan, split, index and write ``<samplings_dir>/<name>.json`` atomically; return its path."""
+def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path,
+                 out: str | Path) -> Path:
+    """Scan, split, index and write the sampling JSON ``out`` atomically (``Layout.sampling``); return it."""
     p = sample_params
     scan = scan_episodes(episodes_dir, embeds_dir, p.T, p.min_btwn_goals)
     for eid, reason in scan.invalid.items():
@@ -355,7 +356,7 @@ def run_sampling(sample_params: Any, episodes_dir: str | Path, embeds_dir: str |
         raise SamplingError(f"no valid episodes in {episodes_dir} with embeds in {embeds_dir} "
                             f"({len(scan.invalid)} rejected; each needs >= {need} frames)")
     if getattr(p, "mix", None):
-        return _run_mixed_sampling(p, episodes_dir, embeds_dir, samplings_dir)
+        return _run_mixed_sampling(p, episodes_dir, embeds_dir, Path(out))
     val_episodes = None
     if p.val_from:  # an earlier mixed sampling lends its main set's val
         val_episodes = [e for e in load_sampling(p.val_from)["val"] if split_key(e)[0] == MAIN_SET]
@@ -363,7 +364,7 @@ def run_sampling(sample_params: Any, episodes_dir: str | Path, embeds_dir: str |
                          T=p.T, min_btwn_goals=p.min_btwn_goals, val_episodes=val_episodes)
     for w in body["warnings"]:
         log.warning("%s", w)
-    out = Path(samplings_dir) / f"{p.name}.json"
+    out = Path(out)
     doc = {"format_version": F.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"),
            "invalid": [{"episode_id": e, "reason": r} for e, r in scan.invalid.items()], **body}
     write_json_atomic(out, doc)
@@ -373,7 +374,7 @@ def run_sampling(sample_params: Any, episodes_dir: str | Path, embeds_dir: str |
     return out
 
 
-def _run_mixed_sampling(p: Any, episodes_dir: str | Path, embeds_dir: str | Path, samplings_dir: str | Path) -> Path:
+def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path, out: Path) -> Path:
     """:func:`run_sampling` with ``p.mix``: scan and split every set, record each set's folders once."""
     sets = [(MAIN_SET, str(episodes_dir), str(embeds_dir), p.train_frames, p.val_frames)]
     sets += [(m.name, m.episodes, m.embeds, m.train_frames, m.val_frames) for m in p.mix]
@@ -408,7 +409,6 @@ def _run_mixed_sampling(p: Any, episodes_dir: str | Path, embeds_dir: str | Path
         log.warning("%s", w)
     for name, ep_dir, em_dir, _, _ in sets:
         body["sets"][name] = {"episodes": ep_dir, "embeds": em_dir, **body["sets"][name]}
-    out = Path(samplings_dir) / f"{p.name}.json"
     doc = {"format_version": F.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"), "invalid": invalid,
            **body}
     write_json_atomic(out, doc)

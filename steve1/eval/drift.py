@@ -43,9 +43,6 @@ ID_COLUMNS = ("episode_id", "step")
 NUM_METHOD = "wasserstein"       # normed by the reference std; drift when >= threshold
 CAT_METHOD = "jensenshannon"     # distance in [0, 1]; drift when >= threshold
 
-# reports/ layout (dvc.yaml: outs reports/data, metrics reports/summary.json; DVC forbids nesting them)
-DATA_DIR = "data"                # drift.{html,json}, drift_reference.{html,json}, episodes_<s>.csv, steps_<s>.csv
-SUMMARY = "summary.json"
 
 
 class DriftInputError(ValueError):
@@ -369,17 +366,18 @@ def write_drift(out_dir: Path, stem: str, result: DriftResult, drift_share_thres
     write_json_atomic(out_dir / f"{stem}.json", doc)
 
 
-def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_path: str | Path, out_dir: str | Path,
+def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_path: str | Path,
+                 summary_path: str | Path, data_dir: str | Path,
                  reference_sampling: Optional[str | Path], drift_share_threshold: float, column_threshold: float,
                  max_steps_per_split: int, n_components: int, seed: int) -> dict[str, Any]:
-    """Write ``out_dir/summary.json`` and the tables and drift reports under ``out_dir/data``; return the summary.
+    """Write ``summary_path`` (``Layout.report_summary``) and the tables and drift reports under ``data_dir``
+    (``Layout.report_data``); return the summary.
 
     Comparisons: train (reference) vs val, and, when ``reference_sampling`` is given, all episodes
     of that earlier sampling (reference) vs all of this one. A comparison with an empty side is
     skipped and says so in its HTML, JSON and the summary; a sampling with no episodes at all is an error.
     """
-    out_dir = Path(out_dir)
-    data_dir = out_dir / DATA_DIR
+    data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(data_dir)
     for stale in (*data_dir.glob("drift_reference.*"), *data_dir.glob("*_reference.csv")):
@@ -421,5 +419,5 @@ def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_p
         "splits": {s: dataset_summary(t) for s, t in tables.items()},
         "n_components": int(len(comps)),
     }
-    write_json_atomic(out_dir / SUMMARY, summary)
+    write_json_atomic(Path(summary_path), summary)
     return summary

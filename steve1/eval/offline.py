@@ -43,10 +43,12 @@ from steve1.data.dataset import make_dataloader
 from steve1.data.episodes import read_embeds
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks
 from steve1.io import sha256_file, write_json_atomic
+from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights
 from steve1.models.policy import ACTION_KEYS, guide
 from steve1.models.vpt import AgentPolicy
+from steve1.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ log = logging.getLogger(__name__)
 STEP_METRICS = ("nll", "nll_buttons", "nll_camera", "acc_buttons", "acc_camera", "acc_joint",
                 "camera_bin_error", "camera_bin_error_pitch", "camera_bin_error_yaw")
 COUNT_KEYS = ("n_chunks", "n_steps")
-PLOT_SWEEP = "cond_scale_sweep"
-PLOT_CHUNKS = "chunk_nll"
 
 Pd = Mapping[str, torch.Tensor]  # {"camera": [B,T,1,121], "buttons": [B,T,1,8641]} log-probs
 
@@ -297,16 +297,15 @@ def val_batches(sampling: Mapping[str, Any], chunks: Sequence[tuple[str, int, in
 
 # ----------------------------------------------------------------------------- the stage's work
 
-def build_eval_policy(train_params: Any) -> AgentPolicy:
+def build_eval_policy(train_params: TrainParams) -> AgentPolicy:
     """An untrained policy with the train run's architecture: the trainer's own builder, so a run's
     weights always fit (``in_weights`` is not loaded; gradient checkpointing is off for inference)."""
     return build_policy_for_params(train_params).set_gradient_checkpointing(False)
 
 
-def weights_path(params: Any) -> Path:
-    """``evaluate.weights``, or ``<paths.models>/<train.run>/<evaluate.checkpoint>.weights``."""
-    e = params.evaluate
-    return Path(e.weights) if e.weights else Path(params.paths.models) / params.train.run / f"{e.checkpoint}.weights"
+def weights_path(params: Params) -> Path:
+    """``evaluate.weights``, or the run's ``evaluate.checkpoint`` weights (``Layout.eval_weights``)."""
+    return Path(params.evaluate.weights) if params.evaluate.weights else Layout.from_params(params).eval_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -317,13 +316,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_offline_eval(params: Any) -> dict[str, Any]:
+def run_offline_eval(params: Params) -> dict[str, Any]:
     """Score the trained weights (and ``evaluate.baseline_weights``) on the val chunks; write
-    ``<paths.eval>/metrics.json``, ``<paths.eval>/offline.json`` and the dvclive plots. Returns the metrics."""
-    e, tp = params.evaluate, params.train
+    ``Layout.eval_metrics``, ``Layout.eval_offline`` and the dvclive plots. Returns the metrics."""
+    e, tp, layout = params.evaluate, params.train, Layout.from_params(params)
     device = resolve_device(e.device)
     torch.manual_seed(e.seed)
-    sampling_path = Path(params.paths.samplings) / f"{params.sample.name}.json"
+    sampling_path = layout.sampling
     sampling = load_sampling(sampling_path)
     chunks = eval_chunks(sampling, e.every_nth, e.max_chunks)
     if not chunks:
@@ -351,12 +350,12 @@ def run_offline_eval(params: Any) -> dict[str, Any]:
     for p in policies.values():
         p.to(device)
 
-    dirs = set_dirs(sampling, params.paths.episodes, params.paths.embeds)
+    dirs = set_dirs(sampling, layout.episodes, layout.embeds)
     other = other_episode_goals(chunks, sampling.get("lengths", {}), sampling.get("val", []), dirs, e.seed)
     if other is None:
         log.warning("only one episode in %s: no goal from another episode, kl_other_goal is not reported", sampling_path)
     call_t = e.call_t or tp.trunc_t
-    batches = val_batches(sampling, chunks, params.paths.episodes, params.paths.embeds, batch_size=e.batch_size,
+    batches = val_batches(sampling, chunks, layout.episodes, layout.embeds, batch_size=e.batch_size,
                           seed=e.seed, gap_dist=tp.gap_dist, official_goal_lag=tp.official_goal_lag, other_goals=other)
     by_policy, rows = evaluate_policies(policies, batches, cond_scales=e.cond_scales, call_t=call_t, device=device)
 
@@ -365,15 +364,15 @@ def run_offline_eval(params: Any) -> dict[str, Any]:
         metrics["baseline"] = {k: v for k, v in by_policy["baseline"].items() if k not in COUNT_KEYS}
         metrics["delta"] = deltas(by_policy["model"], by_policy["baseline"])
     check_finite(metrics)
-    write_outputs(Path(params.paths.eval), metrics, by_policy, rows, e.cond_scales, run_info)
+    write_outputs(layout, metrics, by_policy, rows, e.cond_scales, run_info)
     log.info("offline eval of %s on %d chunks (%d steps): nll %.4f, acc_joint %.3f, kl_null_goal %.4g",
              wpath, metrics["n_chunks"], metrics["n_steps"], metrics["nll"], metrics["acc_joint"], metrics["kl_null_goal"])
     return metrics
 
 
-def write_outputs(out_dir: Path, metrics: Mapping[str, Any], by_policy: Mapping[str, Mapping[str, Any]],
+def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping[str, Mapping[str, Any]],
                   rows: Sequence[Mapping[str, Any]], cond_scales: Sequence[float], run_info: Mapping[str, Any]) -> None:
-    """dvclive custom plots (``plots/custom/<name>.json``), then ``metrics.json`` and ``offline.json``."""
+    """dvclive custom plots (``Layout.eval_plots``), then ``Layout.eval_metrics`` and ``Layout.eval_offline``."""
     from dvclive import Live  # heavy import, only for the stage
 
     sweep = []
@@ -385,8 +384,8 @@ def write_outputs(out_dir: Path, metrics: Mapping[str, Any], by_policy: Mapping[
         sweep.append(point)
     chunk_rows = [{("nll" if k == "nll_model" else k): v for k, v in r.items()} for r in rows]
     # Live() clears plots/custom and metrics.json in out_dir (not rollouts/ or other files)
-    live = Live(dir=str(out_dir), report=None, dvcyaml=None, save_dvc_exp=False)
+    live = Live(dir=str(layout.eval), report=None, dvcyaml=None, save_dvc_exp=False)
     live.log_plot(PLOT_SWEEP, sweep, x="cond_scale", y="nll", title="guided NLL (renormalised) vs cond_scale")
     live.log_plot(PLOT_CHUNKS, chunk_rows, x="chunk", y="nll", title="per-chunk NLL (true goal)")
-    write_json_atomic(out_dir / "offline.json", dict(run_info))
-    write_json_atomic(out_dir / "metrics.json", dict(metrics))
+    write_json_atomic(layout.eval_offline, dict(run_info))
+    write_json_atomic(layout.eval_metrics, dict(metrics))

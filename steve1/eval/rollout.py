@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
@@ -35,6 +35,8 @@ import numpy as np
 
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
 from steve1.io import atomic_path, write_json_atomic
+from steve1.layout import Layout
+from steve1.params import Params, RolloutParams
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,6 @@ PAPER_TEXT_PROMPTS: dict[str, str] = {
     "underwater": "go underwater",
     "inventory": "open inventory",
 }
-TEXT_COND_SCALE = 6.0
-VISUAL_COND_SCALE = 7.0
 BANNER_H = 40   # pixels of the prompt banner stacked above each video frame
 
 
@@ -103,22 +103,6 @@ class Prompt:
             f"{self.name} (visual, scale {self.cond_scale:g})"
 
 
-@dataclass
-class RolloutConfig:
-    """The knobs of :func:`run_rollouts` (``rollout`` params carry the same names)."""
-
-    n_episodes: int = 10
-    steps: int = 3000
-    seed: int = 0
-    max_retries: int = 3
-    video: bool = True
-    video_fps: int = 20
-    ci: str = "bootstrap"
-    ci_level: float = 0.95
-    n_bootstrap: int = 2000
-    extra: dict[str, Any] = field(default_factory=dict)   # recorded in the results as given
-
-
 # ---------------------------------------------------------------- env and prompts
 
 def make_minerl_env() -> Any:
@@ -138,12 +122,12 @@ def _human_survival() -> Any:
 
 
 def text_prompts(prompts: Mapping[str, str], text_to_goal: Callable[[str], np.ndarray],
-                 cond_scale: float = TEXT_COND_SCALE) -> list[Prompt]:
+                 cond_scale: float = RolloutParams().text_cond_scale) -> list[Prompt]:
     """Text prompts with goals from ``text_to_goal`` (MineCLIP text tower + prior)."""
     return [Prompt(name, "text", text, _goal(text_to_goal(text), name), cond_scale) for name, text in prompts.items()]
 
 
-def visual_prompts(files: Mapping[str, str], cond_scale: float = VISUAL_COND_SCALE) -> list[Prompt]:
+def visual_prompts(files: Mapping[str, str], cond_scale: float = RolloutParams().visual_cond_scale) -> list[Prompt]:
     """Visual prompts: each a ``.npy`` file holding a MineCLIP visual embedding ([512] or [1,512])."""
     out = []
     for name, path in files.items():
@@ -308,10 +292,11 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def run_rollouts(prompts: Sequence[Prompt], agent: Agent, env_factory: EnvFactory, cfg: RolloutConfig,
-                 out_dir: str | Path) -> dict[str, Any]:
+def run_rollouts(prompts: Sequence[Prompt], agent: Agent, env_factory: EnvFactory, cfg: RolloutParams,
+                 out_dir: str | Path, extra: Mapping[str, Any] = {}) -> dict[str, Any]:
     """Every prompt x ``cfg.n_episodes`` episodes; writes ``<out_dir>/results.json`` (after each
-    prompt, so a killed run keeps what it finished) and ``<out_dir>/videos/*.mp4``."""
+    prompt, so a killed run keeps what it finished) and ``<out_dir>/videos/*.mp4``. ``extra`` is
+    recorded in the results' config as given."""
     out_dir = Path(out_dir)
     slot = EnvSlot(env_factory)
     episodes: list[dict[str, Any]] = []
@@ -325,14 +310,15 @@ def run_rollouts(prompts: Sequence[Prompt], agent: Agent, env_factory: EnvFactor
                     rec["video"] = str(Path(rec["video"]).relative_to(out_dir))
                 episodes.append(rec)
                 log.info("%s episode %d: %s %s", prompt.name, i, rec["status"], rec["metrics"])
-            results = _results(prompts, episodes, cfg, slot.created)
+            results = _results(prompts, episodes, cfg, slot.created, extra)
             write_json_atomic(out_dir / RESULTS_FILE, results)
     finally:
         slot.discard()
     return results
 
 
-def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: RolloutConfig, envs_created: int) -> dict[str, Any]:
+def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: RolloutParams, envs_created: int,
+             extra: Mapping[str, Any]) -> dict[str, Any]:
     agg = {}
     for j, p in enumerate(prompts):
         ok = [e["metrics"] for e in episodes if e["prompt"] == p.name and e["kind"] == p.kind and e["status"] == "ok"]
@@ -341,7 +327,7 @@ def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: Rol
     return _jsonable({
         "format_version": RESULTS_FORMAT_VERSION,
         "env": {"spec": "HumanSurvival", **ENV_KWARGS},
-        "config": {k: v for k, v in cfg.__dict__.items()},
+        "config": {**cfg.model_dump(mode="json"), "extra": dict(extra)},
         "metrics": list(METRICS),
         "prompts": [{"name": p.name, "kind": p.kind, "text": p.text, "cond_scale": p.cond_scale} for p in prompts],
         "episodes": episodes,
@@ -401,7 +387,7 @@ def make_policy_agent(policy_model: str, policy_weights: str, device: str = "cpu
 
 # ---------------------------------------------------------------- params -> rollouts (steve1 rollout)
 
-def rollouts_from_params(params: Any, out_dir: Optional[str | Path] = None, *, agent: Optional[Agent] = None,
+def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *, agent: Optional[Agent] = None,
                          env_factory: Optional[EnvFactory] = None, text_encoder: Optional[Callable] = None,
                          device: str = "cpu") -> dict[str, Any]:
     """Run the ``rollout`` section of validated params. The keyword arguments replace the real
@@ -410,7 +396,8 @@ def rollouts_from_params(params: Any, out_dir: Optional[str | Path] = None, *, a
     from steve1.models.prior import load_prior
 
     rp = params.rollout
-    out_dir = Path(out_dir) if out_dir is not None else Path(params.paths.eval) / "rollouts" / rp.name
+    layout = Layout.from_params(params)
+    out_dir = Path(out_dir) if out_dir is not None else layout.rollouts
     if env_factory is None:
         _human_survival()                      # fail before loading any model when MineRL is missing
     if agent is None and not (rp.policy_model and rp.policy_weights):
@@ -422,7 +409,7 @@ def rollouts_from_params(params: Any, out_dir: Optional[str | Path] = None, *, a
         if text_encoder is None:
             e = params.embed
             text_encoder, _ = mineclip_text_encoder(e.weights, e.preset, e.seed, device)
-        prior = load_prior(rp.prior or Path(params.paths.models) / "prior.pt", map_location=device)
+        prior = load_prior(rp.prior or layout.prior, map_location=device)
 
         def to_goal(text: str) -> np.ndarray:
             return prompt_to_goal([text], text_encoder, prior, seed=rp.prior_seed, deterministic=rp.prior_deterministic)[0]
@@ -431,7 +418,5 @@ def rollouts_from_params(params: Any, out_dir: Optional[str | Path] = None, *, a
     prompts += visual_prompts(rp.visual_prompts, rp.visual_cond_scale)
     if agent is None:
         agent = make_policy_agent(rp.policy_model, rp.policy_weights, device=device, seed=rp.seed)
-    cfg = RolloutConfig(n_episodes=rp.n_episodes, steps=rp.steps, seed=rp.seed, max_retries=rp.max_retries,
-                        video=rp.video, video_fps=rp.video_fps, ci=rp.ci, ci_level=rp.ci_level,
-                        n_bootstrap=rp.n_bootstrap, extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})
-    return run_rollouts(prompts, agent, env_factory or make_minerl_env, cfg, out_dir)
+    return run_rollouts(prompts, agent, env_factory or make_minerl_env, rp, out_dir,
+                        extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})

@@ -1,6 +1,6 @@
-"""Models: the VPT/STEVE-1 policy, MineCLIP and the prior, weight-compatible with the official files."""
+"""Models: the VPT/STEVE-1 policy, MineCLIP and the prior, weight-compatible with the official files.
 
-from steve1.models.vpt import PRESETS, AgentPolicy, build_policy, build_policy_from_preset
-from steve1.models.mineclip import MineCLIP, build_mineclip, load_attn_pth
-
-__all__ = ["PRESETS", "AgentPolicy", "build_policy", "build_policy_from_preset", "MineCLIP", "build_mineclip", "load_attn_pth"]
+Import the submodules themselves (``steve1.models.vpt``, ``steve1.models.mineclip``): this package
+loads none of them, so a stage that needs MineCLIP does not depend on the policy's code (and
+``dvc.yaml``'s derived code deps do not rerun the embed stage for a policy change).
+"""

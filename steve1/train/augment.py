@@ -12,32 +12,13 @@ it leaves the image bit for bit unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from steve1.params import AugmentParams
+
 LUMA = (0.2989, 0.587, 0.114)          # ITU-R 601 weights, as torchvision's rgb_to_grayscale
 _N_DRAWS = 5                           # brightness, contrast, saturation, hue, grayscale
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Colour augmentation ranges; factors are drawn uniformly from [1 - x, 1 + x], hue from [-hue, hue]."""
-
-    enabled: bool = False
-    brightness: float = 0.2            # multiply intensities
-    contrast: float = 0.2              # blend with the frame's mean gray
-    saturation: float = 0.2            # blend with the pixel's gray
-    hue: float = 0.02                  # shift of the hue, in turns (0.5 = half the colour wheel)
-    grayscale_p: float = 0.1           # probability that a sequence becomes gray
-
-    def __post_init__(self) -> None:
-        limits = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5, "grayscale_p": 1.0}
-        for name, hi in limits.items():
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= hi):
-                raise ValueError(f"augment.{name} is {value!r}; expected a number in [0, {hi}]")
 
 
 def augment_generator(seed: int, step: int) -> torch.Generator:
@@ -46,7 +27,7 @@ def augment_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
 
 
-def sample_params(batch: int, cfg: AugmentConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def sample_params(batch: int, cfg: AugmentParams, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-sequence parameters, each float32 [B] (``gray``: bool [B]); always the same number of draws."""
     u = torch.rand(batch, _N_DRAWS, generator=generator)                  # [B,5] in [0, 1)
     return {
@@ -58,7 +39,7 @@ def sample_params(batch: int, cfg: AugmentConfig, generator: torch.Generator) ->
     }
 
 
-def augment_frames(frames: torch.Tensor, cfg: AugmentConfig, seed: int, step: int) -> torch.Tensor:
+def augment_frames(frames: torch.Tensor, cfg: AugmentParams, seed: int, step: int) -> torch.Tensor:
     """Augmented copy of uint8 ``frames`` [B,T,H,W,3] (RGB) on their device; ``frames`` itself when disabled."""
     if not cfg.enabled:
         return frames

@@ -25,6 +25,7 @@ from steve1.data.episodes import read_embeds
 from steve1.data.formats import EPISODE_SUFFIX
 from steve1.io import read_json
 from steve1.models.prior import PriorConfig, PriorCVAE, reparameterize
+from steve1.params import PriorParams
 
 log = logging.getLogger(__name__)
 
@@ -182,22 +183,6 @@ def pairs_from_annotations(annotations: Iterable[dict[str, Any]], embeds_dir: st
 # ---------------------------------------------------------------- training
 
 @dataclass
-class PriorTrainConfig:
-    """Knobs of the loop; defaults are the official ``train_vae.py`` ones except the split."""
-
-    hidden_dim: int = 512
-    latent_dim: int = 512
-    beta: float = 1.0
-    lr: float = 1e-4
-    batch_size: int = 256
-    epochs: int = 50
-    patience: int = 10            # epochs without a better val loss before stopping; 0 = never stop early
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-
-
-@dataclass
 class PriorTrainResult:
     model: PriorCVAE              # the best-validation weights, on CPU, eval mode
     history: list[dict[str, float]]
@@ -227,11 +212,13 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return perm[:-n_val], perm[-n_val:]
 
 
-def train_prior(pairs: PriorPairs, cfg: PriorTrainConfig,
+def train_prior(pairs: PriorPairs, cfg: PriorParams, device: str = "cpu",
                 on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> PriorTrainResult:
-    """Train a fresh CVAE on ``pairs``; deterministic on CPU for a fixed ``cfg.seed``."""
+    """Train a fresh CVAE on ``pairs``; deterministic on CPU for a fixed ``cfg.seed``.
+
+    The schema's defaults are the official ``train_vae.py`` ones except the split."""
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = torch.device(device)
     tr_idx, va_idx = split_indices(len(pairs), cfg.val_fraction, cfg.seed)
     text = torch.from_numpy(pairs.text).float()
     visual = torch.from_numpy(pairs.visual).float()
@@ -278,7 +265,7 @@ def train_prior(pairs: PriorPairs, cfg: PriorTrainConfig,
 
 
 @torch.no_grad()
-def _evaluate(model: PriorCVAE, text: torch.Tensor, visual: torch.Tensor, cfg: PriorTrainConfig,
+def _evaluate(model: PriorCVAE, text: torch.Tensor, visual: torch.Tensor, cfg: PriorParams,
               seed: int, device: torch.device) -> dict[str, float]:
     """Mean of per-batch losses over the validation rows, as the official loop reports them."""
     model.eval()
@@ -295,10 +282,6 @@ def _evaluate(model: PriorCVAE, text: torch.Tensor, visual: torch.Tensor, cfg: P
 
 # ---------------------------------------------------------------- params -> files (the prior stage)
 
-PRIOR_FILE = "prior.pt"
-PRIOR_METRICS_FILE = "prior_metrics.json"
-
-
 def save_prior(model: PriorCVAE, path: str | Path) -> Path:
     """Atomically write the plain state_dict (official ``steve1_prior.pt`` keys, float32, CPU)."""
     from steve1.io import atomic_path
@@ -309,7 +292,7 @@ def save_prior(model: PriorCVAE, path: str | Path) -> Path:
     return Path(path)
 
 
-def pairs_from_params(p: Any, embeds_dir: str | Path,
+def pairs_from_params(p: PriorParams, embeds_dir: str | Path,
                       make_text_encoder: Callable[[], tuple[TextEncoder, str]]) -> PriorPairs:
     """The pairs ``prior`` params ask for; ``make_text_encoder`` is only called for annotations.
 
@@ -338,21 +321,17 @@ def pairs_from_params(p: Any, embeds_dir: str | Path,
     return pairs_from_annotations(annotations, embeds_dir, encoder, source=source)
 
 
-def fit_prior(p: Any, embeds_dir: str | Path, out_dir: str | Path,
+def fit_prior(p: PriorParams, embeds_dir: str | Path, prior_path: str | Path, metrics_path: str | Path,
               make_text_encoder: Callable[[], tuple[TextEncoder, str]]) -> dict[str, Any]:
-    """Build pairs, train, write ``<out_dir>/prior.pt`` and ``<out_dir>/prior_metrics.json``; return the metrics."""
+    """Build pairs, train, write ``prior_path`` and ``metrics_path`` (``Layout.prior``/``prior_metrics``)."""
     from steve1.io import write_json_atomic
 
     pairs = pairs_from_params(p, embeds_dir, make_text_encoder)
     device = p.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = PriorTrainConfig(hidden_dim=p.hidden_dim, latent_dim=p.latent_dim, beta=p.beta, lr=p.lr,
-                           batch_size=p.batch_size, epochs=p.epochs, patience=p.patience,
-                           val_fraction=p.val_fraction, seed=p.seed, device=device)
-    result = train_prior(pairs, cfg)
-    out_dir = Path(out_dir)
-    save_prior(result.model, out_dir / PRIOR_FILE)
+    result = train_prior(pairs, p, device)
+    save_prior(result.model, prior_path)
     metrics = {
         "toy": bool(p.is_toy),
         "note": ("TOY prior: prompt strings paired with windows of unannotated episodes; it exercises the "
@@ -366,5 +345,5 @@ def fit_prior(p: Any, embeds_dir: str | Path, out_dir: str | Path,
         "history": result.history,
         "params": p.model_dump(),
     }
-    write_json_atomic(out_dir / PRIOR_METRICS_FILE, metrics)
+    write_json_atomic(Path(metrics_path), metrics)
     return metrics

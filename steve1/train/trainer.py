@@ -50,7 +50,7 @@ from steve1.models.vpt import AgentPolicy
 from steve1.params import Params, TrainParams
 from steve1.train import checkpoint as ckpt
 from steve1.train.accelerator import build_accelerator, mixed_precision
-from steve1.train.augment import AugmentConfig, augment_frames
+from steve1.train.augment import augment_frames
 from steve1.train.freeze import apply_freeze
 from steve1.train.optim import lr_at, make_optimizer, set_lr
 
@@ -355,7 +355,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
 
     live = _open_live(run, counters["step"], resuming) if accelerator.is_main_process else None
     board = _open_tensorboard(run, counters["step"], resuming) if tp.tensorboard and accelerator.is_main_process else None
-    augment = AugmentConfig(**tp.augment.model_dump())
+    augment = tp.augment
     if accelerator.is_main_process:
         write_json_atomic(run.run / "config.json", {
             "params": params.model_dump(mode="json"), "world_size": world, "fingerprint": fingerprint,

@@ -263,7 +263,7 @@ def mixed(episode_factory, tmp_path):
     mix = dict(name="custom", episodes=str(custom.episodes_dir), embeds=str(custom.embeds_dir), train_frames=80)
     p = SampleParams(name="mix", train_frames=360, val_frames=0, T=T, min_btwn_goals=MIN, max_btwn_goals=MAX,
                      mix=[mix])
-    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings")
+    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "mix.json")
     return episode_factory, custom, out
 
 

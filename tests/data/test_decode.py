@@ -17,6 +17,7 @@ from steve1.data.recording import convert_recording
 from steve1.data.synthetic import write_synthetic_recording
 from steve1.data.video import iter_processed_frames
 from steve1.io import TEMP_PREFIX
+from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
 
 REAL = "trimmed_lovely-persimmon-angora-a39257c803d3-20220422-051333"
@@ -108,7 +109,7 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, synth):
     assert "320x180" in skipped["wrongsize"]
     assert "max_frame_mismatch" in skipped["mismatch"]
     assert report.n_ok == 1 and episode_path(tmp_path / "eps", "good").is_file()
-    assert sorted(p.name for p in (tmp_path / "eps").iterdir()) == ["good.h5", F.DECODE_MANIFEST]
+    assert sorted(p.name for p in (tmp_path / "eps").iterdir()) == ["good.h5", MANIFEST]
     rows = json.loads(report.manifest_path.read_text())["episodes"]
     assert rows["good"]["status"] == "ok" and rows["empty"]["status"] == "skipped"
 
@@ -122,13 +123,13 @@ def test_resume_after_kill_and_redecode_on_settings_change(tmp_path, synth):
     good_bytes = lost.read_bytes()
     # a kill mid-write: the second episode only exists as a half-written temp file, no manifest
     lost.unlink()
-    (eps / F.DECODE_MANIFEST).unlink()
+    (eps / MANIFEST).unlink()
     (eps / f"{TEMP_PREFIX}synthetic-0-1.h5.x1y2.h5").write_bytes(good_bytes[:1000])
     report = decode_all(raw, eps, DecodeParams(), progress=False)
     assert report.n_ok == 2 and report.reused == 1
     assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)   # not rewritten
     assert lost.read_bytes() == good_bytes                                  # same bytes as the first run
-    assert sorted(p.name for p in eps.iterdir()) == sorted([kept.name, lost.name, F.DECODE_MANIFEST])
+    assert sorted(p.name for p in eps.iterdir()) == sorted([kept.name, lost.name, MANIFEST])
     # changed settings or changed sources: re-decoded
     report = decode_all(raw, eps, DecodeParams(camera_int_truncation=True), progress=False)
     assert report.reused == 0
@@ -139,7 +140,8 @@ def test_resume_after_kill_and_redecode_on_settings_change(tmp_path, synth):
     with open(raw / "synthetic-0-1.jsonl", "a") as f:
         f.write((raw / "synthetic-0-1.jsonl").read_text().splitlines()[-1] + "\n")
     report = decode_all(raw, eps, DecodeParams(camera_int_truncation=True), progress=False)
-    assert not report.rows["synthetic-0-1"]["reused"] and report.rows["synthetic-0-0"]["reused"]
+    assert report.reused == 1    # synthetic-0-0 kept, synthetic-0-1 (changed jsonl) decoded again
+    assert "reused" not in report.rows["synthetic-0-0"] and "seconds" not in report.rows["synthetic-0-0"]
     # a recording that left the raw folder: its episode goes too
     for s in (".mp4", ".jsonl"):
         (raw / f"synthetic-0-1{s}").unlink()
@@ -149,7 +151,7 @@ def test_resume_after_kill_and_redecode_on_settings_change(tmp_path, synth):
 
 def test_download_manifest_selects_and_annotates(tmp_path, synth):
     raw = raw_with(tmp_path, synth)
-    (raw / F.RAW_MANIFEST).write_text(json.dumps({"format_version": 1, "episodes": {
+    (raw / MANIFEST).write_text(json.dumps({"format_version": 1, "episodes": {
         "synthetic-0-0": {"status": "ok", "url": "https://example.org/10.0/synthetic-0-0.mp4", "version": "10.0"},
         "synthetic-0-1": {"status": "failed", "reason": "HTTP 404"},
     }}))

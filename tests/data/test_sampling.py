@@ -115,9 +115,9 @@ def test_run_sampling_writes_a_deterministic_json(episode_factory, tmp_path):
         episode_factory(f"ep-{i}", 40 + 10 * i)
     episode_factory("tiny", 20)
     p = SampleParams(name="s", train_frames=150, val_frames=60, seed=3, T=20, min_btwn_goals=15, max_btwn_goals=30)
-    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings")
+    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "s.json")
     first = out.read_bytes()
-    run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings")
+    run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "s.json")
     assert out.read_bytes() == first and out.name == "s.json"
     doc = load_sampling(out)
     assert doc["format_version"] == F.SAMPLING_FORMAT_VERSION
@@ -127,7 +127,7 @@ def test_run_sampling_writes_a_deterministic_json(episode_factory, tmp_path):
     # val_from, through the params
     p2 = p.model_copy(update={"name": "s2", "seed": 9, "val_from": str(out)})
     doc2 = json.loads(run_sampling(p2, episode_factory.episodes_dir, episode_factory.embeds_dir,
-                                   tmp_path / "samplings").read_text())
+                                   tmp_path / "samplings" / "s2.json").read_text())
     assert doc2["val"] == doc["val"] and set(doc2["train"]).isdisjoint(doc["val"])
 
 
@@ -227,7 +227,7 @@ def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory
                train_frames=60, val_frames=20)
     p = SampleParams(name="m", train_frames=100, val_frames=40, seed=3, T=20, max_btwn_goals=30, mix=[mix])
     def run(p):
-        return run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s")
+        return run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s" / f"{p.name}.json")
     out = run(p)
     first = out.read_bytes()
     assert run(p).read_bytes() == first

@@ -64,7 +64,8 @@ def make_dataset(root: Path, val_kwargs: dict, name="default", seed0=0, **train_
 
 def build(root: Path, sampling: Path, **kw) -> dict:
     args = dict(episodes_dir=root / "episodes", embeds_dir=root / "embeds", sampling_path=sampling,
-                out_dir=root / "reports", reference_sampling=None, drift_share_threshold=0.2,
+                summary_path=root / "reports" / "summary.json",
+                data_dir=root / "reports" / "data", reference_sampling=None, drift_share_threshold=0.2,
                 column_threshold=0.1, max_steps_per_split=5000, n_components=3, seed=0)
     return drift.build_report(**{**args, **kw})
 
@@ -102,7 +103,8 @@ def test_drift_found_in_camera_buttons_and_embeddings(shifted):
 def test_embedding_shift_alone_moves_only_embedding_columns(tmp_path):
     sampling = make_dataset(tmp_path, val_kwargs=dict(embed_shift=1.0))
     result = drift.build_report(episodes_dir=tmp_path / "episodes", embeds_dir=tmp_path / "embeds",
-                                sampling_path=sampling, out_dir=tmp_path / "reports", reference_sampling=None,
+                                sampling_path=sampling, summary_path=tmp_path / "reports" / "summary.json",
+                                data_dir=tmp_path / "reports" / "data", reference_sampling=None,
                                 drift_share_threshold=0.5, column_threshold=0.1, max_steps_per_split=1000,
                                 n_components=3, seed=0)
     drifted = set(result["comparisons"]["train_vs_val"]["drifted_columns"])

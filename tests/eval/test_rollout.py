@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from steve1.eval.programmatic import METRICS
-from steve1.eval.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RESULTS_FILE, RolloutConfig, RolloutError,
+from steve1.eval.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RESULTS_FILE, RolloutError,
                                  make_minerl_env, rollouts_from_params, run_rollouts, text_prompts, visual_prompts)
 from steve1.eval.standin_env import StandInEnv, noop_action
+from steve1.params import RolloutParams
 
 
 class RecordingAgent:
@@ -50,7 +51,7 @@ def _goal_of(text):
 
 def _cfg(**kw):
     base = dict(n_episodes=2, steps=6, seed=10, max_retries=2, video=False, n_bootstrap=200)
-    return RolloutConfig(**{**base, **kw})
+    return RolloutParams(**{**base, **kw})
 
 
 def test_goals_and_guidance_scales_reach_the_agent(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from steve1.models import build_policy
+from steve1.models.vpt import build_policy
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.models import PRESETS, build_policy, build_policy_from_preset
+from steve1.models.vpt import PRESETS, build_policy, build_policy_from_preset
 from steve1.models.checkpoints import (
     GOAL_KEYS,
     CheckpointMismatchError,

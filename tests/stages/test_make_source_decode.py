@@ -10,8 +10,8 @@ import yaml
 
 from stages import decode as decode_stage
 from stages import make_source
-from steve1.data import formats as F
 from steve1.data.episodes import list_episode_ids
+from steve1.layout import MANIFEST
 
 
 def _params(tmp_path: Path, repo_root: Path, include_real: bool) -> Path:
@@ -56,5 +56,5 @@ def test_make_source_with_real_then_decode(tmp_path, repo_root):
     assert decode_stage.main(["--params", str(params)]) == 0
     eps = tmp_path / "data" / "episodes"
     assert list_episode_ids(eps) == sorted(Path(r).stem for r in relpaths)
-    manifest = json.loads((eps / F.DECODE_MANIFEST).read_text())
+    manifest = json.loads((eps / MANIFEST).read_text())
     assert all(row["status"] == "ok" for row in manifest["episodes"].values())

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from steve1.train.augment import AugmentConfig, _shift_hue, augment_frames, augment_generator, sample_params
+from steve1.params import AugmentParams
+from steve1.train.augment import _shift_hue, augment_frames, augment_generator, sample_params
 
-ON = AugmentConfig(enabled=True)
-ZERO = AugmentConfig(enabled=True, brightness=0, contrast=0, saturation=0, hue=0, grayscale_p=0)
+ON = AugmentParams(enabled=True)
+ZERO = AugmentParams(enabled=True, brightness=0, contrast=0, saturation=0, hue=0, grayscale_p=0)
 
 
 def batch(b=4, t=3, h=8, w=10, seed=0) -> torch.Tensor:
@@ -21,7 +22,7 @@ def batch(b=4, t=3, h=8, w=10, seed=0) -> torch.Tensor:
 
 def test_disabled_is_identity():
     x = batch()
-    out = augment_frames(x, AugmentConfig(), seed=0, step=0)
+    out = augment_frames(x, AugmentParams(), seed=0, step=0)
     assert out is x
 
 
@@ -49,18 +50,18 @@ def test_same_seed_and_step_reproduce_other_steps_differ():
 def test_same_parameters_for_every_frame_of_a_sequence_different_across_batch():
     frame = batch(b=1, t=1, seed=5)
     x = frame.expand(6, 4, -1, -1, -1).contiguous()                     # 6 sequences of 4 equal frames
-    out = augment_frames(x, AugmentConfig(enabled=True, grayscale_p=0), seed=0, step=0)
+    out = augment_frames(x, AugmentParams(enabled=True, grayscale_p=0), seed=0, step=0)
     assert torch.equal(out, out[:, :1].expand_as(out))                    # constant along T
     assert len({out[i].numpy().tobytes() for i in range(6)}) == 6        # distinct per sequence
 
 
 def test_grayscale_gives_equal_channels():
-    out = augment_frames(batch(), AugmentConfig(enabled=True, grayscale_p=1.0), seed=0, step=0)
+    out = augment_frames(batch(), AugmentParams(enabled=True, grayscale_p=1.0), seed=0, step=0)
     assert torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
 
 
 def test_brightness_only_matches_its_formula():
-    cfg = AugmentConfig(enabled=True, brightness=0.5, contrast=0, saturation=0, hue=0, grayscale_p=0)
+    cfg = AugmentParams(enabled=True, brightness=0.5, contrast=0, saturation=0, hue=0, grayscale_p=0)
     x = batch()
     factor = sample_params(len(x), cfg, augment_generator(4, 2))["brightness"].view(-1, 1, 1, 1, 1)
     want = (x.float() / 255 * factor).clamp(0, 1).mul(255).round().to(torch.uint8)
@@ -84,7 +85,7 @@ def test_hue_shift_matches_colorsys():
 
 
 def test_rejects_bad_config_and_bad_frames():
-    with pytest.raises(ValueError, match=r"augment.hue is 0.7; expected a number in \[0, 0.5\]"):
-        AugmentConfig(hue=0.7)
+    with pytest.raises(ValueError, match=r"hue[\s\S]*less than or equal to 0.5"):
+        AugmentParams(hue=0.7)
     with pytest.raises(ValueError, match="expects uint8"):
         augment_frames(batch().float(), ON, seed=0, step=0)

@@ -14,7 +14,8 @@ import yaml
 
 from steve1.data.episodes import write_embeds
 from steve1.models.prior import load_prior
-from steve1.train.prior import (PriorDataError, PriorPairs, PriorTrainConfig, TOY_PROMPTS, load_pairs_file,
+from steve1.params import PriorParams
+from steve1.train.prior import (PriorDataError, PriorPairs, TOY_PROMPTS, load_pairs_file,
                                 pairs_from_annotations, split_indices, toy_annotations, train_prior)
 
 
@@ -97,7 +98,7 @@ def _linear_pairs(n=256, seed=0, dim=16):
 
 
 def test_training_reduces_val_loss_and_is_deterministic():
-    cfg = PriorTrainConfig(hidden_dim=64, latent_dim=16, lr=3e-3, batch_size=64, epochs=8, patience=0, beta=1e-4)
+    cfg = PriorParams(hidden_dim=64, latent_dim=16, lr=3e-3, batch_size=64, epochs=8, patience=0, beta=1e-4)
     a, b = train_prior(_linear_pairs(), cfg), train_prior(_linear_pairs(), cfg)
     h = a.history
     assert h[a.best_epoch]["val_recon"] < 0.5 * h[0]["val_recon"]
@@ -108,7 +109,8 @@ def test_training_reduces_val_loss_and_is_deterministic():
 
 
 def test_early_stopping_keeps_best_epoch():
-    cfg = PriorTrainConfig(hidden_dim=16, latent_dim=4, lr=0.0, epochs=50, patience=3)   # lr 0: val never improves
+    # lr 0 (below the schema's bound, so set past validation): val never improves
+    cfg = PriorParams(hidden_dim=16, latent_dim=4, epochs=50, patience=3).model_copy(update={"lr": 0.0})
     r = train_prior(_linear_pairs(n=32), cfg)
     assert r.stopped_early and len(r.history) == 4 and r.best_epoch == 0
 
