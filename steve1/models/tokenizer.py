@@ -6,11 +6,17 @@ That pipeline differs from OpenAI's ``clip.tokenize`` (no ftfy, no HTML unescape
 lowercasing), so it is re-stated here on top of the CLIP BPE vocabulary shipped in
 ``steve1/assets`` -- no network, no transformers:
 
-1. literal ``<|startoftext|>`` / ``<|endoftext|>`` in the raw text become ids 49406 / 49407;
+1. ``<|endoftext|>`` spelled exactly so in the raw text becomes 49407 (the hub's tokenizer.json
+   adds it with ``normalized: false``, so it is matched before normalisation, case-sensitively);
 2. each other piece is normalised: NFC, every ``\\s+`` run to one space, lowercase per code point;
-3. pre-tokens are the matches of :data:`PRETOKEN_PATTERN` (one digit per pre-token);
-4. each pre-token's UTF-8 bytes are mapped to printable characters as in GPT-2;
-5. BPE with the CLIP merges, ``</w>`` appended to the pre-token's last symbol.
+3. ``<|startoftext|>`` in the normalised piece becomes 49406 (added with ``normalized: true``:
+   every letter-case variant matches, inside a word too, e.g. ``abc<|StartOfText|>def``);
+4. pre-tokens are the matches of :data:`PRETOKEN_PATTERN` (one digit per pre-token), each split
+   again by GPT-2's :data:`BYTELEVEL_PATTERN` as HF's ByteLevel pre-tokenizer does. That second
+   split only changes a pre-token that is a special token's literal, i.e. an ``<|endoftext|>``
+   written in another case, which becomes ``<|``, ``endoftext``, ``|>``;
+5. each pre-token's UTF-8 bytes are mapped to printable characters as in GPT-2;
+6. BPE with the CLIP merges, ``</w>`` appended to the pre-token's last symbol.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ BOS_ID, EOS_ID, PAD_ID = 49406, 49407, 0
 VOCAB_SIZE = 49408
 CONTEXT_LENGTH = 77
 
-SPECIAL_PATTERN = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+RAW_SPECIAL_PATTERN = regex.compile(r"(<\|endoftext\|>)")           # matched in the raw text
+NORMALIZED_SPECIAL_PATTERN = regex.compile(r"(<\|startoftext\|>)")   # matched after normalize()
 PRETOKEN_PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
+# GPT-2's pattern, applied by HF's ByteLevel pre-tokenizer to each CLIP pre-token.
+BYTELEVEL_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 WHITESPACE_RUN = regex.compile(r"\s+")
 
 
@@ -116,13 +125,18 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS/EOS and without truncation."""
         ids: list[int] = []
-        for piece in SPECIAL_PATTERN.split(text):
-            if piece in (BOS, EOS):
-                ids.append(self.encoder[piece])
+        for raw in RAW_SPECIAL_PATTERN.split(text):
+            if raw == EOS:
+                ids.append(EOS_ID)
                 continue
-            for pre in PRETOKEN_PATTERN.findall(normalize(piece)):
-                mapped = "".join(self.byte_encoder[b] for b in pre.encode("utf-8"))
-                ids.extend(self.encoder[s] for s in self.bpe(mapped))
+            for piece in NORMALIZED_SPECIAL_PATTERN.split(normalize(raw)):
+                if piece == BOS:
+                    ids.append(BOS_ID)
+                    continue
+                for clip_pre in PRETOKEN_PATTERN.findall(piece):
+                    for pre in BYTELEVEL_PATTERN.findall(clip_pre):
+                        mapped = "".join(self.byte_encoder[b] for b in pre.encode("utf-8"))
+                        ids.extend(self.encoder[s] for s in self.bpe(mapped))
         return ids
 
     def __call__(self, texts: str | Iterable[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
