@@ -201,7 +201,7 @@ def rollout(
     out: Optional[Path] = typer.Option(None, "--out", help="results folder (default: the rollout layout of --params)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
-    """MineRL HumanSurvival rollouts with programmatic metrics and videos (needs steve1[rollout];
+    """MineRL HumanSurvival rollouts with programmatic metrics and videos (needs MineRL 1.0.2, see the README;
     on a headless node: xvfb-run -a steve1 rollout)."""
     from steve1.eval.rollout import RolloutError, rollouts_from_params
     from steve1.params import ParamsError, load_params

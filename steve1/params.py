@@ -235,7 +235,7 @@ class PriorParams(Section):
 
 
 class RolloutParams(Section):
-    """MineRL HumanSurvival rollouts with programmatic metrics (``steve1 rollout``; needs steve1[rollout])."""
+    """MineRL HumanSurvival rollouts with programmatic metrics (``steve1 rollout``; needs MineRL 1.0.2 + JDK 8)."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <paths.eval>/rollouts/<name>/")
     text_prompts: dict[str, str] = Field(default_factory=dict, description="name -> instruction; empty = the 11 paper prompts")

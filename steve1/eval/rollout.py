@@ -14,8 +14,8 @@ whole program in a shell loop). Here one env is reused across episodes; an excep
 scratch, at most ``max_retries`` times; every crash is recorded in the results. Exceptions
 raised by the agent are bugs and propagate.
 
-MineRL is an optional extra (``pip install 'steve1[rollout]'`` = minerl 1.0.2, needs JDK 8 and
-builds Minecraft on first use). It renders with OpenGL: on a headless node run under a virtual
+MineRL 1.0.2 installs from its repository tag, with JDK 8 (README "Rollouts in MineRL",
+``docker/README.md``; the Docker image's ``WITH_ROLLOUT=1`` layer does it). It renders with OpenGL: on a headless node run under a virtual
 display, ``xvfb-run -a -s "-screen 0 1024x768x24" steve1 rollout`` (apt: ``xvfb``).
 """
 
@@ -115,8 +115,9 @@ def _human_survival() -> Any:
         from minerl.herobraine.env_specs.human_survival_specs import HumanSurvival
     except ImportError as exc:
         raise RolloutError(
-            "MineRL is not installed: pip install 'steve1[rollout]' (minerl==1.0.2; needs JDK 8, "
-            "and on a headless node a virtual display: xvfb-run -a steve1 rollout)"
+            "MineRL is not installed: install MineRL 1.0.2 from its v1.0.2 tag with JDK 8 as the README's "
+            "'Rollouts in MineRL' says (or use the Docker image built with WITH_ROLLOUT=1); on a headless "
+            "node run under a virtual display: xvfb-run -a steve1 rollout"
         ) from exc
     return HumanSurvival
 
