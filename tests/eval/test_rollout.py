@@ -160,7 +160,7 @@ def test_bad_visual_prompt_and_missing_minerl_are_clear_errors(tmp_path):
     try:
         import minerl  # noqa: F401
     except ImportError:
-        with pytest.raises(RolloutError, match=r"pip install 'steve1\[rollout\]'"):
+        with pytest.raises(RolloutError, match=r"MineRL is not installed: install MineRL 1.0.2 from its v1.0.2 tag"):
             make_minerl_env()
 
 
