@@ -31,6 +31,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
                 raise ParamsError(f"{args.params} is invalid:\n  {exc}") from None
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        print(RECOVERY_HINT, file=sys.stderr)
         return 2
     try:
         body(params)
@@ -38,6 +39,12 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# DVC removes a stage's (non-persistent) outputs before it runs the command, so a bad value given
+# with `dvc exp run -S` or `dvc repro` is caught only after that; the outputs are still in the cache.
+RECOVERY_HINT = ("nothing was computed. If DVC ran this stage, it removed the stage's previous outputs first: "
+                 "fix the value, then `dvc checkout` restores them from the cache (or `dvc repro` recomputes them)")
 
 
 class StageError(RuntimeError):

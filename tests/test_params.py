@@ -63,3 +63,22 @@ def test_stage_exits_nonzero_before_work(repo_root, tmp_path):
                           cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "sample.T" in proc.stderr and "-3" in proc.stderr
+    assert "dvc checkout" in proc.stderr    # how to get back outputs DVC removed before the stage ran
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"learning_rate": True}, "params: key 'learning_rate' is true (a boolean); expected float"),
+    ({"train": {"n_frames": False}}, "section 'train': key 'n_frames' is false (a boolean); expected int"),
+])
+def test_booleans_are_not_numbers(raw, message):
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw)
+    assert message in str(err.value)
+
+
+def test_cross_field_errors_name_the_rule_not_the_whole_section():
+    with pytest.raises(ParamsError) as err:
+        validate_params({"train": {"warmup_frames": 100_000, "n_frames": 64}})
+    text = str(err.value)
+    assert "section 'train': warmup_frames (100000) must be below 1.1 x n_frames (64)" in text
+    assert "loss_reduction" not in text and len(text) < 300   # not the section's whole mapping
