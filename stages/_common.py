@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
-from steve1.params import Params, ParamsError, load_params
+from steve1.params import Params, ParamsError, describe_invalid, load_params
 
 
 def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence[str]] = None,
@@ -39,6 +39,19 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_set_stage(name: str, body: Callable[[Params, str], None], argv: Optional[Sequence[str]] = None) -> int:
+    """:func:`run_stage` for a stage of one custom set: ``python -m stages.<name> SET [--params P]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", add_help=False)
+    parser.add_argument("set")
+    known, rest = parser.parse_known_args(argv)
+
+    def check(params: Params) -> None:
+        if known.set not in params.custom:
+            raise ValueError(describe_invalid("custom", sorted(params.custom), f"has no set {known.set!r}"))
+
+    return run_stage(f"{name} {known.set}", lambda params: body(params, known.set), rest, check)
 
 
 # DVC removes a stage's (non-persistent) outputs before it runs the command, so a bad value given

@@ -1,6 +1,7 @@
 """Sample stage: train/val split by frame budgets and chunk index -> ``Layout.sampling``.
 
-With ``sample.mix`` the split draws from several episode sets (see ``steve1.data.sampling``).
+With ``sample.mix`` the split also draws from custom sets (``custom.<name>``, made by the
+import-set/embed-set stages; see ``steve1.data.sampling``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from steve1.params import Params
 def _body(params: Params) -> None:
     try:
         layout = Layout.from_params(params)
-        run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling)
+        run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling,
+                     layout.mix_dirs(m.name for m in params.sample.mix))
     except (SamplingError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None
 

@@ -26,6 +26,7 @@ EVAL_OFFLINE = "offline.json"
 EVAL_PLOTS = "plots/custom"      # dvclive custom plots: <name>.json
 EVAL_PLOT_SWEEP = "cond_scale_sweep"
 EVAL_PLOT_CHUNKS = "chunk_nll"
+EVAL_PLOT_SETS = "set_nll"
 REPORT_SUMMARY = "summary.json"
 REPORT_DATA = "data"
 ROLLOUTS = "rollouts"
@@ -86,6 +87,26 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
+class CustomSetLayout:
+    """One custom recording set's folder, ``<paths.custom>/<name>/``."""
+
+    dir: Path
+
+    @property
+    def episodes(self) -> Path:
+        return self.dir / "episodes"
+
+    @property
+    def raw(self) -> Path:
+        """Companion videos the embed stage reads (as ``paths.raw`` for the main set)."""
+        return self.dir / "raw"
+
+    @property
+    def embeds(self) -> Path:
+        return self.dir / "embeds"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Every artifact path of one params file (relative to the repository root, as params give them)."""
 
@@ -98,6 +119,7 @@ class Layout:
     models: Path
     eval: Path
     reports: Path
+    custom: Path = Path("data/custom")
     sample_name: str = "default"
     run_name: str = "default"
     eval_checkpoint: str = "best"
@@ -108,7 +130,7 @@ class Layout:
         p = params.paths
         return cls(source=Path(p.source), weights=Path(params.weights.dir), raw=Path(p.raw),
                    episodes=Path(p.episodes), embeds=Path(p.embeds), samplings=Path(p.samplings),
-                   models=Path(p.models), eval=Path(p.eval), reports=Path(p.reports),
+                   models=Path(p.models), eval=Path(p.eval), reports=Path(p.reports), custom=Path(p.custom),
                    sample_name=params.sample.name, run_name=params.train.run,
                    eval_checkpoint=params.evaluate.checkpoint, rollout_name=params.rollout.name)
 
@@ -116,7 +138,7 @@ class Layout:
     def template(cls) -> "Layout":
         """The layout with DVC ``${...}`` placeholders for every value params can change (dvc.yaml)."""
         folders = {k: Path(f"${{paths.{k}}}") for k in
-                   ("source", "raw", "episodes", "embeds", "samplings", "models", "eval", "reports")}
+                   ("source", "raw", "episodes", "embeds", "samplings", "models", "eval", "reports", "custom")}
         return cls(weights=Path("${weights.dir}"), sample_name="${sample.name}", run_name="${train.run}",
                    eval_checkpoint="${evaluate.checkpoint}", rollout_name="${rollout.name}", **folders)
 
@@ -136,6 +158,13 @@ class Layout:
     @property
     def embed_manifest(self) -> Path:
         return self.embeds / MANIFEST
+
+    def custom_set(self, name: str) -> CustomSetLayout:
+        return CustomSetLayout(self.custom / name)
+
+    def mix_dirs(self, names) -> dict[str, tuple[Path, Path]]:
+        """``set name -> (episodes, embeds)`` of the custom sets a sampling mixes in."""
+        return {n: (self.custom_set(n).episodes, self.custom_set(n).embeds) for n in names}
 
     def sampling_of(self, name: str) -> Path:
         return self.samplings / f"{name}.json"

@@ -7,6 +7,7 @@ what was expected. Each section is a model of its own; stages read only their se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -53,6 +54,7 @@ class Paths(Section):
     models: str = Field("models", description="trained weights and checkpoints")
     eval: str = Field("eval", description="evaluation metrics, plots and videos")
     reports: str = Field("reports", description="data reports")
+    custom: str = Field("data/custom", description="your own recording sets (custom.<name>), one folder each: episodes/, raw/, embeds/")
 
 
 class SourceParams(Section):
@@ -125,16 +127,25 @@ class WeightsParams(Section):
 
 
 
-class MixSet(Section):
-    """An extra episode set drawn into a mixed sampling beside the main set (``paths.episodes``/``embeds``).
+SET_NAME = r"^[A-Za-z0-9_.-]+$"
 
-    Made like the main set (``steve1 import-recordings`` + the embed stage with its own params
-    file). Budgets count training frames (T per chunk) and are met within one chunk.
+
+class CustomSet(Section):
+    """A folder of your own recordings; the ``import-set`` and ``embed-set`` stages turn it into
+    episodes and embeds under ``<paths.custom>/<name>/`` (DVC outputs, like the main set's)."""
+
+    source: str = Field(..., min_length=1, description="folder of recordings, one sub-folder per episode: frames/*.png + actions.jsonl, or MineRL v0.4 (recording.mp4 + rendered.npz)")
+    format: Literal["auto", "frames", "minerl"] = Field("auto", description="recording format; auto tells them apart per folder")
+    fps: float = Field(20.0, gt=0.0, le=1000.0, description="frame rate of PNG-frame recordings")
+
+
+class MixSet(Section):
+    """A custom set (``custom.<name>``) drawn into a mixed sampling beside the main set.
+
+    Budgets count training frames (T per chunk) and are met within one chunk.
     """
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="set name; its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
-    episodes: str = Field(..., min_length=1, description="folder of the set's episode HDF5 files")
-    embeds: str = Field(..., min_length=1, description="folder of the set's MineCLIP embeds files")
+    name: str = Field(..., pattern=SET_NAME, description="a key of custom; its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
     train_frames: int = Field(..., ge=0, description="train frames drawn from this set")
     val_frames: int = Field(0, ge=0, description="val frames drawn from this set")
 
@@ -165,7 +176,7 @@ class SampleParams(Section):
     T: int = Field(640, ge=1, description="chunk length in frames")
     min_btwn_goals: int = Field(15, ge=15, description="smallest gap between hindsight goals; >= 15 because embeddings start at frame 15 (STEVE-1 asserts it)")
     max_btwn_goals: int = Field(200, ge=2, description="gaps are drawn below this")
-    mix: list[MixSet] = Field(default_factory=list, description="extra episode sets mixed in: [{name, episodes, embeds, train_frames, val_frames}], each budget in training frames; their folders are not DVC deps")
+    mix: list[MixSet] = Field(default_factory=list, description="custom sets mixed in: [{name, train_frames, val_frames}], name a key of custom, each budget in training frames")
 
     @model_validator(mode="after")
     def _gap_order(self) -> "SampleParams":
@@ -357,6 +368,7 @@ class Params(Section):
     paths: Paths = Field(default_factory=Paths)
     source: SourceParams = Field(default_factory=SourceParams)
     weights: WeightsParams = Field(default_factory=WeightsParams)
+    custom: dict[str, CustomSet] = Field(default_factory=dict, description="your own recording sets by name, e.g. {mine: {source: recordings/mine}}; imported and embedded by the import-set/embed-set stages")
     download: DownloadParams = Field(default_factory=DownloadParams)
     decode: DecodeParams = Field(default_factory=DecodeParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
@@ -376,6 +388,17 @@ class Params(Section):
         T = self.train_T
         if T % self.train.trunc_t:
             raise ValueError(f"train.trunc_t ({self.train.trunc_t}) must divide the chunk length T={T} (sample.T)")
+        return self
+
+    @model_validator(mode="after")
+    def _mix_names_are_custom_sets(self) -> "Params":
+        bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name)]
+        if bad:
+            raise ValueError(f"custom set names may use letters, digits, '_', '.', '-' only: {', '.join(bad)}")
+        unknown = [m.name for m in self.sample.mix if m.name not in self.custom]
+        if unknown:
+            raise ValueError(f"sample.mix names {unknown}, which are not custom sets (custom has "
+                             f"{sorted(self.custom) or 'none'}); add them under custom: with their source folder")
         return self
 
     @property

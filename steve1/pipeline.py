@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from steve1.layout import EVAL_PLOT_CHUNKS, EVAL_PLOT_SWEEP, Layout
+from steve1.layout import EVAL_PLOT_CHUNKS, EVAL_PLOT_SETS, EVAL_PLOT_SWEEP, Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = "dvc.yaml"
@@ -70,15 +70,18 @@ class Stage:
     metrics: tuple[Out, ...] = ()
     plots: tuple[Out, ...] = ()
     env: str = ""
+    args: str = ""                        # command-line arguments after the module
+    foreach: Optional[str] = None         # a params mapping: one stage per key (DVC foreach)
 
     @property
     def cmd(self) -> str:
-        return f"{self.env}python -m {self.module}"
+        return f"{self.env}python -m {self.module}" + (f" {self.args}" if self.args else "")
 
 
 def stages(layout: Layout = Layout.template()) -> list[Stage]:
     """Every stage of the pipeline, in the order ``dvc.yaml`` lists them."""
     L, run = layout, layout.run
+    cs = layout.custom_set("${key}")      # inside a foreach over custom: ${key} is the set's name
     uncached = dict(cache=False)
     return [
         Stage("make-source", "stages.make_source", ("source", "paths.source"), outs=(Out(L.source),)),
@@ -89,11 +92,15 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               outs=(Out(L.episodes, persist=True),)),
         Stage("embed", "stages.embed", ("embed", "decode.cursor_png", "paths.embeds"),
               deps=(L.weights, L.raw, L.episodes), outs=(Out(L.embeds, persist=True),), env=EMBED_ENV),
-        # sample.mix sets' folders cannot be deps (a deps list cannot depend on a params list); their
-        # config is (params: sample). The out is the one JSON, not the folder: DVC deletes outs before a
-        # run, and sample.val_from may name an earlier sampling in the same folder.
-        Stage("sample", "stages.sample", ("sample", "paths.episodes", "paths.embeds", "paths.samplings"),
-              deps=(L.episodes, L.embeds), outs=(Out(L.sampling),)),
+        Stage("import-set", "stages.import_set", ("custom.${key}", "decode"), deps=(Path("${item.source}"),),
+              outs=(Out(cs.episodes, persist=True), Out(cs.raw, persist=True)), args="${key}", foreach="${custom}"),
+        Stage("embed-set", "stages.embed_set", ("embed", "decode.cursor_png"), deps=(L.weights, cs.raw, cs.episodes),
+              outs=(Out(cs.embeds, persist=True),), env=EMBED_ENV, args="${key}", foreach="${custom}"),
+        # The custom sets' folder is one dep (a deps list cannot follow a params list); it always exists
+        # (data/custom/README.md is in git). The out is the one JSON, not the folder: DVC deletes outs
+        # before a run, and sample.val_from may name an earlier sampling in the same folder.
+        Stage("sample", "stages.sample", ("sample", "paths.episodes", "paths.embeds", "paths.samplings", "paths.custom"),
+              deps=(L.episodes, L.embeds, L.custom), outs=(Out(L.sampling),)),
         Stage("report", "stages.report", ("report", "sample.name", "paths.reports"),
               deps=(L.episodes, L.embeds, L.sampling), outs=(Out(L.report_data),),
               metrics=(Out(L.report_summary, **uncached),)),
@@ -111,7 +118,9 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               deps=(L.weights, L.eval_weights, L.episodes, L.embeds, L.sampling),
               outs=(Out(L.eval_offline, **uncached),), metrics=(Out(L.eval_metrics, **uncached),),
               plots=(Out(L.eval_plot(EVAL_PLOT_SWEEP), plot={"x": "cond_scale", "y": "nll"}, **uncached),
-                     Out(L.eval_plot(EVAL_PLOT_CHUNKS), plot={"x": "chunk", "y": "nll"}, **uncached))),
+                     Out(L.eval_plot(EVAL_PLOT_CHUNKS), plot={"x": "chunk", "y": "nll"}, **uncached),
+                     Out(L.eval_plot(EVAL_PLOT_SETS), plot={"x": "nll", "y": "set_policy", "template": "bar_horizontal"},
+                         **uncached))),
     ]
 
 
@@ -189,8 +198,8 @@ def render(root: Path = ROOT) -> str:
             outs = getattr(s, key)
             if outs:
                 entry[key] = [o.entry() for o in outs]
-        doc[s.name] = entry
-    body = yaml.safe_dump({"stages": doc}, sort_keys=False, default_flow_style=False, width=120)
+        doc[s.name] = {"foreach": s.foreach, "do": entry} if s.foreach else entry
+    body = yaml.safe_dump({"stages": doc}, sort_keys=False, default_flow_style=False, width=4096)
     return HEADER + body
 
 

@@ -98,7 +98,8 @@ def test_editing_a_module_makes_exactly_its_importers_stale(project, module):
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\n# an edit\n")
-        expected = {s.name for s in stages() if module in ImportGraph(root).deps(s.module)}
+        # foreach stages (custom sets) have no instance while params.yaml names no set
+        expected = {s.name for s in stages() if not s.foreach and module in ImportGraph(root).deps(s.module)}
         assert expected and _stale(root, env) == expected
     finally:
         path.write_bytes(original)
@@ -123,3 +124,24 @@ def test_data_stages_from_nothing_give_the_same_bytes(project):
     assert {"make-source", "download", "decode", "embed", "sample"} <= _ran(out), out[-3000:]
     assert _digests(root, folders) == before
     assert (root / "dvc.lock").read_text() == lock    # same md5 of every output
+
+
+def test_custom_set_is_imported_embedded_and_mixed_by_dvc(project):
+    """Your own recordings as tracked stages (kept last: it adds stages to the project)."""
+    from fixtures.recordings import write_png_recording
+
+    root, env = project
+    for i in range(2):
+        write_png_recording(root / "recordings", f"own-{i}", 100, seed=i)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["custom"] = {"mine": {"source": "recordings"}}
+    params["sample"]["mix"] = [{"name": "mine", "train_frames": 128, "val_frames": 0}]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro", "sample"], root, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+    assert ran == {"import-set@mine", "embed-set@mine", "sample"}, out[-3000:]
+    layout = Layout.from_params(load_params(root / "params.yaml"))
+    doc = json.loads((root / layout.sampling).read_text())
+    assert doc["sets"]["mine"]["episodes"] == str(layout.custom_set("mine").episodes)
+    assert any(chunk[0].startswith("mine/own-") for chunk in doc["chunks"]["train"])
+    assert _stale(root, env) == set()

@@ -132,6 +132,7 @@ class EpisodeScan:
 
     lengths: dict[str, int] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
+    weights: set[str] = field(default_factory=set)    # MineCLIP ids of the usable embeds files
 
 
 def _n_frames(path: Path) -> int:
@@ -156,6 +157,7 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             n = _n_frames(episode_path(episodes_dir, eid))
             with h5py.File(episode_path(embeds_dir, eid), "r") as f:
                 valid = f[F.EMBED_VALID][:]
+                weights = str(f.attrs.get(F.A_WEIGHTS, ""))
         except (OSError, KeyError) as exc:
             scan.invalid[eid] = f"unreadable: {exc}"
             continue
@@ -169,7 +171,15 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             scan.invalid[eid] = f"embedding row {bad} is marked invalid (rows >= {F.NONE_EMBED_OFFSET} must be valid)"
         else:
             scan.lengths[eid] = n
+            scan.weights.add(weights)
     return scan
+
+
+def too_short_hint(T: int, min_btwn_goals: int) -> str:
+    """What to change when episodes are too short for the chunk length."""
+    return (f"each needs >= {min_episode_frames(T, min_btwn_goals)} frames = max(T={T}, min_btwn_goals="
+            f"{min_btwn_goals}) + {F.NONE_EMBED_OFFSET}; lower sample.T (train.trunc_t must divide it) or "
+            f"use longer recordings")
 
 
 def _take(order: Iterable[str], lengths: dict[str, int], budget: int, keep_last: int = 0) -> list[str]:
@@ -345,18 +355,19 @@ def split_chunks(sampling: dict[str, Any], split: str) -> list[Chunk]:
 
 
 def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path,
-                 out: str | Path) -> Path:
-    """Scan, split, index and write the sampling JSON ``out`` atomically (``Layout.sampling``); return it."""
+                 out: str | Path, mix_dirs: Mapping[str, tuple[str | Path, str | Path]] = {}) -> Path:
+    """Scan, split, index and write the sampling JSON ``out`` atomically (``Layout.sampling``); return it.
+
+    ``mix_dirs`` gives each ``sample.mix`` set's (episodes, embeds) folders (``Layout.mix_dirs``)."""
     p = sample_params
     scan = scan_episodes(episodes_dir, embeds_dir, p.T, p.min_btwn_goals)
     for eid, reason in scan.invalid.items():
         log.info("skipping %s: %s", eid, reason)
     if not scan.lengths:
-        need = min_episode_frames(p.T, p.min_btwn_goals)
         raise SamplingError(f"no valid episodes in {episodes_dir} with embeds in {embeds_dir} "
-                            f"({len(scan.invalid)} rejected; each needs >= {need} frames)")
-    if getattr(p, "mix", None):
-        return _run_mixed_sampling(p, episodes_dir, embeds_dir, Path(out))
+                            f"({len(scan.invalid)} rejected; {too_short_hint(p.T, p.min_btwn_goals)})")
+    if p.mix:
+        return _run_mixed_sampling(p, episodes_dir, embeds_dir, Path(out), mix_dirs)
     val_episodes = None
     if p.val_from:  # an earlier mixed sampling lends its main set's val
         val_episodes = [e for e in load_sampling(p.val_from)["val"] if split_key(e)[0] == MAIN_SET]
@@ -374,10 +385,15 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
     return out
 
 
-def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path, out: Path) -> Path:
+def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path, out: Path,
+                        mix_dirs: Mapping[str, tuple[str | Path, str | Path]]) -> Path:
     """:func:`run_sampling` with ``p.mix``: scan and split every set, record each set's folders once."""
+    missing = [m.name for m in p.mix if m.name not in mix_dirs]
+    if missing:
+        raise SamplingError(f"sample.mix names {missing} but no folders were given for them")
     sets = [(MAIN_SET, str(episodes_dir), str(embeds_dir), p.train_frames, p.val_frames)]
-    sets += [(m.name, m.episodes, m.embeds, m.train_frames, m.val_frames) for m in p.mix]
+    sets += [(m.name, str(mix_dirs[m.name][0]), str(mix_dirs[m.name][1]), m.train_frames, m.val_frames)
+             for m in p.mix]
     seen: dict[Path, str] = {}
     for name, ep_dir, _, _, _ in sets:
         where = Path(ep_dir).resolve()
@@ -385,17 +401,21 @@ def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: s
             raise SamplingError(f"sets {seen[where]!r} and {name!r} both read episodes from {ep_dir}; "
                                 f"each set needs its own folder")
         seen[where] = name
-    specs, invalid = [], []
+    specs, invalid, weights = [], [], {}
     for name, ep_dir, em_dir, train_frames, val_frames in sets:
         scan = scan_episodes(ep_dir, em_dir, p.T, p.min_btwn_goals)
         for eid, reason in scan.invalid.items():
             log.info("skipping %s: %s", episode_key(name, eid), reason)
             invalid.append({"episode_id": episode_key(name, eid), "reason": reason})
         if not scan.lengths:
-            need = min_episode_frames(p.T, p.min_btwn_goals)
             raise SamplingError(f"set {name!r}: no valid episodes in {ep_dir} with embeds in {em_dir} "
-                                f"({len(scan.invalid)} rejected; each needs >= {need} frames)")
+                                f"({len(scan.invalid)} rejected; {too_short_hint(p.T, p.min_btwn_goals)})")
         specs.append(SetSpec(name, scan.lengths, train_frames, val_frames))
+        weights.update({w: f"set {name!r} ({em_dir})" for w in scan.weights if w not in weights})
+    if len(weights) > 1:  # goals from two MineCLIPs live in two different spaces
+        raise SamplingError("the sets were embedded by different MineCLIP weights: " +
+                            "; ".join(f"{w!r} in {where}" for w, where in weights.items()) +
+                            "; embed every set with the same embed params (dvc repro embed-set@<name>)")
     val_episodes = None
     if p.val_from:
         earlier = load_sampling(p.val_from)

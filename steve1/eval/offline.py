@@ -41,9 +41,9 @@ from steve1.actions import N_CAMERA_BINS
 from steve1.data import formats as F
 from steve1.data.dataset import make_dataloader
 from steve1.data.episodes import read_embeds
-from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks
+from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
 from steve1.io import sha256_file, write_json_atomic
-from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
+from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SETS as PLOT_SETS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights
 from steve1.models.policy import ACTION_KEYS, guide
@@ -125,9 +125,9 @@ class _Sums:
 
 @torch.no_grad()
 def evaluate_batch(policy: AgentPolicy, batch: Mapping[str, torch.Tensor], cond_scales: Sequence[float],
-                   call_t: int, sums: _Sums) -> torch.Tensor:
+                   call_t: int, sums: _Sums) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one batch of chunks through ``policy``, add its step metrics to ``sums``; return the
-    per-chunk mean NLL [B] (true goal).
+    per-chunk mean NLL and joint accuracy, each [B] (true goal).
 
     ``batch``: ``frames`` uint8 [B,T,128,128,3], ``goal_embeds`` [B,T,512] (true hindsight goals),
     ``buttons``/``camera`` int [B,T], optionally ``other_goal`` [B,512] (a goal from another
@@ -139,6 +139,7 @@ def evaluate_batch(policy: AgentPolicy, batch: Mapping[str, torch.Tensor], cond_
     n_rows = 3 if other is not None else 2
     state = policy.initial_state(n_rows * B, device=frames.device)
     chunk_nll = torch.zeros(B, dtype=torch.float64, device=frames.device)
+    chunk_acc = torch.zeros(B, dtype=torch.float64, device=frames.device)
     for s in range(0, T, call_t):
         sl = slice(s, min(s + call_t, T))
         t = sl.stop - sl.start
@@ -156,6 +157,7 @@ def evaluate_batch(policy: AgentPolicy, batch: Mapping[str, torch.Tensor], cond_
         m = step_metrics(cond, action)
         sums.add(m)
         chunk_nll += m["nll"].double().sum(1)
+        chunk_acc += m["acc_joint"].double().sum(1)
         sums.add({"kl_null_goal": kl_divergence(cond, null), "nll_null_goal": step_metrics(null, action)["nll"]})
         if other is not None:
             sums.add({"kl_other_goal": kl_divergence(cond, rows[2]),
@@ -164,7 +166,7 @@ def evaluate_batch(policy: AgentPolicy, batch: Mapping[str, torch.Tensor], cond_
             guided, log_z = renormalize(guide(cond, null, scale))
             sums.add({**step_metrics(guided, action), "log_normalizer": log_z}, prefix=f"{scale_key(scale)}/")
         sums.n += B * t
-    return chunk_nll / T
+    return chunk_nll / T, chunk_acc / T
 
 
 def summarize(means: Mapping[str, float], cond_scales: Sequence[float], n_chunks: int, n_steps: int) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def evaluate_policies(policies: Mapping[str, AgentPolicy], batches: Iterable[Map
 
     Returns ``(metrics by policy name, per-chunk rows)``; a row has ``chunk`` (running index),
     ``index`` (the chunk's index in the evaluated list when the batch carries it) and
-    ``nll_<name>`` for each policy.
+    ``nll_<name>``, ``acc_<name>`` (joint accuracy) for each policy.
     """
     if call_t < 1:
         raise ValueError(f"call_t must be >= 1, got {call_t}")
@@ -195,8 +197,8 @@ def evaluate_policies(policies: Mapping[str, AgentPolicy], batches: Iterable[Map
     try:
         for batch in batches:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            per_chunk = {name: evaluate_batch(p, batch, cond_scales, call_t, sums[name]).cpu()
-                         for name, p in policies.items()}  # host sync once per batch
+            per_chunk = {name: [v.cpu() for v in evaluate_batch(p, batch, cond_scales, call_t, sums[name])]
+                          for name, p in policies.items()}  # host sync once per batch
             index = batch.get("index")
             for b in range(batch["frames"].shape[0]):
                 row = {"chunk": len(rows)}
@@ -204,7 +206,8 @@ def evaluate_policies(policies: Mapping[str, AgentPolicy], batches: Iterable[Map
                     row["index"] = int(index[b])
                 if "episode" in batch:
                     row["episode"], row["start"] = batch["episode"][b], int(batch["start"][b])
-                row.update({f"nll_{name}": float(v[b]) for name, v in per_chunk.items()})
+                for name, (nll, acc) in per_chunk.items():
+                    row.update({f"nll_{name}": float(nll[b]), f"acc_{name}": float(acc[b])})
                 rows.append(row)
     finally:
         for name, p in policies.items():
@@ -214,6 +217,27 @@ def evaluate_policies(policies: Mapping[str, AgentPolicy], batches: Iterable[Map
     n_steps = next(iter(sums.values())).n
     metrics = {name: summarize(s.means(), cond_scales, len(rows), n_steps) for name, s in sums.items()}
     return metrics, rows
+
+
+def per_set(rows: Sequence[Mapping[str, Any]], policies: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """NLL and joint accuracy of each sampling set (``main`` and every ``sample.mix`` set) from the
+    per-chunk rows: forgetting on the original data and gain on the new one are separate numbers.
+    Chunks have one length, so the mean over a set's chunks is its per-step mean."""
+    by_set: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_set.setdefault(split_key(row["episode"])[0], []).append(row)
+    out = {}
+    for name, chunk_rows in sorted(by_set.items()):
+        entry: dict[str, Any] = {"n_chunks": len(chunk_rows)}
+        for policy in policies:
+            prefix = "" if policy == "model" else f"{policy}_"
+            for metric in ("nll", "acc"):
+                entry[f"{prefix}{metric}"] = float(np.mean([r[f"{metric}_{policy}"] for r in chunk_rows]))
+        if "baseline" in policies:
+            entry["delta_nll"] = entry["nll"] - entry["baseline_nll"]
+            entry["delta_acc"] = entry["acc"] - entry["baseline_acc"]
+        out[name] = entry
+    return out
 
 
 def deltas(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,6 +387,8 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     if "baseline" in by_policy:
         metrics["baseline"] = {k: v for k, v in by_policy["baseline"].items() if k not in COUNT_KEYS}
         metrics["delta"] = deltas(by_policy["model"], by_policy["baseline"])
+    if "sets" in sampling:   # a mixed sampling: each set's own before/after
+        metrics["sets"] = per_set(rows, list(policies))
     check_finite(metrics)
     write_outputs(layout, metrics, by_policy, rows, e.cond_scales, run_info)
     log.info("offline eval of %s on %d chunks (%d steps): nll %.4f, acc_joint %.3f, kl_null_goal %.4g",
@@ -387,5 +413,10 @@ def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping
     live = Live(dir=str(layout.eval), report=None, dvcyaml=None, save_dvc_exp=False)
     live.log_plot(PLOT_SWEEP, sweep, x="cond_scale", y="nll", title="guided NLL (renormalised) vs cond_scale")
     live.log_plot(PLOT_CHUNKS, chunk_rows, x="chunk", y="nll", title="per-chunk NLL (true goal)")
+    bars = [{"set_policy": f"{name}: {policy}", "nll": entry[f"{prefix}nll"]}
+            for name, entry in per_set(rows, list(by_policy)).items()
+            for policy, prefix in (("model", ""), ("baseline", "baseline_")) if f"{prefix}nll" in entry]
+    live.log_plot(PLOT_SETS, bars, x="nll", y="set_policy", template="bar_horizontal",
+                  title="NLL per dataset (true goal): model vs baseline")
     write_json_atomic(layout.eval_offline, dict(run_info))
     write_json_atomic(layout.eval_metrics, dict(metrics))

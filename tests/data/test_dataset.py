@@ -260,10 +260,10 @@ def mixed(episode_factory, tmp_path):
         episode_factory(eid, n)
     for i, (eid, n) in enumerate({"ep-a": 60, "ep-b": 115}.items()):
         custom(eid, n, tag=50 + i)
-    mix = dict(name="custom", episodes=str(custom.episodes_dir), embeds=str(custom.embeds_dir), train_frames=80)
     p = SampleParams(name="mix", train_frames=360, val_frames=0, T=T, min_btwn_goals=MIN, max_btwn_goals=MAX,
-                     mix=[mix])
-    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "mix.json")
+                     mix=[dict(name="custom", train_frames=80)])
+    out = run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "mix.json",
+                       {"custom": (custom.episodes_dir, custom.embeds_dir)})
     return episode_factory, custom, out
 
 

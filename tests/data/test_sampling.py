@@ -12,7 +12,7 @@ from steve1.data import formats as F
 from steve1.data.sampling import (SamplingError, SetSpec, episode_chunks, load_sampling, make_mixed_sampling,
                                   make_sampling, min_episode_frames, run_sampling, scan_episodes, split_chunks,
                                   split_key)
-from steve1.params import Params, SampleParams
+from steve1.params import Params, ParamsError, SampleParams, validate_params
 from fixtures.episodes import episode_factory  # noqa: F401  (fixture)
 
 
@@ -203,15 +203,19 @@ def test_mixed_sampling_warns_when_a_set_is_short_and_refuses_an_empty_train():
 
 
 def test_mix_params_are_validated_and_an_empty_mix_is_not_dumped():
-    ok = dict(name="custom", episodes="data/custom/episodes", embeds="data/custom/embeds", train_frames=20)
+    ok = dict(name="custom", train_frames=20)
     assert "mix" not in SampleParams().model_dump(mode="json")
     assert SampleParams(mix=[ok]).model_dump(mode="json")["mix"][0]["val_frames"] == 0
     for mix, msg in (([ok, ok], "unique"), ([{**ok, "name": "main"}], "reserved"),
                      ([{**ok, "train_frames": 0}], "adds nothing"), ([{**ok, "train_frames": -1}], "greater than"),
                      ([{**ok, "name": "a/b"}], "pattern"),
-                     ([{k: v for k, v in ok.items() if k != "embeds"}], "embeds")):
+                     ([{**ok, "episodes": "data/x"}], "episodes")):   # folders come from the layout now
         with pytest.raises(ValueError, match=msg):
             SampleParams(mix=mix)
+    # a mix set must be a custom set
+    with pytest.raises(ParamsError, match=r"sample.mix names \['custom'\], which are not custom sets"):
+        validate_params({"sample": {"mix": [ok]}})
+    assert validate_params({"sample": {"mix": [ok]}, "custom": {"custom": {"source": "recs"}}}).sample.mix[0].name == "custom"
 
 
 def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory, tmp_path):
@@ -223,11 +227,13 @@ def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory
     for i, n in enumerate((50, 70, 90)):
         custom(f"ep-{i}", n, tag=100 + i)  # ep-0..ep-2 exist in both sets
     custom("tiny", 20, tag=110)
-    mix = dict(name="custom", episodes=str(custom.episodes_dir), embeds=str(custom.embeds_dir),
-               train_frames=60, val_frames=20)
+    mix = dict(name="custom", train_frames=60, val_frames=20)
     p = SampleParams(name="m", train_frames=100, val_frames=40, seed=3, T=20, max_btwn_goals=30, mix=[mix])
-    def run(p):
-        return run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s" / f"{p.name}.json")
+    dirs = {"custom": (custom.episodes_dir, custom.embeds_dir)}
+
+    def run(p, dirs=dirs):
+        return run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s" / f"{p.name}.json",
+                            dirs)
     out = run(p)
     first = out.read_bytes()
     assert run(p).read_bytes() == first
@@ -244,23 +250,47 @@ def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory
     # a single-set sampling may reuse the main set's val of a mixed one
     single = load_sampling(run(p.model_copy(update={"name": "m3", "mix": [], "val_from": str(out)})))
     assert single["val"] == [e for e in doc["val"] if "/" not in e] and "sets" not in single
-    same = {**mix, "episodes": str(episode_factory.episodes_dir)}
     with pytest.raises(SamplingError, match="both read episodes from"):
-        run(p.model_copy(update={"mix": [SampleParams(mix=[same]).mix[0]]}))
+        run(p, {"custom": (episode_factory.episodes_dir, custom.embeds_dir)})
 
 
-def test_stage_runs_a_mix_from_params_and_names_an_empty_set(episode_factory, tmp_path, capsys):
+def test_stage_mixes_custom_sets_from_the_layout_and_names_an_empty_one(episode_factory, tmp_path, capsys):
+    from fixtures.episodes import EpisodeFactory
     from stages.sample import main
 
     for i in range(3):
         episode_factory(f"ep-{i}", 150)
-    custom = tmp_path / "custom"
-    mix = [dict(name="custom", episodes=str(episode_factory.root / "episodes"), embeds=str(custom / "embeds"),
-                train_frames=64)]
-    same = _params_file(tmp_path, episode_factory.root, T=64, train_frames=64, val_frames=0, mix=mix)
-    assert main(["--params", str(same)]) == 1
-    assert "both read episodes from" in capsys.readouterr().err
-    mix[0]["episodes"] = str(custom / "episodes")
-    empty = _params_file(tmp_path, episode_factory.root, T=64, train_frames=64, val_frames=0, mix=mix)
-    assert main(["--params", str(empty)]) == 1
-    assert f"set 'custom': no valid episodes in {custom / 'episodes'}" in capsys.readouterr().err
+    sets = tmp_path / "sets"
+    raw = yaml.safe_load(_params_file(tmp_path, episode_factory.root, T=64, train_frames=64, val_frames=0,
+                                      mix=[dict(name="mine", train_frames=64)]).read_text())
+    raw["paths"]["custom"] = str(sets)
+    raw["custom"] = {"mine": {"source": str(tmp_path / "recordings")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 1
+    assert f"set 'mine': no valid episodes in {sets / 'mine' / 'episodes'}" in capsys.readouterr().err
+    mine = EpisodeFactory(sets / "mine")
+    mine("own-0", 100)
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 0
+    doc = load_sampling(tmp_path / "samplings" / "default.json")
+    assert doc["sets"]["mine"]["episodes"] == str(sets / "mine" / "episodes")
+    assert any(c[0] == "mine/own-0" for c in doc["chunks"]["train"])
+
+
+def test_sets_embedded_by_different_mineclips_are_refused_naming_both(episode_factory, tmp_path):
+    from fixtures.episodes import EpisodeFactory
+
+    for i in range(3):
+        episode_factory(f"ep-{i}", 150)
+    other = EpisodeFactory(tmp_path / "other", weights="attn.pth:md5=0123")
+    other("own-0", 150)
+    p = SampleParams(T=64, train_frames=64, val_frames=0, mix=[dict(name="mine", train_frames=64)])
+    with pytest.raises(SamplingError, match=r"different MineCLIP weights: 'fixture' in set 'main'.*'attn.pth:md5=0123' "
+                                            r"in set 'mine'"):
+        run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s.json",
+                     {"mine": (other.episodes_dir, other.embeds_dir)})
+
+
+def test_too_short_episodes_say_how_to_fix_it(episode_factory, tmp_path):
+    episode_factory("short", 60)
+    with pytest.raises(SamplingError, match=r"needs >= 79 frames = max\(T=64.*lower sample.T .*longer recordings"):
+        run_sampling(SampleParams(T=64), episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s.json")

@@ -264,6 +264,22 @@ def test_stage_writes_metrics_plots_and_baseline_deltas(tmp_path):
     assert np.mean([c["nll"] for c in chunks]) == pytest.approx(m["nll"], rel=1e-9)
     info = json.loads((out / "offline.json").read_text())
     assert info["baseline_goal_layer_zeroed"] is True and len(info["weights_sha256"]) == 64
+    bars = {b["set_policy"]: b["nll"] for b in json.loads((out / "plots" / "custom" / "set_nll.json").read_text())}
+    assert bars["main: model"] == pytest.approx(m["nll"], rel=1e-9)
+    assert bars["main: baseline"] == pytest.approx(m["baseline"]["nll"], rel=1e-9)
+    assert "sets" not in m    # a single-set sampling: the top-level figures are the main set's
+
+
+def test_per_set_figures_separate_forgetting_from_gain():
+    from steve1.eval.offline import per_set
+
+    rows = [{"episode": "ep-a", "nll_model": 2.0, "acc_model": 0.5, "nll_baseline": 1.0, "acc_baseline": 0.6},
+            {"episode": "ep-b", "nll_model": 4.0, "acc_model": 0.3, "nll_baseline": 3.0, "acc_baseline": 0.4},
+            {"episode": "mine/own-0", "nll_model": 1.0, "acc_model": 0.9, "nll_baseline": 5.0, "acc_baseline": 0.1}]
+    out = per_set(rows, ["model", "baseline"])
+    assert out["main"] == {"n_chunks": 2, "nll": 3.0, "acc": 0.4, "baseline_nll": 2.0, "baseline_acc": 0.5,
+                           "delta_nll": 1.0, "delta_acc": pytest.approx(-0.1)}      # forgetting: worse on main
+    assert out["mine"]["delta_nll"] == -4.0 and out["mine"]["delta_acc"] == pytest.approx(0.8)  # gain on mine
 
 
 def test_stage_reports_missing_weights(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """Learning-rate sweeps through DVC's experiment queue, at toy size, in a fresh copy of the project.
 
-The upstream stages run once (``dvc repro train``); the queued experiments then reuse them from
-the run cache and only retrain. This is the README's sweep recipe, checked end to end.
+The upstream stages run once (``make repro``'s ``dvc repro``, here up to train), their state is
+committed (dvc.lock: the README's recipe); the queued experiments then reuse them from the cache
+and only retrain, with a custom recording set mixed in (its import/embed outputs must be in the
+queue's workspace: they are DVC outputs).
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ RATES = ("1e-4", "3e-4")
 
 
 def _toy_params(root: Path) -> None:
+    from fixtures.recordings import write_png_recording
+
+    for i in range(2):
+        write_png_recording(root / "recordings", f"own-{i}", 80, seed=i)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["source"].update(n_synthetic=2, synthetic_steps=200, include_real=False)
-    params["sample"].update(T=32, val_frames=64)
+    params["custom"] = {"mine": {"source": "recordings"}}
+    params["sample"].update(T=32, val_frames=64, train_frames=256,
+                            mix=[{"name": "mine", "train_frames": 64, "val_frames": 32}])
     params["train"].update(deepspeed="none", n_frames=64, warmup_frames=16, trunc_t=32, checkpoint_every_steps=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -48,7 +56,7 @@ def test_queued_learning_rate_sweep_shows_both_experiments(tmp_path):
     env = {**project_env("sweep"), "OMP_NUM_THREADS": "1"}
     init_git(root, env)  # dvclive reads HEAD during the train stage
     _run(["dvc", "repro", "train"], root, env)
-    commit(root, env, "baseline")
+    commit(root, env, "baseline")   # with dvc.lock, as the README says
 
     for lr in RATES:
         _run(["dvc", "exp", "run", "--queue", "-S", f"learning_rate={lr}"], root, env)
