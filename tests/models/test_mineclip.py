@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.models.mineclip import (ATTN_PTH_MD5, PRESETS, build_mineclip, canonical_key, load_attn_pth,
-                                    official_keys, resize_pos_embed, resize_pos_embed_grid, save_attn_pth)
+from steve1.models.mineclip import PRESETS, build_mineclip, resize_pos_embed, resize_pos_embed_grid
+from steve1.models.mineclip_files import ATTN_PTH_MD5, canonical_key, load_attn_pth, official_keys, save_attn_pth
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
