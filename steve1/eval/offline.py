@@ -50,9 +50,6 @@ from steve1.models.vpt import AgentPolicy
 
 log = logging.getLogger(__name__)
 
-# Per-step metrics of one action distribution, in the order they are reported.
-STEP_METRICS = ("nll", "nll_buttons", "nll_camera", "acc_buttons", "acc_camera", "acc_joint",
-                "camera_bin_error", "camera_bin_error_pitch", "camera_bin_error_yaw")
 COUNT_KEYS = ("n_chunks", "n_steps")
 PLOT_SWEEP = "cond_scale_sweep"
 PLOT_CHUNKS = "chunk_nll"
