@@ -15,11 +15,12 @@ One call is one micro-step; ``grad_accum`` micro-steps make an optimizer step. T
 rate follows :func:`steve1.train.optim.lr_at` of the frames seen (all processes), set before
 every micro-step as STEVE-1 does.
 
-Bookkeeping (logging, validation and best weights, snapshots, checkpoints, each behind a finite
-check) happens at batch ends, where the loader position is a whole number of batches and no
-gradient is pending, so a checkpoint taken there resumes bit-exactly. :func:`train` reads as that
-loop: :func:`train_batch`, then the named bookkeeping functions; the counters they advance are a
-:class:`~steve1.train.run_state.RunState`, which is also what a checkpoint stores.
+Bookkeeping (logging, validation and best weights, snapshots, checkpoints; logging, validation
+and checkpoints stop the run on a non-finite value) happens at batch ends, where the loader
+position is a whole number of batches and no gradient is pending, so a checkpoint taken there
+resumes bit-exactly. :func:`train` reads as that loop: :func:`train_batch`, then the named
+bookkeeping functions; the counters they advance are a :class:`~steve1.train.run_state.RunState`,
+which is also what a checkpoint stores.
 """
 
 from __future__ import annotations
