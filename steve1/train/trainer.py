@@ -376,7 +376,8 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
 
 
 def _endless(loader: ChunkLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """The loader's batches, epoch after epoch (each pass resumes at the loader's position)."""
+    """The loader's batches, epoch after epoch (each pass resumes at the loader's position; the
+    sampler refuses an epoch without batches, so this never spins)."""
     while True:
         yield from loader
 
