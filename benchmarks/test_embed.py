@@ -19,7 +19,8 @@ from torch.testing import assert_close
 
 from benchmarks.conftest import QUICK, record
 from steve1.data.embedding import Embedder, embed_frames, naive_window_embeddings
-from steve1.models.mineclip import build_mineclip, random_weights_info
+from steve1.models.mineclip import build_mineclip
+from steve1.models.mineclip_files import random_weights_info
 
 # The architecture of the golden tiny model (tiny_config.json): 80x128 frames, 64-d features.
 GOLDEN_TINY = {"resolution": (80, 128), "embed_dim": 64, "vision_width": 128, "vision_layers": 2,

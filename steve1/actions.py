@@ -36,7 +36,6 @@ ENV_BUTTON_KEYS = (
     "ESC", "attack", "back", "drop", "forward", *(f"hotbar.{i}" for i in range(1, 10)), "inventory", "jump",
     "left", "pickItem", "right", "sneak", "sprint", "swapHands", "use",
 )
-ENV_KEYS_DROPPED = ("ESC", "pickItem", "swapHands")
 CAMERA_KEY = "camera"
 
 # joint button groups, in index order (LAST group varies fastest); "none" is option 0 of each

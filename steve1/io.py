@@ -37,11 +37,6 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(final: str | Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_text_atomic(final: str | Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)

@@ -29,7 +29,8 @@ from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
 from steve1.io import remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
-from steve1.models.mineclip import MineCLIP, WeightsInfo, build_mineclip, load_attn_pth, random_weights_info
+from steve1.models.mineclip import MineCLIP, build_mineclip
+from steve1.models.mineclip_files import WeightsInfo, load_attn_pth, random_weights_info
 
 log = logging.getLogger(__name__)
 

@@ -129,10 +129,6 @@ class EpisodeReader:
     def frames(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
         return self._file()[F.FRAMES][start:end]
 
-    def read_frames_into(self, out: np.ndarray, start: int, end: int) -> None:
-        """Copy frames [start, end) straight into ``out`` (no intermediate array)."""
-        self._file()[F.FRAMES].read_direct(out, np.s_[start:end])
-
     def array(self, name: str, start: int = 0, end: Optional[int] = None) -> np.ndarray:
         """Any per-step dataset by its formats name, e.g. ``formats.BUTTONS``."""
         return self._file()[name][start:end]

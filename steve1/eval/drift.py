@@ -80,10 +80,6 @@ class SplitTables:
     episodes: pd.DataFrame
     embeds: np.ndarray               # float32 [len(steps), D]; NaN rows where the embedding is invalid
 
-    @property
-    def n_steps_total(self) -> int:
-        return int(self.episodes["n_frames"].sum()) if len(self.episodes) else 0
-
 
 def _episode_step_features(reader: EpisodeReader, embeds: np.ndarray, valid: np.ndarray) -> pd.DataFrame:
     """Every step of one episode as a row of features (vectorised; no per-step Python)."""

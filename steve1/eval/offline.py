@@ -52,9 +52,6 @@ from steve1.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
-# Per-step metrics of one action distribution, in the order they are reported.
-STEP_METRICS = ("nll", "nll_buttons", "nll_camera", "acc_buttons", "acc_camera", "acc_joint",
-                "camera_bin_error", "camera_bin_error_pitch", "camera_bin_error_yaw")
 COUNT_KEYS = ("n_chunks", "n_steps")
 
 Pd = Mapping[str, torch.Tensor]  # {"camera": [B,T,1,121], "buttons": [B,T,1,8641]} log-probs

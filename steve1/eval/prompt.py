@@ -22,7 +22,8 @@ def mineclip_text_encoder(weights: Optional[str], preset: str = "tiny", seed: in
     """``(encode, weights_id)``: the official ``attn.pth`` when ``weights`` is set, else the seeded
     random MineCLIP of that preset -- the same choice the embed stage makes, so text embeddings
     and the stored visual embeddings come from one model. ``weights_id`` matches the embeds files' attr."""
-    from steve1.models.mineclip import build_mineclip, load_attn_pth, random_weights_info
+    from steve1.models.mineclip import build_mineclip
+    from steve1.models.mineclip_files import load_attn_pth, random_weights_info
 
     if weights:
         model, info = load_attn_pth(weights, "full", device=device)

@@ -7,7 +7,7 @@
 * ``.weights`` (official VPT / STEVE-1 state dicts, and ours): ``torch.load(weights_only=True)``,
   ``module.policy.`` prefix (STEVE-1 DDP saves) stripped, strict key and shape checking.
 * :func:`save_policy_weights` writes a plain state_dict with the official key names (atomic), which the
-  official loaders accept.
+  official loaders accept; the trainer writes every ``.weights`` file it makes with it.
 """
 
 from __future__ import annotations
@@ -171,9 +171,16 @@ def load_policy_weights(policy: nn.Module, weights: str | Path | Mapping[str, to
     return initialised
 
 
-def save_policy_weights(policy: nn.Module, path: str | Path) -> Path:
-    """Write the plain state_dict (official key names, CPU tensors) atomically; returns ``path``."""
-    sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in policy.state_dict().items()}
+def save_policy_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a plain state_dict (official key names, CPU tensors) atomically; returns ``path``.
+
+    A module's tensors are copied off it; a state dict's are written as they are, moved to the CPU
+    when elsewhere (the trainer passes its gathered fp32 CPU copies and needs no second copy).
+    """
+    if isinstance(weights, nn.Module):
+        sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.state_dict().items()}
+    else:
+        sd = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     with atomic_path(path) as tmp:
         torch.save(sd, tmp)
     return Path(path)

@@ -12,44 +12,27 @@ The official model (MineDojo/MineCLIP, config ``attn`` as used by STEVE-1) is:
 
 Parameter names equal the official *canonical* names (334 tensors for the full model). The
 official ``state_dict`` repeats the vision and text towers under alias paths (788 keys);
-:func:`load_attn_pth` / :func:`save_attn_pth` translate between the two layouts.
+:mod:`steve1.models.mineclip_files` reads and writes that file format.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import re
-import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steve1.io import atomic_path
 from steve1.models.tokenizer import tokenize as clip_tokenize
-
-log = logging.getLogger(__name__)
 
 # Minecraft frame statistics of MineCLIP (R, G, B), not the OpenAI CLIP constants.
 MC_IMAGE_MEAN = (0.3331, 0.3245, 0.3051)
 MC_IMAGE_STD = (0.2439, 0.2493, 0.2873)
 LN_EPS = 1e-5
-ATTN_PTH_MD5 = "b5ece9198337cfd117a3bfbd921e56da"
-CHECKPOINT_PREFIX = "model."
-
-# Official alias path prefix -> canonical prefix (our parameter names).
-ALIAS_TO_CANONICAL = {
-    "clip_model.vision_model.": "image_encoder.",
-    "reward_head.clip_model.vision_model.": "image_encoder.",
-    "clip_model.text_model.": "reward_head.clip_model.text_model.",
-    "clip_model.logit_scale": "reward_head.clip_model.logit_scale",
-}
 
 
 @dataclass(frozen=True)
@@ -428,19 +411,6 @@ class MineCLIP(nn.Module):
 # Initialisation
 
 
-def resize_pos_embed_grid(grid: torch.Tensor, in_grid: Sequence[int], out_grid: Sequence[int]) -> torch.Tensor:
-    """Bicubic resize (align_corners=False) of a row-major grid table [gh*gw, C] -> [oh*ow, C]."""
-    c = grid.shape[-1]
-    x = grid.reshape(1, in_grid[0], in_grid[1], c).permute(0, 3, 1, 2)           # [1,C,gh,gw]
-    x = F.interpolate(x, size=tuple(out_grid), mode="bicubic", align_corners=False)  # [1,C,oh,ow]
-    return x.permute(0, 2, 3, 1).reshape(-1, c)
-
-
-def resize_pos_embed(pos_embed: torch.Tensor, in_grid: Sequence[int], out_grid: Sequence[int]) -> torch.Tensor:
-    """Resize a CLS-first table [1+gh*gw, C] -> [1+oh*ow, C]; the CLS row is kept unchanged."""
-    return torch.cat([pos_embed[:1], resize_pos_embed_grid(pos_embed[1:], in_grid, out_grid)], dim=0)
-
-
 @torch.no_grad()
 def init_random_(model: MineCLIP, seed: int) -> MineCLIP:
     """Deterministic seeded init (CPU generator, parameters in ``named_parameters`` order).
@@ -488,141 +458,3 @@ def build_mineclip(config: Union[str, MineCLIPConfig, Mapping[str, Any]] = "tiny
             init_random_(model, seed)
         model = model.to(device)
     return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# attn.pth: the official 788-key layout
-
-
-def canonical_key(official_key: str) -> str:
-    """Our parameter name for an official ``state_dict`` key (aliases map to canonical names)."""
-    for alias, canon in ALIAS_TO_CANONICAL.items():
-        if official_key.startswith(alias):
-            return canon + official_key[len(alias):]
-    return official_key
-
-
-def official_keys(canonical: Iterable[str]) -> list[str]:
-    """All official ``state_dict`` keys (canonical + aliases), in the official module order."""
-    canonical = list(canonical)
-    vision = [k for k in canonical if k.startswith("image_encoder.")]
-    text = [k for k in canonical if k.startswith("reward_head.clip_model.text_model.")]
-    out: list[str] = []
-    for k in canonical:
-        if k.startswith("reward_head.clip_model.text_model.") and not any(
-                o.startswith("reward_head.clip_model.vision_model.") for o in out):
-            out += ["reward_head.clip_model.vision_model." + v[len("image_encoder."):] for v in vision]
-        out.append(k)
-    out.append("clip_model.logit_scale")
-    out += ["clip_model.vision_model." + v[len("image_encoder."):] for v in vision]
-    out += ["clip_model.text_model." + t[len("reward_head.clip_model.text_model."):] for t in text]
-    return out
-
-
-def file_md5(path: str | Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _listing(names: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(sorted(names)[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def canonical_state_dict(official: Mapping[str, torch.Tensor], expected: Sequence[str], where: str) -> dict[str, torch.Tensor]:
-    """Official (788-key, prefix stripped) -> canonical (334-key) state dict.
-
-    Every expected official key must be present and nothing else; alias values must equal
-    their canonical tensor. Errors list what is missing, extra or disagreeing.
-    """
-    expected_set = set(expected)
-    missing = [k for k in expected if k not in official]
-    extra = [k for k in official if k not in expected_set]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {_listing(missing)}")
-        if extra:
-            parts.append(f"unexpected {len(extra)} keys: {_listing(extra)}")
-        raise ValueError(f"{where}: not a MineCLIP attn checkpoint of this config ({'; '.join(parts)})")
-    canonical: dict[str, torch.Tensor] = {}
-    disagree = []
-    for key in expected:
-        canon = canonical_key(key)
-        value = official[key]
-        if canon == key:
-            canonical[key] = value
-    for key in expected:
-        canon = canonical_key(key)
-        if canon != key:
-            ref, value = canonical[canon], official[key]
-            same = value.data_ptr() == ref.data_ptr() and value.shape == ref.shape and value.stride() == ref.stride()
-            if not same and not torch.equal(value, ref):
-                disagree.append(f"{key} != {canon}")
-    if disagree:
-        raise ValueError(f"{where}: alias tensors differ from their canonical tensors: {_listing(disagree)}")
-    return canonical
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where a MineCLIP's weights came from; ``weights_id`` is recorded in every output."""
-
-    weights_id: str
-    path: Optional[str] = None
-    md5: Optional[str] = None
-    md5_matches_official: Optional[bool] = None
-
-    def as_attrs(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def random_weights_info(preset: str, seed: int) -> WeightsInfo:
-    return WeightsInfo(weights_id=f"random-{preset}:seed={seed}")
-
-
-def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[str, Any]] = "full",
-                  device: Union[str, torch.device] = "cpu", expected_md5: str = ATTN_PTH_MD5) -> tuple[MineCLIP, WeightsInfo]:
-    """Load an official ``attn.pth`` (``{"state_dict": {"model.<key>": tensor}}``, 788 keys).
-
-    Each tensor is loaded once under its canonical name after checking the aliases agree; a
-    missing or extra key fails with a listing. An md5 other than the official one is a warning
-    (fine-tuned or re-saved files are legitimate) and is recorded in the returned info.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MineCLIP weights file not found (set embed.weights or download attn.pth)")
-    md5 = file_md5(path)
-    if md5 != expected_md5:
-        msg = f"{path}: md5 {md5} differs from the official attn.pth ({expected_md5}); using it anyway"
-        warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:                      # files in the legacy (pre-zip) format cannot be mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
-    official = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
-    model = build_mineclip(config, device="meta")
-    canonical = canonical_state_dict(official, official_keys(model.state_dict().keys()), str(path))
-    model.load_state_dict({k: v.float() for k, v in canonical.items()}, strict=True, assign=True)
-    model.mean = torch.tensor(MC_IMAGE_MEAN).view(3, 1, 1)
-    model.std = torch.tensor(MC_IMAGE_STD).view(3, 1, 1)
-    model = model.to(device).eval()
-    info = WeightsInfo(weights_id=f"attn.pth:md5={md5}", path=str(path), md5=md5, md5_matches_official=md5 == expected_md5)
-    return model, info
-
-
-def save_attn_pth(model: MineCLIP, path: str | Path) -> Path:
-    """Write ``model`` in the official layout: ``{"state_dict": {"model.<key>": tensor}}`` with all
-    aliases (each alias is the same tensor, so the file stores every tensor once). Atomic."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    out = {CHECKPOINT_PREFIX + k: state[canonical_key(k)] for k in official_keys(state.keys())}
-    path = Path(path)
-    with atomic_path(path, suffix=".pth") as tmp:
-        torch.save({"state_dict": out}, tmp)
-    return path

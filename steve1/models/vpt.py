@@ -241,11 +241,6 @@ class AgentPolicy(nn.Module):
         return pd, self.value_head(latent), new_state
 
 
-def detach_state(state: list[BlockState]) -> list[BlockState]:
-    """Cut the graph between chunks (training carries memory across batches without backprop through it)."""
-    return [(m, (k.detach(), v.detach())) for m, (k, v) in state]
-
-
 def build_policy(policy_kwargs: Mapping[str, Any], pi_head_kwargs: Mapping[str, Any] | None = None, *,
                  gradient_checkpointing: bool = False, device: torch.device | str | None = None) -> AgentPolicy:
     """Build the policy from the official kwargs dicts (``.model`` file ``net.args`` and ``pi_head_opts``).

@@ -6,21 +6,21 @@ killed at any moment leaves either the previous complete checkpoint or the new o
 * ``accelerate/``: ``Accelerator.save_state`` (model, optimizer, RNG states of every process;
   under DeepSpeed the engine's own ZeRO-partitioned files);
 * ``recurrent_rank<r>.pt``: each process's detached transformer memory carried to the next batch;
-* ``trainer_state.json`` (written last; its presence marks a complete checkpoint): step, frames
-  and batch counters, the loader position, best val loss, next snapshot, the config fingerprint.
-  The learning-rate schedule is a pure function of the frame counter, so it needs no state.
+* ``trainer_state.json`` (written last; its presence marks a complete checkpoint): the
+  :class:`~steve1.train.run_state.RunState` (step, frames and batch counters, the loader position,
+  best val loss, next snapshot, the config fingerprint), validated when loaded.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
-from steve1.io import write_json_atomic
+from steve1.io import read_json, write_json_atomic
+from steve1.train.run_state import RunState, RunStateError
 
 STATE_FILE = "trainer_state.json"
 
@@ -29,18 +29,25 @@ def _complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
-def find_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The complete checkpoint of a run: ``checkpoint/``, or ``checkpoint.old/`` if a swap was cut short."""
-    for name in ("checkpoint", "checkpoint.old"):
-        if _complete(run_dir / name):
-            return run_dir / name
+def _swap_names(final: Path) -> tuple[Path, Path]:
+    """The checkpoint being written and the one being replaced, beside ``final`` (``RunLayout.checkpoint``)."""
+    return final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+
+
+def find_checkpoint(final: Path) -> Optional[Path]:
+    """The complete checkpoint of a run: ``final`` (``RunLayout.checkpoint``), or its ``.old`` twin if a
+    swap was cut short."""
+    final = Path(final)
+    for path in (final, _swap_names(final)[1]):
+        if _complete(path):
+            return path
     return None
 
 
-def save_checkpoint(accelerator, run_dir: Path, trainer_state: dict[str, Any], recurrent_state) -> Path:
-    """Write a checkpoint from every process (a collective call) and swap it in; returns its path."""
-    run_dir = Path(run_dir)
-    partial, final, old = run_dir / "checkpoint.partial", run_dir / "checkpoint", run_dir / "checkpoint.old"
+def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_state) -> Path:
+    """Write a checkpoint from every process (a collective call) and swap it in as ``final``; returns it."""
+    final = Path(final)
+    partial, old = _swap_names(final)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
@@ -49,7 +56,7 @@ def save_checkpoint(accelerator, run_dir: Path, trainer_state: dict[str, Any], r
     torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(partial / STATE_FILE, trainer_state)
+        write_json_atomic(partial / STATE_FILE, run_state.to_dict())
         if final.exists():
             if old.exists():
                 shutil.rmtree(old)
@@ -61,12 +68,14 @@ def save_checkpoint(accelerator, run_dir: Path, trainer_state: dict[str, Any], r
     return final
 
 
-def load_trainer_state(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / STATE_FILE).read_text())
+def load_trainer_state(path: Path) -> RunState:
+    """The checkpoint's :class:`RunState`; a malformed file raises :class:`RunStateError` naming it."""
+    file = Path(path) / STATE_FILE
+    return RunState.from_dict(read_json(file, error=RunStateError), source=str(file))
 
 
-def load_checkpoint(accelerator, path: Path, device) -> tuple[dict[str, Any], list]:
-    """Restore model/optimizer/RNG into the prepared objects; return (trainer_state, recurrent state)."""
+def load_checkpoint(accelerator, path: Path, device) -> tuple[RunState, list]:
+    """Restore model/optimizer/RNG into the prepared objects; return (run state, recurrent state)."""
     path = Path(path)
     accelerator.load_state(str(path / "accelerate"))
     rec = path / f"recurrent_rank{accelerator.process_index}.pt"

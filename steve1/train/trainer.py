@@ -15,9 +15,12 @@ One call is one micro-step; ``grad_accum`` micro-steps make an optimizer step. T
 rate follows :func:`steve1.train.optim.lr_at` of the frames seen (all processes), set before
 every micro-step as STEVE-1 does.
 
-Bookkeeping (validation, logging, checkpoints, snapshots) happens at batch ends, where the
-loader position is a whole number of batches and no gradient is pending, so a checkpoint
-taken there resumes bit-exactly.
+Bookkeeping (logging, validation and best weights, snapshots, checkpoints; logging, validation
+and checkpoints stop the run on a non-finite value) happens at batch ends, where the loader
+position is a whole number of batches and no gradient is pending, so a checkpoint taken there
+resumes bit-exactly. :func:`train` reads as that loop: :func:`train_batch`, then the named
+bookkeeping functions; the counters they advance are a :class:`~steve1.train.run_state.RunState`,
+which is also what a checkpoint stores.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import h5py
 import torch
@@ -41,18 +44,20 @@ from torch import nn
 from steve1.data.dataset import ChunkLoader, make_dataloader
 from steve1.data import formats as F
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
-from steve1.io import atomic_path, write_json_atomic
+from steve1.io import write_json_atomic
 from steve1.models.build import build_policy_for_params
-from steve1.models.checkpoints import load_policy_weights
+from steve1.models.checkpoints import load_policy_weights, save_policy_weights
 from steve1.models.policy import behavioural_cloning_loss
 from steve1.models.transformer import BlockState
 from steve1.models.vpt import AgentPolicy
-from steve1.params import Params, TrainParams
+from steve1.layout import Layout, RunLayout
+from steve1.params import AugmentParams, Params, TrainParams
 from steve1.train import checkpoint as ckpt
 from steve1.train.accelerator import build_accelerator, mixed_precision
 from steve1.train.augment import augment_frames
 from steve1.train.freeze import apply_freeze
 from steve1.train.optim import lr_at, make_optimizer, set_lr
+from steve1.train.run_state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -244,28 +249,46 @@ def _unwrap(model) -> BCModule:
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
-class RunPaths:
-    run: Path
+class Run:
+    """What the batch-end bookkeeping works with, built once by :func:`train` (the counters are a :class:`RunState`)."""
+
+    params: Params
+    accelerator: Any
+    model: Any                              # the prepared BCModule (as is, DDP-wrapped or a DeepSpeed engine)
+    optimizer: Any
+    policy: AgentPolicy                     # the whole policy, whose weights are written
+    loader: ChunkLoader
+    val_loader: Optional[ChunkLoader]       # None when the sampling has no val chunks
+    paths: RunLayout
+    augment: AugmentParams                  # train.augment
+    live: Any = None                        # dvclive, main process only
+    board: Any = None                       # TensorBoard writer, main process only and when train.tensorboard
 
     @property
-    def latest(self) -> Path:
-        return self.run / "latest.weights"
+    def tp(self) -> TrainParams:
+        return self.params.train
 
     @property
-    def best(self) -> Path:
-        return self.run / "best.weights"
+    def device(self) -> torch.device:
+        return self.accelerator.device
 
-    @property
-    def snapshots(self) -> Path:
-        return self.run / "snapshots"
 
-    @property
-    def dvclive(self) -> Path:
-        return self.run / "dvclive"
+@dataclass
+class LogWindow:
+    """Sums since the last metrics row; the sums stay on the device until :func:`log_metrics` reads them."""
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.run / "tensorboard"
+    loss_sum: torch.Tensor
+    norm_sum: torch.Tensor
+    frames: int                             # the frame counter when the window opened
+    n_calls: int = 0
+    n_norms: int = 0
+    wait: float = 0.0                       # seconds spent waiting for the loader
+    t0: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def open(cls, device, frames: int, t0: Optional[float] = None) -> "LogWindow":
+        zero = torch.zeros((), device=device)
+        return cls(zero, torch.zeros_like(zero), frames, t0=time.perf_counter() if t0 is None else t0)
 
 
 def policy_state_dict(accelerator, model, policy: AgentPolicy) -> dict[str, torch.Tensor]:
@@ -279,11 +302,6 @@ def policy_state_dict(accelerator, model, policy: AgentPolicy) -> dict[str, torc
     return out
 
 
-def write_weights(sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(dict(sd), tmp)
-
-
 def _peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -295,30 +313,68 @@ def _due(step: int, last: int, every: int) -> bool:
 
 
 def train(params: Params, *, on_step=None) -> dict[str, Any]:
-    """Train (or resume) ``<paths.models>/<train.run>/``; returns the final summary.
+    """Train (or resume) the run's folder (``Layout.run``); returns the final summary.
 
-    ``on_step(counters)`` is called at every batch end (tests use it to kill at a known point).
+    ``on_step(state)`` gets the :class:`RunState` as a dict at every batch end (tests use it to kill
+    at a known point).
     """
     tp = params.train
-    T = params.train_T
-    run = RunPaths(Path(params.paths.models) / tp.run)
-    sampling_path = Path(params.paths.samplings) / f"{params.sample.name}.json"
+    layout = Layout.from_params(params)
+    sampling_path = layout.sampling
     sampling = load_sampling(sampling_path)
-    check_embed_dim(sampling, params.paths.episodes, params.paths.embeds, tp.mineclip_embed_dim)
+    check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
+    run = setup_run(params, sampling)
+    rs, memory, resuming = start_or_resume(run, config_fingerprint(params))
+    open_outputs(run, rs, resuming, sampling_path)
+    if not resuming:
+        save(run, rs, memory, "start")  # so a failure at the first steps still leaves something to resume
 
+    window, batches = LogWindow.open(run.device, rs.frames), _endless(run.loader)
+    run.model.train()
+    while rs.frames < tp.n_frames:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        window.wait += time.perf_counter() - t0
+        memory = train_batch(run, rs, batch, memory, window)
+        step, finished = rs.step, rs.frames >= tp.n_frames
+        at_boundary = rs.micro % tp.grad_accum == 0  # no gradient pending: validate and checkpoint only here
+        if finished or _due(step, rs.last_log_step, tp.log_every_steps):
+            window = log_metrics(run, rs, window)
+        val_every = tp.val_freq_begin if step < tp.val_freq_switch_steps else tp.val_freq
+        if run.val_loader is not None and at_boundary and (finished or _due(step, rs.last_val_step, val_every)):
+            validate_and_keep_best(run, rs)
+        if tp.snapshot_every_frames and rs.frames >= rs.next_snapshot_frames:
+            write_snapshot(run, rs)
+        if at_boundary and (finished or _due(step, rs.last_ckpt_step, tp.checkpoint_every_steps)):
+            checkpoint(run, rs, memory, window, "end" if finished else "periodic")
+        if on_step is not None:
+            on_step(rs.to_dict())
+    return finish(run, rs)
+
+
+def _endless(loader: ChunkLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches, epoch after epoch (each pass resumes at the loader's position; the
+    sampler refuses an epoch without batches, so this never spins)."""
+    while True:
+        yield from loader
+
+
+# ----------------------------------------------------------------------------- setup and teardown
+
+def setup_run(params: Params, sampling: Mapping[str, Any]) -> Run:
+    """Accelerator, start policy, prepared model + optimizer, train and val loaders."""
+    tp = params.train
     accelerator = build_accelerator(tp)
-    device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
-    fingerprint = config_fingerprint(params)
-
     policy = build_start_policy(tp)
     autocast = mixed_precision(tp) == "bf16" and tp.deepspeed != "none"
     module = BCModule(policy, tp.loss_reduction, autocast=autocast)
     optimizer = make_optimizer(module, params.learning_rate, tp.weight_decay)
     model, optimizer = accelerator.prepare(module, optimizer)
-    policy.value_head.to(device)
+    policy.value_head.to(accelerator.device)
 
-    loader_kwargs = dict(episodes_dir=params.paths.episodes, embeds_dir=params.paths.embeds, T=T,
+    layout = Layout.from_params(params)
+    loader_kwargs = dict(episodes_dir=layout.episodes, embeds_dir=layout.embeds, T=params.train_T,
                          p_uncond=tp.p_uncond, gap_dist=tp.gap_dist, official_goal_lag=tp.official_goal_lag,
                          rank=rank, world_size=world)
     loader = make_dataloader(sampling, "train", batch_size=tp.batch_size, seed=tp.seed, num_workers=tp.num_workers,
@@ -328,172 +384,183 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     if val_sampling["chunks"]["val"]:
         val_loader = make_dataloader(val_sampling, "val", batch_size=tp.batch_size, seed=tp.seed, shuffle=False,
                                      **loader_kwargs)
+    return Run(params, accelerator, model, optimizer, policy, loader, val_loader,
+               layout.run, tp.augment)
 
-    counters = {"step": 0, "micro": 0, "frames": 0, "batches": 0, "best_val_loss": None, "best_step": None,
-                "last_val_step": 0, "last_ckpt_step": 0, "last_log_step": 0,
-                "next_snapshot_frames": tp.snapshot_every_frames, "fingerprint": fingerprint}
-    state = None
-    found = ckpt.find_checkpoint(run.run)
-    resuming = found is not None and ckpt.load_trainer_state(found).get("fingerprint") == fingerprint
+
+def start_or_resume(run: Run, fingerprint: str) -> tuple[RunState, list[BlockState], bool]:
+    """Resume from the run's checkpoint when its fingerprint matches; else clear the run's old outputs.
+
+    Returns (run state, recurrent memory, resuming).
+    """
+    tp, paths, accelerator = run.tp, run.paths, run.accelerator
+    rs, memory = RunState(fingerprint=fingerprint, next_snapshot_frames=tp.snapshot_every_frames), None
+    found = ckpt.find_checkpoint(paths.checkpoint)
+    resuming = found is not None and ckpt.load_trainer_state(found).fingerprint == fingerprint
     if found is not None and not resuming:
         log.warning("%s was made with different train params (fingerprint mismatch): starting afresh", found)
     if resuming:
-        counters, state = ckpt.load_checkpoint(accelerator, found, device)
-        loader.load_state_dict({**counters.pop("loader"), "rank": rank})
-        log.info("resumed %s at step %d (%d frames)", found, counters["step"], counters["frames"])
+        rs, memory = ckpt.load_checkpoint(accelerator, found, run.device)
+        run.loader.load_state_dict({**rs.loader, "rank": accelerator.process_index})
+        log.info("resumed %s at step %d (%d frames)", found, rs.step, rs.frames)
     elif accelerator.is_main_process:
-        for stale in (run.snapshots, run.dvclive, run.tensorboard, run.latest, run.best):
+        for stale in (paths.snapshots, paths.dvclive, paths.tensorboard, paths.latest, paths.best):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
                 stale.unlink()
     if accelerator.is_main_process:
-        run.snapshots.mkdir(parents=True, exist_ok=True)  # a declared output even when empty
+        paths.snapshots.mkdir(parents=True, exist_ok=True)  # a declared output even when empty
     accelerator.wait_for_everyone()
-    if state is None:
-        state = policy.initial_state(tp.batch_size, device)
+    if memory is None:
+        memory = run.policy.initial_state(tp.batch_size, run.device)
+    return rs, memory, resuming
 
-    live = _open_live(run, counters["step"], resuming) if accelerator.is_main_process else None
-    board = _open_tensorboard(run, counters["step"], resuming) if tp.tensorboard and accelerator.is_main_process else None
-    augment = tp.augment
+
+def open_outputs(run: Run, rs: RunState, resuming: bool, sampling_path: Path) -> None:
+    """dvclive, TensorBoard and ``config.json`` (main process only)."""
+    tp, accelerator = run.tp, run.accelerator
+    if not accelerator.is_main_process:
+        return
+    run.live = _open_live(run.paths, rs.step, resuming)
+    run.board = _open_tensorboard(run.paths, rs.step, resuming) if tp.tensorboard else None
+    write_json_atomic(run.paths.config, {
+        "params": run.params.model_dump(mode="json"), "world_size": accelerator.num_processes,
+        "fingerprint": rs.fingerprint,
+        "deepspeed": None if tp.deepspeed == "none" else accelerator.state.deepspeed_plugin.deepspeed_config,
+        "mixed_precision": mixed_precision(tp), "sampling": str(sampling_path)})
+
+
+def finish(run: Run, rs: RunState) -> dict[str, Any]:
+    """Final weights (also when a finished run is re-entered), best weights without a val split; the summary."""
+    paths, accelerator = run.paths, run.accelerator
+    final = policy_state_dict(accelerator, run.model, run.policy)
     if accelerator.is_main_process:
-        write_json_atomic(run.run / "config.json", {
-            "params": params.model_dump(mode="json"), "world_size": world, "fingerprint": fingerprint,
-            "deepspeed": None if tp.deepspeed == "none" else accelerator.state.deepspeed_plugin.deepspeed_config,
-            "mixed_precision": mixed_precision(tp), "sampling": str(sampling_path)})
-
-    def save(reason: str) -> None:
-        full = {**counters, "loader": loader.state_dict()}
-        path = ckpt.save_checkpoint(accelerator, run.run, full, state)
-        sd = policy_state_dict(accelerator, model, policy)
-        if accelerator.is_main_process:
-            write_weights(sd, run.latest)
-            log.info("checkpoint (%s) at step %d, %d frames -> %s", reason, counters["step"], counters["frames"], path)
-
-    if not resuming:
-        save("start")  # so a failure at the first steps still leaves something to resume
-
-    frames_per_call = tp.trunc_t * tp.batch_size * world
-    calls_per_batch = T // tp.trunc_t
-    low, high = tp.grad_norm_range
-    loss_sum = torch.zeros((), device=device)
-    norm_sum, n_calls, n_norms = torch.zeros((), device=device), 0, 0
-    t_log, wait, frames_log = time.perf_counter(), 0.0, counters["frames"]
-    batches = iter(loader)
-    model.train()
-    while counters["frames"] < tp.n_frames:
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:  # epoch end: the loader moves on to the next epoch
-            batches = iter(loader)
-            batch = next(batches)
-        wait += time.perf_counter() - t0
-        check_firsts(batch["firsts"], tp.trunc_t)  # CPU tensor: no device sync
-        check_goal_width(batch["goal_embeds"], tp.mineclip_embed_dim)
-        inputs = to_model_inputs(batch, device)
-        # seeded by (seed, batch index): a resumed run draws the same augmentation at the same batch
-        inputs["img"] = augment_frames(inputs["img"], augment, tp.seed, counters["batches"])
-        for i in range(calls_per_batch):
-            call = call_slice(inputs, i, tp.trunc_t)
-            set_lr(optimizer, lr_at(counters["frames"], params.learning_rate, tp.warmup_frames, tp.n_frames))
-            loss, grad_norm, state = train_step(model, optimizer, accelerator, call,
-                                                reset_memory(state, call["first"][:, 0]), tp.max_grad_norm)
-            counters["micro"] += 1
-            counters["frames"] += frames_per_call
-            loss_sum, n_calls = loss_sum + loss.float(), n_calls + 1
-            if grad_norm is not None:
-                counters["step"] += 1
-                norm_sum, n_norms = norm_sum + torch.as_tensor(grad_norm, device=device).float(), n_norms + 1
-        counters["batches"] += 1
-        step = counters["step"]
-        at_boundary = counters["micro"] % tp.grad_accum == 0
-        finished = counters["frames"] >= tp.n_frames
-
-        if _due(step, counters["last_log_step"], tp.log_every_steps) or finished:
-            # host sync (and a small all-reduce: the loss of every process's rows) once per logging interval
-            mean_loss = accelerator.reduce(loss_sum / max(n_calls, 1), reduction="mean").item()
-            mean_norm = (norm_sum / max(n_norms, 1)).item()  # already global: clipping reduces over processes
-            _check_finite(mean_loss, mean_norm, counters, run)
-            now = time.perf_counter()
-            metrics = {"loss": mean_loss, "grad_norm": mean_norm, "lr": optimizer.param_groups[0]["lr"],
-                       "frames": counters["frames"],
-                       "frames_per_s": (counters["frames"] - frames_log) / max(now - t_log, 1e-9),
-                       "data_wait_share": wait / max(now - t_log, 1e-9), "peak_memory_mb": _peak_memory_mb(device),
-                       "grad_norm_out_of_range": float(not low <= mean_norm <= high)}
-            if accelerator.is_main_process and metrics["grad_norm_out_of_range"]:
-                log.warning("step %d: gradient norm %.3g is outside the expected [%g, %g] (train.grad_norm_range)",
-                            step, mean_norm, low, high)
-            _log(live, board, step, metrics)
-            loss_sum, norm_sum, n_calls, n_norms = torch.zeros_like(loss_sum), torch.zeros_like(norm_sum), 0, 0
-            t_log, wait, frames_log = now, 0.0, counters["frames"]
-            counters["last_log_step"] = step
-
-        if val_loader is not None and at_boundary and (finished or _due(
-                step, counters["last_val_step"],
-                tp.val_freq_begin if step < tp.val_freq_switch_steps else tp.val_freq)):
-            val_loss = validate(model, accelerator, val_loader, tp.trunc_t, device)
-            counters["last_val_step"] = step
-            _log(live, board, step, {"val_loss": val_loss})
-            if not math.isfinite(val_loss):
-                raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}; {_resume_hint(run)}")
-            if counters["best_val_loss"] is None or val_loss < counters["best_val_loss"]:
-                counters["best_val_loss"], counters["best_step"] = val_loss, step
-                sd = policy_state_dict(accelerator, model, policy)
-                if accelerator.is_main_process:
-                    write_weights(sd, run.best)
-                    write_json_atomic(run.run / "best.json", {"val_loss": val_loss, "step": step,
-                                                              "frames": counters["frames"]})
-
-        if tp.snapshot_every_frames and counters["frames"] >= counters["next_snapshot_frames"]:
-            sd = policy_state_dict(accelerator, model, policy)
-            if accelerator.is_main_process:
-                write_weights(sd, run.snapshots / f"{counters['frames']}.weights")
-            while counters["next_snapshot_frames"] <= counters["frames"]:
-                counters["next_snapshot_frames"] += tp.snapshot_every_frames
-
-        if at_boundary and (finished or _due(step, counters["last_ckpt_step"], tp.checkpoint_every_steps)):
-            # a finite-loss check first: never checkpoint weights that saw a NaN
-            pending = (loss_sum.sum() + norm_sum.sum()).item()  # host sync: once per checkpoint
-            _check_finite(pending, 0.0, counters, run)
-            counters["last_ckpt_step"] = step
-            save("end" if finished else "periodic")
-        if on_step is not None:
-            on_step(dict(counters))
-
-    final = policy_state_dict(accelerator, model, policy)  # also when a finished run is re-entered
-    if accelerator.is_main_process:
-        write_weights(final, run.latest)
-    if val_loader is None and accelerator.is_main_process:
-        shutil.copyfile(run.latest, run.best)  # no val split: the final weights are the best we know
-        write_json_atomic(run.run / "best.json", {"val_loss": None, "step": counters["step"],
-                                                  "frames": counters["frames"]})
-    if live is not None:
-        live.end()
-    if board is not None:
-        board.close()
+        save_policy_weights(final, paths.latest)
+    if run.val_loader is None and accelerator.is_main_process:
+        shutil.copyfile(paths.latest, paths.best)  # no val split: the final weights are the best we know
+        write_json_atomic(paths.best_json, {"val_loss": None, "step": rs.step, "frames": rs.frames})
+    if run.live is not None:
+        run.live.end()
+    if run.board is not None:
+        run.board.close()
     accelerator.wait_for_everyone()
-    summary = {k: counters[k] for k in ("step", "frames", "batches", "best_val_loss", "best_step")}
+    summary = {k: getattr(rs, k) for k in ("step", "frames", "batches", "best_val_loss", "best_step")}
     accelerator.end_training()
     return summary
 
 
-def _resume_hint(run: RunPaths) -> str:
-    found = ckpt.find_checkpoint(run.run)
+# ----------------------------------------------------------------------------- one batch
+
+def train_batch(run: Run, rs: RunState, batch: Mapping[str, torch.Tensor], memory: list[BlockState],
+                window: LogWindow) -> list[BlockState]:
+    """Every trunc_t-frame call of one [B,T] batch; advances ``rs`` and ``window``; returns the carried memory."""
+    tp, params, device = run.tp, run.params, run.device
+    check_firsts(batch["firsts"], tp.trunc_t)  # CPU tensor: no device sync
+    check_goal_width(batch["goal_embeds"], tp.mineclip_embed_dim)
+    inputs = to_model_inputs(batch, device)
+    # seeded by (seed, batch index): a resumed run draws the same augmentation at the same batch
+    inputs["img"] = augment_frames(inputs["img"], run.augment, tp.seed, rs.batches)
+    frames_per_call = tp.trunc_t * tp.batch_size * run.accelerator.num_processes
+    for i in range(params.train_T // tp.trunc_t):
+        call = call_slice(inputs, i, tp.trunc_t)
+        set_lr(run.optimizer, lr_at(rs.frames, params.learning_rate, tp.warmup_frames, tp.n_frames))
+        loss, grad_norm, memory = train_step(run.model, run.optimizer, run.accelerator, call,
+                                             reset_memory(memory, call["first"][:, 0]), tp.max_grad_norm)
+        rs.micro += 1
+        rs.frames += frames_per_call
+        window.loss_sum, window.n_calls = window.loss_sum + loss.float(), window.n_calls + 1
+        if grad_norm is not None:
+            rs.step += 1
+            window.norm_sum = window.norm_sum + torch.as_tensor(grad_norm, device=device).float()
+            window.n_norms += 1
+    rs.batches += 1
+    return memory
+
+
+# ----------------------------------------------------------------------------- batch-end bookkeeping
+
+def log_metrics(run: Run, rs: RunState, window: LogWindow) -> LogWindow:
+    """One metrics row (dvclive, TensorBoard) over the window, after a finite check; returns a new window."""
+    low, high = run.tp.grad_norm_range
+    # host sync (and a small all-reduce: the loss of every process's rows) once per logging interval
+    mean_loss = run.accelerator.reduce(window.loss_sum / max(window.n_calls, 1), reduction="mean").item()
+    mean_norm = (window.norm_sum / max(window.n_norms, 1)).item()  # already global: clipping reduces over processes
+    _check_finite(mean_loss, mean_norm, rs, run.paths)
+    now = time.perf_counter()
+    metrics = {"loss": mean_loss, "grad_norm": mean_norm, "lr": run.optimizer.param_groups[0]["lr"],
+               "frames": rs.frames,
+               "frames_per_s": (rs.frames - window.frames) / max(now - window.t0, 1e-9),
+               "data_wait_share": window.wait / max(now - window.t0, 1e-9), "peak_memory_mb": _peak_memory_mb(run.device),
+               "grad_norm_out_of_range": float(not low <= mean_norm <= high)}
+    if run.accelerator.is_main_process and metrics["grad_norm_out_of_range"]:
+        log.warning("step %d: gradient norm %.3g is outside the expected [%g, %g] (train.grad_norm_range)",
+                    rs.step, mean_norm, low, high)
+    _log(run.live, run.board, rs.step, metrics)
+    rs.last_log_step = rs.step
+    return LogWindow.open(run.device, rs.frames, t0=now)
+
+
+def validate_and_keep_best(run: Run, rs: RunState) -> None:
+    """Validation loss logged; a non-finite one stops the run; a new best writes ``best.weights`` + ``best.json``."""
+    step = rs.step
+    val_loss = validate(run.model, run.accelerator, run.val_loader, run.tp.trunc_t, run.device)
+    rs.last_val_step = step
+    _log(run.live, run.board, step, {"val_loss": val_loss})
+    if not math.isfinite(val_loss):
+        raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}; {_resume_hint(run.paths)}")
+    if rs.best_val_loss is None or val_loss < rs.best_val_loss:
+        rs.best_val_loss, rs.best_step = val_loss, step
+        sd = policy_state_dict(run.accelerator, run.model, run.policy)
+        if run.accelerator.is_main_process:
+            save_policy_weights(sd, run.paths.best)
+            write_json_atomic(run.paths.best_json, {"val_loss": val_loss, "step": step, "frames": rs.frames})
+
+
+def write_snapshot(run: Run, rs: RunState) -> None:
+    """``snapshots/<frames>.weights``; the next one is due ``train.snapshot_every_frames`` later."""
+    sd = policy_state_dict(run.accelerator, run.model, run.policy)
+    if run.accelerator.is_main_process:
+        save_policy_weights(sd, run.paths.snapshot(rs.frames))
+    while rs.next_snapshot_frames <= rs.frames:
+        rs.next_snapshot_frames += run.tp.snapshot_every_frames
+
+
+def checkpoint(run: Run, rs: RunState, memory: list[BlockState], window: LogWindow, reason: str) -> None:
+    """A finite check of the steps not yet logged, then :func:`save`: never checkpoint weights that saw a NaN."""
+    pending = (window.loss_sum.sum() + window.norm_sum.sum()).item()  # host sync: once per checkpoint
+    _check_finite(pending, 0.0, rs, run.paths)
+    rs.last_ckpt_step = rs.step
+    save(run, rs, memory, reason)
+
+
+def save(run: Run, rs: RunState, memory: list[BlockState], reason: str) -> None:
+    """A resumable checkpoint (collective) and ``latest.weights``."""
+    rs.loader = run.loader.state_dict()
+    path = ckpt.save_checkpoint(run.accelerator, run.paths.checkpoint, rs, memory)
+    sd = policy_state_dict(run.accelerator, run.model, run.policy)
+    if run.accelerator.is_main_process:
+        save_policy_weights(sd, run.paths.latest)
+        log.info("checkpoint (%s) at step %d, %d frames -> %s", reason, rs.step, rs.frames, path)
+
+
+def _resume_hint(paths: RunLayout) -> str:
+    found = ckpt.find_checkpoint(paths.checkpoint)
     if found is None:
         return "no checkpoint was written"
     st = ckpt.load_trainer_state(found)
-    return (f"stopped without saving; the last good checkpoint is {found} (step {st['step']}, {st['frames']} frames): "
+    return (f"stopped without saving; the last good checkpoint is {found} (step {st.step}, {st.frames} frames): "
             f"fix the cause (data, learning_rate) and rerun to resume from it")
 
 
-def _check_finite(loss: float, norm: float, counters: Mapping[str, Any], run: RunPaths) -> None:
+def _check_finite(loss: float, norm: float, rs: RunState, paths: RunLayout) -> None:
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise NonFiniteLossError(f"non-finite training loss/gradient norm (loss {loss}, grad norm {norm}) in the steps "
-                                 f"after step {counters['last_log_step']} (now step {counters['step']}); "
-                                 f"{_resume_hint(run)}")
+                                 f"after step {rs.last_log_step} (now step {rs.step}); "
+                                 f"{_resume_hint(paths)}")
 
 
-def _open_live(run: RunPaths, step: int, resuming: bool):
+def _open_live(run: RunLayout, step: int, resuming: bool):
     """dvclive under ``<run>/dvclive``; on resume, rows logged after the checkpoint are dropped."""
     from dvclive import Live
 
@@ -508,7 +575,7 @@ def _open_live(run: RunPaths, step: int, resuming: bool):
     return Live(dir=str(run.dvclive), resume=resuming, report=None, dvcyaml=None, save_dvc_exp=False)
 
 
-def _open_tensorboard(run: RunPaths, step: int, resuming: bool):
+def _open_tensorboard(run: RunLayout, step: int, resuming: bool):
     """A SummaryWriter under ``<run>/tensorboard``; on resume, events logged after the checkpoint are purged."""
     try:
         from torch.utils.tensorboard import SummaryWriter

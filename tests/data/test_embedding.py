@@ -15,7 +15,8 @@ from steve1.data import formats as F
 from steve1.data.embedding import (Embedder, embed_all, embed_frames, make_embedder, naive_window_embeddings,
                                    shard, write_manifest)
 from steve1.data.episodes import Episode, read_embeds, write_episode
-from steve1.models.mineclip import build_mineclip, random_weights_info
+from steve1.models.mineclip import build_mineclip
+from steve1.models.mineclip_files import random_weights_info
 
 SMALL = {"resolution": (32, 48), "embed_dim": 64, "vision_width": 64, "vision_layers": 1, "text_width": 32,
          "text_layers": 1, "text_heads": 2}
