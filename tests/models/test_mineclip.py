@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.models.mineclip import PRESETS, build_mineclip
+from steve1.models.mineclip import PRESETS, build_mineclip, resize_pos_embed, resize_pos_embed_grid
 from steve1.models.mineclip_files import ATTN_PTH_MD5, canonical_key, load_attn_pth, official_keys, save_attn_pth
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -62,10 +62,14 @@ def test_text_tower_and_logits_match_goldens(tiny, io):
     assert_close(per_text, io["logits_per_text"], **TOL)
 
 
-def test_preprocessing_matches_goldens(ref, tiny):
+def test_preprocessing_and_pos_embed_resize_match_goldens(ref, tiny):
     g = torch.load(ref / "preprocess_goldens.pt", weights_only=True)
     chw = g["steve1_process_frame_mineclip_chw_uint8"]
     assert_close(tiny.preprocess(chw)[0], g["normalized_chw_float32"], **TOL)
+    full = g["pos_embed_resize_full_grid"]
+    assert_close(resize_pos_embed_grid(full["in"], full["in_grid"], full["out_grid"]), full["out"], **TOL)
+    with_cls = g["pos_embed_resize_tiny_with_cls"]
+    assert_close(resize_pos_embed(with_cls["in"], with_cls["in_grid"], with_cls["out_grid"]), with_cls["out"], **TOL)
 
 
 def test_full_config_has_the_official_788_keys_and_shapes(ref):
