@@ -15,6 +15,7 @@ from steve1.models.checkpoints import CheckpointMismatchError
 from steve1.params import Params, describe_invalid
 from steve1.train.accelerator import AcceleratorConfigError
 from steve1.train.freeze import check_freeze_names
+from steve1.train.process import RunFolderBusyError, exit_with_launcher
 from steve1.train.trainer import NonFiniteLossError, train
 
 
@@ -26,9 +27,10 @@ def check(params: Params) -> None:
 
 
 def _body(params: Params) -> None:
+    exit_with_launcher()   # no orphan trainer keeps writing when dvc (or accelerate's launcher) dies
     try:
         summary = train(params)
-    except (CheckpointMismatchError, AcceleratorConfigError, NonFiniteLossError, FileNotFoundError) as exc:
+    except (RunFolderBusyError, CheckpointMismatchError, AcceleratorConfigError, NonFiniteLossError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None
     except ValueError as exc:  # bad data or shapes: the message names the file/key
         raise StageError(str(exc)) from None

@@ -6,6 +6,8 @@ killed at any moment leaves either the previous complete checkpoint or the new o
 * ``accelerate/``: ``Accelerator.save_state`` (model, optimizer, RNG states of every process;
   under DeepSpeed the engine's own ZeRO-partitioned files);
 * ``recurrent_rank<r>.pt``: each process's detached transformer memory carried to the next batch;
+* ``kept/dvclive/``: the training curves as of this step (DVC deletes the run's ``dvclive/``
+  before it reruns the stage; a resume puts this copy back);
 * ``trainer_state.json`` (written last; its presence marks a complete checkpoint): the
   :class:`~steve1.train.run_state.RunState` (step, frames and batch counters, the loader position,
   best val loss, next snapshot, the config fingerprint), validated when loaded.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -23,6 +25,7 @@ from steve1.io import read_json, write_json_atomic
 from steve1.train.run_state import RunState, RunStateError
 
 STATE_FILE = "trainer_state.json"
+KEPT = "kept"          # copies of the folders save_checkpoint(keep=...) was given, as of the checkpoint's step
 
 
 def _complete(path: Path) -> bool:
@@ -44,8 +47,11 @@ def find_checkpoint(final: Path) -> Optional[Path]:
     return None
 
 
-def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_state) -> Path:
-    """Write a checkpoint from every process (a collective call) and swap it in as ``final``; returns it."""
+def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_state, keep: Sequence[Path] = ()) -> Path:
+    """Write a checkpoint from every process (a collective call) and swap it in as ``final``; returns it.
+
+    ``keep``: folders copied into the checkpoint as they are at this step (the dvclive curves), so a
+    resume restores them even when DVC deleted the originals before rerunning the stage."""
     final = Path(final)
     partial, old = _swap_names(final)
     if accelerator.is_main_process and partial.exists():
@@ -56,6 +62,9 @@ def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_sta
     torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for folder in map(Path, keep):
+            if folder.is_dir():
+                shutil.copytree(folder, partial / KEPT / folder.name)
         write_json_atomic(partial / STATE_FILE, run_state.to_dict())
         if final.exists():
             if old.exists():
@@ -66,6 +75,17 @@ def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_sta
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def restore_kept(checkpoint: Path, folder: Path) -> bool:
+    """Replace ``folder`` by its copy in ``checkpoint`` (as of the checkpoint's step); False when none."""
+    copy = Path(checkpoint) / KEPT / Path(folder).name
+    if not copy.is_dir():
+        return False
+    if Path(folder).exists():
+        shutil.rmtree(folder)
+    shutil.copytree(copy, folder)
+    return True
 
 
 def load_trainer_state(path: Path) -> RunState:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import time
@@ -57,6 +58,7 @@ from steve1.train.accelerator import build_accelerator, mixed_precision
 from steve1.train.augment import augment_frames
 from steve1.train.freeze import apply_freeze
 from steve1.train.optim import lr_at, make_optimizer, set_lr
+from steve1.train.process import RunFolderLock
 from steve1.train.run_state import RunState
 
 log = logging.getLogger(__name__)
@@ -318,8 +320,18 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     ``on_step(state)`` gets the :class:`RunState` as a dict at every batch end (tests use it to kill
     at a known point).
     """
-    tp = params.train
     layout = Layout.from_params(params)
+    # one trainer per run folder: the main process holds the lock until it exits (before any write)
+    lock = RunFolderLock(layout.run.dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _train(params, layout, on_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(params: Params, layout: Layout, on_step) -> dict[str, Any]:
+    tp = params.train
     sampling_path = layout.sampling
     sampling = load_sampling(sampling_path)
     check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
@@ -402,7 +414,10 @@ def start_or_resume(run: Run, fingerprint: str) -> tuple[RunState, list[BlockSta
     if resuming:
         rs, memory = ckpt.load_checkpoint(accelerator, found, run.device)
         run.loader.load_state_dict({**rs.loader, "rank": accelerator.process_index})
-        log.info("resumed %s at step %d (%d frames)", found, rs.step, rs.frames)
+        if accelerator.is_main_process and ckpt.restore_kept(found, paths.dvclive):
+            log.info("training curves restored from %s up to step %d", found, rs.step)
+        finished = " (already finished: writing its final outputs)" if rs.frames >= tp.n_frames else ""
+        log.info("resumed %s at step %d (%d frames)%s", found, rs.step, rs.frames, finished)
     elif accelerator.is_main_process:
         for stale in (paths.snapshots, paths.dvclive, paths.tensorboard, paths.latest, paths.best):
             if stale.is_dir():
@@ -537,7 +552,7 @@ def checkpoint(run: Run, rs: RunState, memory: list[BlockState], window: LogWind
 def save(run: Run, rs: RunState, memory: list[BlockState], reason: str) -> None:
     """A resumable checkpoint (collective) and ``latest.weights``."""
     rs.loader = run.loader.state_dict()
-    path = ckpt.save_checkpoint(run.accelerator, run.paths.checkpoint, rs, memory)
+    path = ckpt.save_checkpoint(run.accelerator, run.paths.checkpoint, rs, memory, keep=(run.paths.dvclive,))
     sd = policy_state_dict(run.accelerator, run.model, run.policy)
     if run.accelerator.is_main_process:
         save_policy_weights(sd, run.paths.latest)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import time
 import socket
 import subprocess
 import sys
@@ -105,6 +107,9 @@ def test_sigkill_then_rerun_ends_bitwise_equal(reference, tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
     assert max(_steps(run, "loss")) == 6  # logged past the checkpoint, then killed
+    for gone in ("dvclive", "latest.weights", "config.json"):   # what `dvc repro` deletes before rerunning
+        path = run / gone
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     resumed = _stage(params)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -118,10 +123,18 @@ def test_sigkill_then_rerun_ends_bitwise_equal(reference, tmp_path):
     assert _column(run, "loss") == _column(reference, "loss")  # bit-equal losses, step by step
     assert _column(run, "val_loss") == _column(reference, "val_loss")
 
-    again = _stage(params)  # a finished run re-entered (dvc repro after a crash late on): nothing changes
+    # a finished run re-entered (`dvc repro -f train`, or a kill right after the last checkpoint): DVC has
+    # deleted the non-persistent outputs; they come back as they were, curves and final metrics included
+    metrics = (run / "dvclive" / "metrics.json").read_text()
+    for gone in ("dvclive", "latest.weights", "config.json"):
+        path = run / gone
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    again = _stage(params)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "8 steps" in again.stdout
+    assert "8 steps" in again.stdout and "already finished" in again.stderr
     assert all(torch.equal(v, _weights(run / "latest.weights")[k]) for k, v in _weights(reference / "latest.weights").items())
+    assert json.loads((run / "dvclive" / "metrics.json").read_text()) == json.loads(metrics)
+    assert _column(run, "loss") == _column(reference, "loss") and (run / "config.json").is_file()
 
 
 def _free_port() -> int:
@@ -204,3 +217,64 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, caplog):
     assert state["micro"] == 4 and state["step"] == 2
     # from scratch, the summed-over-steps loss has gradient norms above the fine-tuning range: flagged
     assert "is outside the expected [0.5, 5] (train.grad_norm_range)" in caplog.text
+
+
+LONG = {**RUN, "deepspeed": "none", "n_frames": 10**7}   # runs until stopped
+
+
+def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _holder(run: Path) -> str:
+    lock = run / ".lock"
+    return lock.read_text().strip() if lock.is_file() else ""
+
+
+def test_a_second_trainer_on_the_same_run_folder_fails_naming_the_first(tmp_path):
+    params = make_world(tmp_path, LONG)
+    run = tmp_path / "models" / "toy"
+    first = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", str(params)], cwd=REPO, env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _holder(run) == str(first.pid) and (run / "checkpoint").is_dir(), "the first trainer")
+        second = _stage(params, timeout=120)
+        assert second.returncode == 1
+        assert f"in use by another trainer (PID {first.pid})" in second.stderr
+        assert first.poll() is None   # the first one is untouched
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel released the dead trainer's lock: the folder is usable again at once
+    from steve1.train.process import RunFolderLock
+    RunFolderLock(run).release()
+
+
+def test_trainer_exits_when_its_launcher_dies(tmp_path):
+    """dvc -> sh -c "python -m stages.train": killing the launcher stops the trainer too."""
+    params = make_world(tmp_path, LONG)
+    run = tmp_path / "models" / "toy"
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; subprocess.Popen(['sh', '-c', sys.argv[1] + ' -m stages.train --params ' + "
+        "sys.argv[2] + '; echo done']); time.sleep(600)"), sys.executable, str(params)],
+        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _holder(run) != "" and (run / "checkpoint").is_dir(), "the trainer")
+        trainer = int(_holder(run))
+        launcher.kill()
+        launcher.wait()
+        _wait_for(lambda: not _alive(trainer), "the trainer to exit after its launcher died", timeout=30)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
