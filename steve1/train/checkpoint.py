@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from steve1.io import write_json_atomic
+from steve1.train.safe_load import verify_checkpoint, weights_only_loads
 
 STATE_FILE = "trainer_state.json"
 
@@ -66,9 +67,14 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(accelerator, path: Path, device) -> tuple[dict[str, Any], list]:
-    """Restore model/optimizer/RNG into the prepared objects; return (trainer_state, recurrent state)."""
+    """Restore model/optimizer/RNG into the prepared objects; return (trainer_state, recurrent state).
+
+    Every file is loaded as data only (:mod:`steve1.train.safe_load`); a refused one stops the run.
+    """
     path = Path(path)
-    accelerator.load_state(str(path / "accelerate"))
+    verify_checkpoint(path)
+    with weights_only_loads(path):
+        accelerator.load_state(str(path / "accelerate"))
     rec = path / f"recurrent_rank{accelerator.process_index}.pt"
     if not rec.is_file():
         raise FileNotFoundError(f"{rec}: missing; the checkpoint was written by a different number of processes")
