@@ -26,7 +26,7 @@ from steve1.data import formats as F
 from steve1.data.episodes import Episode, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import ReadStats, VideoError, iter_kept_bgr, load_cursor, probe_video, to_rgb_resized
-from steve1.io import remove_stale_temps, sha256_file, write_json_atomic
+from steve1.io import check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.params import DecodeParams
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
                progress: bool = True) -> DecodeReport:
     """Decode every recording of ``raw_dir`` into ``out_dir``/<id>.h5 and write the decode manifest."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     removed = remove_stale_temps(out_dir)
     if removed:
         log.info("removed %d temp file(s) of an interrupted run", len(removed))

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from steve1.io import write_json_atomic
+from steve1.io import disk_full_errors, write_json_atomic
 from steve1.train.safe_load import verify_checkpoint, weights_only_loads
 
 STATE_FILE = "trainer_state.json"
@@ -45,9 +45,14 @@ def save_checkpoint(accelerator, run_dir: Path, trainer_state: dict[str, Any], r
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "accelerate"))
-    cpu_state = [(None if m is None else m.cpu(), (k.cpu(), v.cpu())) for m, (k, v) in recurrent_state]
-    torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
+    try:
+        with disk_full_errors(partial):  # torch's writer says only "basic_ios::clear: iostream error"
+            accelerator.save_state(str(partial / "accelerate"))
+            cpu_state = [(None if m is None else m.cpu(), (k.cpu(), v.cpu())) for m, (k, v) in recurrent_state]
+            torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # the previous checkpoint stays whole
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(partial / STATE_FILE, trainer_state)

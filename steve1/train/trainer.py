@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import h5py
 import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
 from steve1.data.dataset import ChunkLoader, make_dataloader
 from steve1.data import formats as F
+from steve1.data.episodes import open_store
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
-from steve1.io import atomic_path, write_json_atomic
+from steve1.io import atomic_path, check_writable, write_json_atomic
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights
 from steve1.models.policy import behavioural_cloning_loss
@@ -130,7 +130,7 @@ def check_embed_dim(sampling: Mapping[str, Any], episodes_dir, embeds_dir, expec
         path = episode_files(key, dirs)[1]
         if not path.is_file():
             continue  # the loader names missing files
-        with h5py.File(path, "r") as f:
+        with open_store(path, "embeds") as f:
             dim = int(f.attrs.get(F.A_EMBED_DIM, f[F.EMBEDS].shape[-1] if F.EMBEDS in f else expected))
         if dim != expected:
             raise EmbedDimError(f"{path}: goal embeddings are {dim}-d (attr {F.A_EMBED_DIM}) but "
@@ -302,6 +302,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     tp = params.train
     T = params.train_T
     run = RunPaths(Path(params.paths.models) / tp.run)
+    check_writable(run.run)
     sampling_path = Path(params.paths.samplings) / f"{params.sample.name}.json"
     sampling = load_sampling(sampling_path)
     check_embed_dim(sampling, params.paths.episodes, params.paths.embeds, tp.mineclip_embed_dim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import cv2
@@ -189,3 +190,49 @@ def test_cli_decode_one(tmp_path, synth):
         assert json.loads(r.attrs[F.A_CONVERSION])["frame_codec"] == "gzip"
     bad = CliRunner().invoke(app, args + ["--codec", "zip"])
     assert bad.exit_code == 2 and "not a frame codec" in bad.output
+
+
+# ------------------------------------------------------------------------------ full and unwritable disks
+
+FULL_DISK_DECODE = """
+import sys
+import steve1.io
+from steve1.data.decode import decode_all
+from steve1.params import DecodeParams
+if sys.argv[4] == "no-precheck":  # let the write itself meet ENOSPC (as when another process fills the disk)
+    steve1.io.free_bytes = lambda path: 1 << 40
+decode_all(sys.argv[1], sys.argv[2], DecodeParams(workers=int(sys.argv[3])), progress=False)
+"""
+
+
+@pytest.mark.parametrize("workers,check", [(1, "precheck"), (2, "precheck"), (1, "no-precheck")])
+def test_a_full_disk_stops_decode_with_its_path_and_no_partial_file(tmp_path, synth, mounted, workers, check):
+    """A real 1.3 MB filesystem and 13 episodes of ~117 kB: HDF5 writing into a full disk used to
+    segfault (rc 139) with no message. Refused before writing when the free space is short, or by
+    the kernel's ENOSPC on the write itself."""
+    import subprocess
+    import sys
+
+    raw = raw_with(tmp_path, synth, ids=("synthetic-0-1", *(f"copy-{k:02d}" for k in range(12))))
+    out = mounted("size=1300k") / "episodes"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_DECODE, str(raw), str(out), str(workers), check],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    detail = r" \(\d+ bytes to write, \d+ free\)" if check == "precheck" else ""
+    assert re.fullmatch(rf"steve1\.io\.DiskFullError: disk full at {out}/[\w-]+\.h5{detail}: "
+                        r"free space on that filesystem .*", last), last
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.startswith(TEMP_PREFIX)] and F.DECODE_MANIFEST not in left
+    for name in left:  # what did fit is complete
+        assert EpisodeReader(out / name).frames().shape[0] > 0
+
+
+def test_an_unwritable_output_folder_fails_before_any_recording_is_read(tmp_path, synth, monkeypatch):
+    from steve1.data import decode
+    from steve1.io import NotWritableError
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(decode, "find_sources", lambda raw: pytest.fail("recordings were read before the check"))
+    with pytest.raises(NotWritableError, match=r"a-file/episodes: output folder is not writable"):
+        decode_all(raw_with(tmp_path, synth), tmp_path / "a-file" / "episodes", DecodeParams(), progress=False)
