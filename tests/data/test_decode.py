@@ -102,7 +102,7 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, synth):
     report = decode_all(raw, tmp_path / "eps", DecodeParams(max_frame_mismatch=10), progress=False)
     skipped = report.skipped
     assert set(skipped) == {"truncated", "empty", "badline", "nojsonl", "wrongsize", "mismatch"}
-    assert "cannot open" in skipped["truncated"] or "no frame" in skipped["truncated"]
+    assert "truncated.mp4: truncated: its 'mdat' box ends at byte" in skipped["truncated"]
     assert "missing or empty" in skipped["empty"]
     assert "badline.jsonl:8" in skipped["badline"]
     assert "missing pair" in skipped["nojsonl"]
@@ -190,6 +190,63 @@ def test_cli_decode_one(tmp_path, synth):
         assert json.loads(r.attrs[F.A_CONVERSION])["frame_codec"] == "gzip"
     bad = CliRunner().invoke(app, args + ["--codec", "zip"])
     assert bad.exit_code == 2 and "not a frame codec" in bad.output
+
+
+# ------------------------------------------------------------------------------ truncated recordings
+
+def _mdat_size_matching_the_file(path):
+    """Rewrite the (last) mdat box's size to end at the end of the file, as a careless remux would:
+    the box check then passes, and only counting decoded frames tells the file is cut."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.index(b"mdat") - 4
+    data[at:at + 4] = struct.pack(">I", len(data) - at)
+    path.write_bytes(bytes(data))
+
+
+def test_a_cut_faststart_recording_is_skipped_with_a_reason_and_the_whole_one_decodes(tmp_path, synth):
+    from fixtures.mp4 import faststart
+
+    cuts = {"cut-50": 0.5, "cut-90": 0.9, "cut-99": 0.99, "count-90": 0.9}
+    raw = raw_with(tmp_path, synth, ("whole", *cuts))
+    for eid in ("whole", *cuts):
+        faststart(raw / f"{eid}.mp4", raw / f"{eid}.mp4")
+    size = (raw / "whole.mp4").stat().st_size
+    for eid, frac in cuts.items():
+        (raw / f"{eid}.mp4").write_bytes((raw / f"{eid}.mp4").read_bytes()[: int(size * frac)])
+    _mdat_size_matching_the_file(raw / "count-90.mp4")
+    report = decode_all(raw, tmp_path / "eps", DecodeParams(), progress=False)
+
+    skipped = report.skipped
+    assert set(skipped) == set(cuts), skipped
+    for eid in ("cut-50", "cut-90", "cut-99"):
+        assert f"{eid}.mp4: truncated: its 'mdat' box ends at byte" in skipped[eid]
+        assert f"but the file holds {int(size * cuts[eid])} bytes" in skipped[eid]
+    assert re.search(rf"count-90\.mp4: truncated or damaged: only \d+ of the {N} frames its container declares decode",
+                     skipped["count-90"]), skipped["count-90"]
+    rows = json.loads(report.manifest_path.read_text())["episodes"]
+    assert all(rows[eid]["status"] == "skipped" and rows[eid]["reason"] == skipped[eid] for eid in cuts)
+    # the faststart copy holds the very frames of the original
+    ref = decode_recording(synth / "synthetic-0-0.mp4", synth / "synthetic-0-0.jsonl", "whole", DecodeParams())
+    with EpisodeReader(episode_path(tmp_path / "eps", "whole")) as r:
+        np.testing.assert_array_equal(r.frames(), ref.frames)
+
+
+def test_a_cut_real_faststart_recording_is_skipped_though_its_kept_frames_decode(tmp_path, repo_root):
+    """The real pair's jsonl ends 34 frames before its video: a 99% cut loses only frames decode
+    never keeps, and it is still refused (the download or copy was broken)."""
+    from fixtures.mp4 import faststart
+
+    src = repo_root / "assets" / "recordings" / f"{REAL}.mp4"
+    cut = faststart(src, tmp_path / "cut.mp4")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.99)])
+    with pytest.raises(DecodeSkip, match=r"cut\.mp4: truncated: its 'mdat' box ends at byte"):
+        decode_recording(cut, src.with_suffix(".jsonl"), "cut", DecodeParams())
+    _mdat_size_matching_the_file(cut)
+    with pytest.raises(DecodeSkip, match=r"truncated or damaged: only 10[0-9]{2} of the 1090 frames"):
+        decode_recording(cut, src.with_suffix(".jsonl"), "cut", DecodeParams())
 
 
 # ------------------------------------------------------------------------------ full and unwritable disks
