@@ -94,19 +94,23 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
 
 def write_bytes_atomic(final: str | Path, data: bytes, suffix: str = "") -> None:
     """``data`` under ``final``; refused up front when the filesystem has less room than ``data``."""
-    if free_bytes(Path(final).parent) < len(data):
-        raise disk_full(final, f" ({len(data)} bytes to write, {free_bytes(Path(final).parent)} free)")
+    free = free_bytes(Path(final).parent)
+    if free < len(data):
+        raise disk_full(final, f" ({len(data)} bytes to write, {free} free)")
     with atomic_path(final, suffix) as tmp:
         tmp.write_bytes(data)
 
 
 def check_writable(*folders: str | Path) -> None:
-    """Create each output folder and write (then delete) a probe file in it, before any work.
+    """Make sure each output folder can be created and written to, before any work; leave no trace.
 
-    A permission check (``os.access``) is not enough: it says yes to root on a read-only mount.
+    A real write (a probe file, then the folders this created are removed again) rather than a
+    permission check: ``os.access`` answers yes to root whatever the mode bits, and cannot see a
+    server-side refusal (NFS root squash, quotas).
     """
     for folder in folders:
         folder = Path(folder)
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "probe.", dir=folder)
@@ -117,6 +121,10 @@ def check_writable(*folders: str | Path) -> None:
                 raise disk_full(folder) from None
             raise NotWritableError(exc.errno, f"{folder}: output folder is not writable "
                                               f"({exc.strerror or exc}); fix the path or its permissions") from None
+        finally:
+            for p in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()
         if free_bytes(folder) < LOW_SPACE_BYTES:
             raise disk_full(folder, f" ({free_bytes(folder)} bytes free)")
 

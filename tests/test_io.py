@@ -82,8 +82,8 @@ def test_check_writable_refuses_a_folder_that_cannot_be_created(tmp_path):
     root, who writes into a chmod 0o555 folder; the read-only mount test below covers that case.)"""
     (tmp_path / "a-file").write_text("")
     with pytest.raises(NotWritableError, match=r"a-file/out: output folder is not writable \(Not a directory\)"):
-        check_writable(tmp_path / "ok", tmp_path / "a-file" / "out")
-    assert (tmp_path / "ok").is_dir() and [p.name for p in (tmp_path / "ok").iterdir()] == []  # probe removed
+        check_writable(tmp_path / "ok" / "deeper", tmp_path / "a-file" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no trace: probe and created folders removed
 
 
 def test_check_writable_refuses_a_full_filesystem(tmp_path, monkeypatch):

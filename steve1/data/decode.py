@@ -233,6 +233,7 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     """Decode every recording of ``raw_dir`` into ``out_dir``/<id>.h5 and write the decode manifest."""
     out_dir = Path(out_dir)
     check_writable(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temps(out_dir)
     if removed:
         log.info("removed %d temp file(s) of an interrupted run", len(removed))

@@ -210,6 +210,7 @@ def embed_all(embedder: Embedder, episodes_dir: Path, raw_dir: Path, embeds_dir:
               cursor_png: Optional[str] = None, rank: int = 0, world_size: int = 1) -> dict[str, dict[str, Any]]:
     """Embed this rank's share of the decoded episodes; return ``{episode_id: entry}`` for that share."""
     check_writable(embeds_dir)
+    embeds_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         remove_stale_temps(embeds_dir)
     ids = shard(list_episode_ids(episodes_dir), rank, world_size)
