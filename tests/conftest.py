@@ -4,6 +4,8 @@ tests that need it are skipped with a clear reason where it is absent (a user's 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,24 @@ def reference() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """Mount a tmpfs of the given options at a fresh folder (needs root with CAP_SYS_ADMIN: skipped otherwise)."""
+    mounts = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"mnt{len(mounts)}"
+        where.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)

@@ -43,13 +43,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from steve1.data import formats as F
-from steve1.data.episodes import EpisodeFormatError
+from steve1.data.episodes import EpisodeFormatError, open_store, reading
 from steve1.data.sampling import MAIN_SET, Chunk, episode_files, load_sampling, set_dirs, split_chunks, split_key
 from steve1.params import SampleParams
 
@@ -128,16 +127,18 @@ class _Handles:
     """One episode's open files and datasets (looked up once: a name lookup costs ~0.4 ms)."""
 
     def __init__(self, episode: Path, embeds: Path):
-        for path, what in ((episode, "episode"), (embeds, "embeds")):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: {what} file not found (re-run the sample stage?)")
-        self.file = h5py.File(episode, "r")
+        self.episode_path, self.embeds_path = episode, embeds
+        self.file = open_store(episode, "episode")
         chunks = self.file[F.FRAMES].chunks if F.FRAMES in self.file else None
         cache = 2 * int(np.prod(chunks)) if chunks else 0  # uint8: bytes == elements
         if cache > _DEFAULT_CHUNK_CACHE:  # a compressed chunk must fit, or HDF5 re-decodes it per piece
             self.file.close()
-            self.file = h5py.File(episode, "r", rdcc_nbytes=cache)
-        self.embeds_file = h5py.File(embeds, "r")
+            self.file = open_store(episode, "episode", rdcc_nbytes=cache)
+        try:
+            self.embeds_file = open_store(embeds, "embeds")
+        except (OSError, EpisodeFormatError):
+            self.file.close()
+            raise
         for f, path, version in ((self.file, episode, F.EPISODE_FORMAT_VERSION),
                                  (self.embeds_file, embeds, F.EMBED_FORMAT_VERSION)):
             if f.attrs.get(F.A_FORMAT_VERSION) != version:
@@ -145,8 +146,14 @@ class _Handles:
                 found = f.attrs.get(F.A_FORMAT_VERSION)
                 raise EpisodeFormatError(f"{path}: format_version {found!r}, expected {version}")
         self.n_frames = int(self.file.attrs[F.A_N_FRAMES])
-        self.frames, self.buttons, self.camera = self.file[F.FRAMES], self.file[F.BUTTONS], self.file[F.CAMERA]
-        self.embeds = self.embeds_file[F.EMBEDS]
+        try:
+            with reading(episode, "episode"):
+                self.frames, self.buttons, self.camera = self.file[F.FRAMES], self.file[F.BUTTONS], self.file[F.CAMERA]
+            with reading(embeds, "embeds"):
+                self.embeds = self.embeds_file[F.EMBEDS]
+        except EpisodeFormatError:
+            self.close()
+            raise
         if self.embeds.ndim != 2 or self.embeds.shape[0] != self.n_frames:
             shape = self.embeds.shape
             self.close()
@@ -265,13 +272,15 @@ class ChunkDataset(Dataset):
             goals, uncond[b] = self.draw(epoch, int(i), n)
             g = step_goal_times(goals, start, end, self.official_goal_lag)
             goal_times[b] = g
-            h.frames.read_direct(frames[b], np.s_[start:end])
-            buttons[b] = h.buttons[start:end]
-            camera[b] = h.camera[start:end]
+            with reading(h.episode_path, "episode", f"frames [{start}, {end})"):
+                h.frames.read_direct(frames[b], np.s_[start:end])
+                buttons[b] = h.buttons[start:end]
+                camera[b] = h.camera[start:end]
             if uncond[b]:
                 goal_embeds[b] = 0.0
             else:  # goals are monotonic: one contiguous read covers the chunk's few distinct goals
-                rows = h.embeds[g[0]:g[-1] + 1]
+                with reading(h.embeds_path, "embeds", f"rows [{g[0]}, {g[-1] + 1})"):
+                    rows = h.embeds[g[0]:g[-1] + 1]
                 np.take(rows.astype(np.float32, copy=False), g - g[0], axis=0, out=goal_embeds[b])
         firsts = np.zeros((B, T), bool)
         firsts[:, 0] = True

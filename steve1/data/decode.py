@@ -24,8 +24,9 @@ from tqdm import tqdm
 from steve1.data import formats as F
 from steve1.data.episodes import Episode, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
-from steve1.data.video import ReadStats, VideoError, iter_kept_bgr, load_cursor, probe_video, to_rgb_resized
-from steve1.io import remove_stale_temps, sha256_file, write_json_atomic
+from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
+                               to_rgb_resized)
+from steve1.io import check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
 
@@ -65,6 +66,7 @@ def decode_recording(video: str | Path, jsonl: str | Path, episode_id: str, sett
         if not p.is_file():
             raise DecodeSkip(f"missing pair: {p.name} not found")
     try:
+        check_container_size(video)
         info = probe_video(video, decode_first=False)   # the decode below proves the frames
     except VideoError as exc:
         raise DecodeSkip(str(exc)) from None
@@ -81,10 +83,15 @@ def decode_recording(video: str | Path, jsonl: str | Path, episode_id: str, sett
     stats = ReadStats()
     try:
         for k, bgr in enumerate(iter_kept_bgr(video, rec.kept_steps, rec.gui_open, rec.cursor_xy,
-                                              load_cursor(settings.cursor_png), stats, settings.video_threads)):
+                                              load_cursor(settings.cursor_png), stats, settings.video_threads,
+                                              count_rest=True)):
             frames[k] = to_rgb_resized(bgr, AGENT_SIZE)
     except VideoError as exc:
         raise DecodeSkip(str(exc)) from None
+    if (stats.video_ended or stats.counted_to_end) and stats.frames_read < info.n_frames:
+        # the decoder stopped (a cut file, a decode error) before the frames the container lists
+        raise DecodeSkip(f"{video.name}: truncated or damaged: only {stats.frames_read} of the {info.n_frames} "
+                         f"frames its container declares decode")
     if stats.video_ended:   # only the frames actually decoded count; lines past the end are dropped
         _check_counts(video, rec.n_lines, stats.frames_read, settings.max_frame_mismatch, "decoded")
     n_dropped = rec.n_kept - stats.kept_yielded
@@ -225,6 +232,7 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
                progress: bool = True) -> DecodeReport:
     """Decode every recording of ``raw_dir`` into ``out_dir``/<id>.h5 and write the decode manifest."""
     out_dir = Path(out_dir)
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temps(out_dir)
     if removed:

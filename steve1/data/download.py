@@ -1,24 +1,30 @@
 """Resumable, verified, parallel fetch of contractor recordings (http(s):// and file://).
 
-Each selected episode becomes ``<raw>/<id>.mp4`` + ``<raw>/<id>.jsonl``. A file streams into
-``<id>.mp4.part`` beside its final name (sha256 computed on the way), a broken transfer resumes
-with an HTTP ``Range`` request, and only a complete file is renamed into place. An episode is
-``ok`` once both sizes match what the server announced, every jsonl line parses and the mp4
-decodes a frame; anything else is ``failed`` with a reason. ``<raw>/manifest.json`` records
-every selected episode and is rewritten (atomically) as episodes finish, so a killed run loses
-little and a rerun re-hashes ``ok`` files instead of fetching them again.
+Each selected episode becomes ``<raw>/<id>.mp4`` + ``<raw>/<id>.jsonl``. Files stream into the
+staging folder ``<raw>.partial/`` beside the raw folder (``<id>.mp4.part``, sha256 computed on the
+way), a broken transfer resumes with an HTTP ``Range`` request, and an episode moves into the raw
+folder only once both files are complete and verified. A body shorter than the size the server
+declared is refused; a body without a declared size is confirmed by a ``Range`` request past its
+end where the server supports it. An episode is ``ok`` once every jsonl line parses and the mp4
+is as long as its container says, with its first and last frames decodable; anything else is
+``failed`` with a reason. ``<raw>/manifest.json`` records every selected episode and is rewritten
+(atomically) as episodes finish, so a killed run loses little and a rerun re-hashes ``ok`` files
+instead of fetching them again.
 
-The raw folder is the stage's output and mirrors the selection: recordings (and partials) of
-episodes no longer selected are removed; partials of failed episodes stay for the next run.
+The raw folder is the stage's output (tracked by DVC) and mirrors the selection: it holds only
+finished recordings and the manifest; partials of failed episodes wait in the staging folder for
+the next run, and the staging folder is removed once empty.
 """
 
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -38,8 +44,8 @@ from steve1.data.formats import (
 )
 from steve1.data.index import Entry, Index, file_url_path, load_indices, select_entries
 from steve1.data.video import VideoError, probe_video
+from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
-from steve1.io import remove_stale_temps, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ class RetryPolicy:
 class FileResult:
     bytes: int
     sha256: str
+    size_known: bool = True     # the server declared the size, or confirmed the end (416 past it)
 
 
 # ------------------------------------------------------------------------------------ one file
@@ -91,6 +98,12 @@ class FileResult:
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
+
+
+def staging_dir(raw_dir: str | Path) -> Path:
+    """Where partial downloads wait: ``<raw>.partial/`` beside the (DVC-tracked) raw folder."""
+    raw = Path(os.path.abspath(raw_dir))
+    return raw.with_name(raw.name + ".partial")
 
 
 def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -148,7 +161,24 @@ def _http_attempt(
                 on_bytes(len(data))
     if expected is not None and written != expected:
         raise _Retry(f"short body: {written} of {expected} bytes")
-    return FileResult(written, hasher.hexdigest())
+    size_known = expected is not None or _confirm_end(session, url, written, timeout_s)
+    return FileResult(written, hasher.hexdigest(), size_known)
+
+
+def _confirm_end(session: requests.Session, url: str, have: int, timeout_s: float) -> bool:
+    """Ask for the bytes after ``have`` of a body sent without a size: True when the server says
+    there are none (416), False when it cannot say (it ignores ``Range``); more bytes: retry."""
+    with session.get(url, headers={"Accept-Encoding": "identity", "Range": f"bytes={have}-"}, stream=True,
+                     timeout=timeout_s, allow_redirects=True) as resp:
+        if resp.status_code == 416:
+            _, total = _content_range(resp.headers.get("Content-Range"))
+            if total is None or total == have:
+                return True
+            raise _Retry(f"the body ended at byte {have} without a declared size, but the file has {total} bytes")
+        if resp.status_code == 206:
+            raise _Retry(f"the body ended at byte {have} without a declared size, but the server has more "
+                         f"(Content-Range {resp.headers.get('Content-Range')!r}); resuming")
+    return False
 
 
 def _copy_local(url: str, part: Path, chunk_bytes: int, on_bytes: OnBytes) -> FileResult:
@@ -208,8 +238,21 @@ def fetch_file(
 # ------------------------------------------------------------------------------------ verify
 
 
-def verify_jsonl(path: Path) -> int:
-    """Every non-blank line parses as JSON; return the number of lines."""
+def verify_jsonl(path: Path, size_known: bool = True) -> int:
+    """Every non-blank line parses as JSON; return the number of lines.
+
+    Without a known size the file must also end with a newline (a body cut inside its last line
+    may still parse). A cut exactly at a line boundary cannot be seen in the jsonl alone: decode's
+    line/frame count check (``decode.max_frame_mismatch``) is the guard left, and a warning says so.
+    """
+    if not size_known:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 1))
+            if f.read(1) != b"\n":
+                raise VerifyError(f"{path.name}: the server declared no size and the file does not end with a "
+                                  f"newline: the transfer was probably cut; run the download again")
+        log.warning("%s: the server declared no size and does not answer Range requests: a transfer cut at "
+                    "a line boundary cannot be ruled out", path.name)
     n = 0
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
@@ -226,8 +269,9 @@ def verify_jsonl(path: Path) -> int:
 
 
 def verify_mp4(path: Path) -> None:
+    """Opens, is as long as its boxes declare, and its first and last declared frames decode."""
     try:
-        probe_video(path)
+        probe_video(path, check_end=True)
     except VideoError as exc:
         raise VerifyError(str(exc)) from None
 
@@ -261,29 +305,45 @@ def _still_ok(record: Optional[dict], entry: Entry, paths: dict[str, Path]) -> b
     return True
 
 
+def _move_into(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest``; across filesystems, copy to a temp name beside ``dest`` first."""
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+        src.unlink()
+
+
 def fetch_episode(
     entry: Entry, raw_dir: Path, policy: RetryPolicy, on_bytes: OnBytes = lambda n: None
 ) -> dict[str, Any]:
-    """Fetch and verify one episode; return its manifest record (never raises for a bad episode).
-
-    The record holds only what the sources determine (no timings): the manifest is a DVC output."""
+    """Fetch and verify one episode in the staging folder, then move it into ``raw_dir``; return its
+    manifest record (never raises for a bad episode). The record holds only what the sources
+    determine (no timings): the manifest is a DVC output."""
     paths = episode_paths(raw_dir, entry.episode_id)
+    staged = episode_paths(staging_dir(raw_dir), entry.episode_id)
     urls = {"mp4": entry.mp4_url, "jsonl": entry.jsonl_url}
     record: dict[str, Any] = {"url": entry.mp4_url, "version": entry.version}
     try:
         results = {}
         with requests.Session() as session:
             for kind in ("mp4", "jsonl"):
-                results[kind] = fetch_file(urls[kind], paths[kind], policy, session, on_bytes)
-        verify_jsonl(paths["jsonl"])
-        verify_mp4(paths["mp4"])
+                results[kind] = fetch_file(urls[kind], staged[kind], policy, session, on_bytes)
+        verify_jsonl(staged["jsonl"], results["jsonl"].size_known)
+        verify_mp4(staged["mp4"])
+        for kind in ("mp4", "jsonl"):
+            _move_into(staged[kind], paths[kind])
     except (FetchError, VerifyError, OSError) as exc:
-        for path in paths.values():  # the raw folder holds verified recordings only
+        for kind in ("mp4", "jsonl"):  # the raw folder holds verified recordings only
+            paths[kind].unlink(missing_ok=True)
             if isinstance(exc, VerifyError):
-                path.unlink(missing_ok=True)
-                part_path(path).unlink(missing_ok=True)
-            elif path.exists():  # a complete file of an unfinished episode: the next run resumes it at its end
-                os.replace(path, part_path(path))
+                staged[kind].unlink(missing_ok=True)
+                part_path(staged[kind]).unlink(missing_ok=True)
+            elif staged[kind].exists():  # a complete file of an unfinished episode: the next run resumes it at its end
+                os.replace(staged[kind], part_path(staged[kind]))
         record.update(status="failed", reason=str(exc), bytes=None, sha256=None)
     else:
         record.update(
@@ -338,18 +398,38 @@ class _ManifestWriter:
 
 
 def _remove_unselected(raw_dir: Path, selected: set[str]) -> int:
-    """Delete recordings and partials of episodes outside the selection; return how many files."""
+    """Delete recordings and partials of episodes outside the selection; return how many files.
+
+    Partials left inside the raw folder by older versions move to the staging folder.
+    """
     suffixes = (RAW_VIDEO_SUFFIX, RAW_ACTIONS_SUFFIX)
+    staging = staging_dir(raw_dir)
     removed = 0
-    for path in raw_dir.iterdir():
-        name = path.name
-        if name.endswith(PART_SUFFIX):
-            name = name[: -len(PART_SUFFIX)]
-        for suffix in suffixes:
-            if name.endswith(suffix) and path.is_file() and name[: -len(suffix)] not in selected:
-                path.unlink(missing_ok=True)
-                removed += 1
+    for folder in (raw_dir, staging):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name
+            if name.endswith(PART_SUFFIX):
+                name = name[: -len(PART_SUFFIX)]
+            for suffix in suffixes:
+                if not (name.endswith(suffix) and path.is_file()):
+                    continue
+                if name[: -len(suffix)] not in selected:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                elif folder == raw_dir and path.name != name:
+                    staging.mkdir(exist_ok=True)
+                    os.replace(path, staging / path.name)
     return removed
+
+
+def _remove_empty_staging(raw_dir: Path) -> None:
+    staging = staging_dir(raw_dir)
+    if staging.is_dir():
+        remove_stale_temps(staging)
+        if not any(staging.iterdir()):
+            staging.rmdir()
 
 
 # ------------------------------------------------------------------------------------ a run
@@ -442,6 +522,7 @@ def download_entries(
         order = {e.episode_id: i for i, e in enumerate(entries)}
         writer.episodes = dict(sorted(writer.episodes.items(), key=lambda kv: order[kv[0]]))
         writer.flush()
+        _remove_empty_staging(raw_dir)
     report.episodes = writer.episodes
     report.failed = {ep: report.failed[ep] for ep in writer.episodes if ep in report.failed}
     report.seconds = time.monotonic() - t0

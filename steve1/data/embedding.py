@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
-from steve1.io import remove_stale_temps, write_json_atomic
+from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.models.mineclip import MineCLIP, build_mineclip
 from steve1.models.mineclip_files import WeightsInfo, load_attn_pth, random_weights_info
@@ -210,6 +210,7 @@ def distributed_rank() -> tuple[int, int, int]:
 def embed_all(embedder: Embedder, episodes_dir: Path, raw_dir: Path, embeds_dir: Path, store_dtype: str = "float32",
               cursor_png: Optional[str] = None, rank: int = 0, world_size: int = 1) -> dict[str, dict[str, Any]]:
     """Embed this rank's share of the decoded episodes; return ``{episode_id: entry}`` for that share."""
+    check_writable(embeds_dir)
     embeds_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         remove_stale_temps(embeds_dir)
@@ -247,6 +248,7 @@ def run_embed(embed: Any, episodes_dir: str | Path, raw_dir: str | Path, embeds_
     episodes are split by rank and each rank uses its local GPU; the main process writes the
     manifest once every rank is done.
     """
+    check_writable(embeds_dir)  # before MineCLIP is built
     rank, world_size, local_rank = distributed_rank()
     state = None
     if world_size > 1:

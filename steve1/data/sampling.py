@@ -50,12 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-import h5py
 import numpy as np
 
 from steve1.data import formats as F
-from steve1.data.episodes import episode_path, list_episode_ids
-from steve1.io import write_json_atomic
+from steve1.data.episodes import EpisodeFormatError, episode_path, list_episode_ids, open_store, reading, verify_store
+from steve1.io import check_writable, write_json_atomic
 from steve1.params import SampleParams
 
 log = logging.getLogger(__name__)
@@ -136,12 +135,13 @@ class EpisodeScan:
 
 
 def _n_frames(path: Path) -> int:
-    with h5py.File(path, "r") as f:
+    with open_store(path, "episode") as f, reading(path, "episode", f"attribute {F.A_N_FRAMES}"):
         return int(f.attrs[F.A_N_FRAMES])
 
 
 def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_btwn_goals: int) -> EpisodeScan:
-    """Check every episode id found in either folder; only metadata and the valid flags are read."""
+    """Check every episode id found in either folder: both stores open and the last chunk of each of
+    their datasets reads (:func:`steve1.data.episodes.verify_store`); then metadata and the valid flags."""
     ep_ids = set(list_episode_ids(episodes_dir))
     em_ids = set(list_episode_ids(embeds_dir))
     need = min_episode_frames(T, min_btwn_goals)
@@ -154,11 +154,14 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             scan.invalid[eid] = f"no episode file {episode_path(episodes_dir, eid)} (run the decode stage)"
             continue
         try:
+            verify_store(episode_path(episodes_dir, eid), "episode")
+            verify_store(episode_path(embeds_dir, eid), "embeds")
             n = _n_frames(episode_path(episodes_dir, eid))
-            with h5py.File(episode_path(embeds_dir, eid), "r") as f:
-                valid = f[F.EMBED_VALID][:]
+            with open_store(episode_path(embeds_dir, eid), "embeds") as f:
+                with reading(episode_path(embeds_dir, eid), "embeds", F.EMBED_VALID):
+                    valid = f[F.EMBED_VALID][:]
                 weights = str(f.attrs.get(F.A_WEIGHTS, ""))
-        except (OSError, KeyError) as exc:
+        except (OSError, EpisodeFormatError) as exc:
             scan.invalid[eid] = f"unreadable: {exc}"
             continue
         if len(valid) != n:
@@ -360,6 +363,7 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
 
     ``mix_dirs`` gives each ``sample.mix`` set's (episodes, embeds) folders (``Layout.mix_dirs``)."""
     p = sample_params
+    check_writable(Path(out).parent)
     scan = scan_episodes(episodes_dir, embeds_dir, p.T, p.min_btwn_goals)
     for eid, reason in scan.invalid.items():
         log.info("skipping %s: %s", eid, reason)

@@ -9,6 +9,7 @@ Pass the official ``mouse_cursor_white_16x16.png`` (``decode.cursor_png``) for b
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -31,11 +32,46 @@ class VideoInfo:
     height: int
 
 
-def probe_video(path: str | Path, decode_first: bool = True) -> VideoInfo:
-    """Open ``path`` and read its header (and, by default, decode one frame to prove it has frames)."""
+def check_container_size(path: str | Path) -> None:
+    """Refuse an mp4 shorter than its own top-level boxes declare (a cut download or copy).
+
+    Reads only the box headers. A faststart file (index first) that lost its tail still opens and
+    decodes up to the cut, so only this, or counting frames, tells it is truncated.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            box_size, kind = struct.unpack(">I4s", f.read(8))
+            if not kind.isalnum():
+                if pos == 0:
+                    return  # not an ISO-BMFF file: let the decoder judge it
+                raise VideoError(f"{path}: not a valid mp4 video: no box header at byte {pos} ({kind.hex()})")
+            if box_size == 1:
+                box_size = struct.unpack(">Q", f.read(8))[0]
+            elif box_size == 0:
+                return  # "to the end of the file"
+            if box_size < 8:
+                raise VideoError(f"{path}: not a valid mp4 video: the box at byte {pos} declares {box_size} bytes")
+            if pos + box_size > size:
+                raise VideoError(f"{path}: truncated: its {kind.decode('latin-1')!r} box ends at byte "
+                                 f"{pos + box_size} but the file holds {size} bytes")
+            pos += box_size
+
+
+def probe_video(path: str | Path, decode_first: bool = True, check_end: bool = False) -> VideoInfo:
+    """Open ``path`` and read its header (and, by default, decode one frame to prove it has frames).
+
+    ``check_end`` also refuses a file shorter than its boxes declare and decodes the last frame
+    the container declares (one seek): a truncated or damaged tail fails there.
+    """
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise VideoError(f"{path}: video file is missing or empty")
+    if check_end:
+        check_container_size(path)
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -50,6 +86,14 @@ def probe_video(path: str | Path, decode_first: bool = True) -> VideoInfo:
             ok, _ = cap.read()
             if not ok:
                 raise VideoError(f"{path}: the video opens but no frame can be decoded")
+        if check_end:
+            if info.n_frames < 1:
+                raise VideoError(f"{path}: the container declares no frame count")
+            cap.set(cv2.CAP_PROP_POS_FRAMES, info.n_frames - 1)
+            ok, _ = cap.read()
+            if not ok:
+                raise VideoError(f"{path}: truncated or damaged: the last of the {info.n_frames} frames its "
+                                 f"container declares cannot be decoded")
         return info
     finally:
         cap.release()
@@ -126,6 +170,7 @@ class ReadStats:
     frames_read: int = 0          # frames decoded (grabbed) from the start of the video
     kept_yielded: int = 0         # kept steps that got a frame
     video_ended: bool = False     # the video ran out before the last kept step
+    counted_to_end: bool = False  # frames after the last kept step were grabbed too (count_rest)
 
 
 def iter_raw_frames(video_path: str | Path, threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
@@ -154,12 +199,15 @@ def _open(video_path: str | Path, threads: int = DECODE_THREADS) -> "cv2.VideoCa
 
 def iter_kept_bgr(video_path: str | Path, source_step: np.ndarray, gui_open: np.ndarray,
                   cursor_xy: np.ndarray, cursor: Optional[Cursor] = None,
-                  stats: Optional[ReadStats] = None, threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
+                  stats: Optional[ReadStats] = None, threads: int = DECODE_THREADS,
+                  count_rest: bool = False) -> Iterator[np.ndarray]:
     """Full-resolution BGR frames of the kept steps, in order, cursor composited where the GUI is open.
 
     Frame i goes with jsonl line i. Frames of skipped lines are only grabbed (decoded, never
     converted); reading stops after the last kept step, or earlier when the video ends: kept steps
     past the end get no frame (the official code drops them too) and ``stats.video_ended`` is set.
+    ``count_rest`` grabs the frames after the last kept step too, so ``stats.frames_read`` counts
+    every decodable frame (to compare with the container's count).
     """
     steps = np.asarray(source_step, dtype=np.int64)
     if len(steps) and np.any(np.diff(steps) <= 0):
@@ -185,6 +233,10 @@ def iter_kept_bgr(video_path: str | Path, source_step: np.ndarray, gui_open: np.
                 composite_cursor(frame, cursor, *cursor_position(cursor_xy[k], frame.shape[0]))
             stats.kept_yielded += 1
             yield frame
+        if count_rest:
+            while cap.grab():
+                stats.frames_read += 1
+            stats.counted_to_end = True
     finally:
         cap.release()
 

@@ -21,8 +21,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from steve1.io import read_json, write_json_atomic
+from steve1.io import disk_full_errors, read_json, write_json_atomic
 from steve1.train.run_state import RunState, RunStateError
+from steve1.train.safe_load import verify_checkpoint, weights_only_loads
 
 STATE_FILE = "trainer_state.json"
 KEPT = "kept"          # copies of the folders save_checkpoint(keep=...) was given, as of the checkpoint's step
@@ -57,9 +58,14 @@ def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_sta
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "accelerate"))
-    cpu_state = [(None if m is None else m.cpu(), (k.cpu(), v.cpu())) for m, (k, v) in recurrent_state]
-    torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
+    try:
+        with disk_full_errors(partial):  # torch's writer says only "basic_ios::clear: iostream error"
+            accelerator.save_state(str(partial / "accelerate"))
+            cpu_state = [(None if m is None else m.cpu(), (k.cpu(), v.cpu())) for m, (k, v) in recurrent_state]
+            torch.save(cpu_state, partial / f"recurrent_rank{accelerator.process_index}.pt")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # the previous checkpoint stays whole
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for folder in map(Path, keep):
@@ -95,9 +101,14 @@ def load_trainer_state(path: Path) -> RunState:
 
 
 def load_checkpoint(accelerator, path: Path, device) -> tuple[RunState, list]:
-    """Restore model/optimizer/RNG into the prepared objects; return (run state, recurrent state)."""
+    """Restore model/optimizer/RNG into the prepared objects; return (run state, recurrent state).
+
+    Every file is loaded as data only (:mod:`steve1.train.safe_load`); a refused one stops the run.
+    """
     path = Path(path)
-    accelerator.load_state(str(path / "accelerate"))
+    verify_checkpoint(path)
+    with weights_only_loads(path):
+        accelerator.load_state(str(path / "accelerate"))
     rec = path / f"recurrent_rank{accelerator.process_index}.pt"
     if not rec.is_file():
         raise FileNotFoundError(f"{rec}: missing; the checkpoint was written by a different number of processes")

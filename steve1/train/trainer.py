@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-import h5py
 import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
 from steve1.data.dataset import ChunkLoader, make_dataloader
 from steve1.data import formats as F
+from steve1.data.episodes import open_store
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
-from steve1.io import write_json_atomic
+from steve1.io import check_writable, write_json_atomic
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights, save_policy_weights
 from steve1.models.policy import behavioural_cloning_loss
@@ -137,7 +137,7 @@ def check_embed_dim(sampling: Mapping[str, Any], episodes_dir, embeds_dir, expec
         path = episode_files(key, dirs)[1]
         if not path.is_file():
             continue  # the loader names missing files
-        with h5py.File(path, "r") as f:
+        with open_store(path, "embeds") as f:
             dim = int(f.attrs.get(F.A_EMBED_DIM, f[F.EMBEDS].shape[-1] if F.EMBEDS in f else expected))
         if dim != expected:
             raise EmbedDimError(f"{path}: goal embeddings are {dim}-d (attr {F.A_EMBED_DIM}) but "
@@ -332,6 +332,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
 
 def _train(params: Params, layout: Layout, on_step) -> dict[str, Any]:
     tp = params.train
+    check_writable(layout.run.dir)
     sampling_path = layout.sampling
     sampling = load_sampling(sampling_path)
     check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)

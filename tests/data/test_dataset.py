@@ -338,3 +338,30 @@ def test_goal_width_comes_from_the_embeds(tmp_path):
     ds = ChunkDataset(chunks, factory.episodes_dir, factory.embeds_dir, seed=0, p_uncond=0.0)
     with pytest.raises(EpisodeFormatError, match="512-d embeddings in a batch of 768-d"):
         ds.batch(0, [0, 1])
+
+
+def test_a_damaged_chunk_is_named_with_the_file_and_frames_read(episode_factory):
+    from fixtures.episodes import damage_chunk
+    from steve1.data.episodes import StoreError
+
+    episode_factory("ep", 100)  # frames stored in chunks of 64 rows
+    path = episode_path(episode_factory.episodes_dir, "ep")
+    damage_chunk(path, F.FRAMES, index=0)
+    ds = ChunkDataset([("ep", 64, 64 + T), ("ep", 15, 15 + T)], episode_factory.episodes_dir,
+                      episode_factory.embeds_dir, seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0)
+    ds.sample(0)  # the intact chunk still reads
+    with pytest.raises(StoreError, match=rf"{path}: cannot read frames \[15, {15 + T}\) of this episode file \(.+\); "
+                                         r"it is damaged or truncated: delete it and run the decode stage again"):
+        ds.sample(1)
+
+
+def test_an_unreadable_embeds_file_is_named_when_the_loader_opens_it(episode_factory):
+    from steve1.data.episodes import StoreError
+
+    episode_factory("ep", 100)
+    path = episode_path(episode_factory.embeds_dir, "ep")
+    path.write_bytes(path.read_bytes()[:1000])
+    ds = ChunkDataset([("ep", 15, 15 + T)], episode_factory.episodes_dir, episode_factory.embeds_dir, seed=0,
+                      min_btwn_goals=MIN, max_btwn_goals=MAX)
+    with pytest.raises(StoreError, match=rf"{path}: cannot open this embeds file .* run the embed stage again"):
+        ds.sample(0)

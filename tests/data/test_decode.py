@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import cv2
@@ -102,7 +103,7 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, synth):
     report = decode_all(raw, tmp_path / "eps", DecodeParams(max_frame_mismatch=10), progress=False)
     skipped = report.skipped
     assert set(skipped) == {"truncated", "empty", "badline", "nojsonl", "wrongsize", "mismatch"}
-    assert "cannot open" in skipped["truncated"] or "no frame" in skipped["truncated"]
+    assert "truncated.mp4: truncated: its 'mdat' box ends at byte" in skipped["truncated"]
     assert "missing or empty" in skipped["empty"]
     assert "badline.jsonl:8" in skipped["badline"]
     assert "missing pair" in skipped["nojsonl"]
@@ -191,3 +192,106 @@ def test_cli_decode_one(tmp_path, synth):
         assert json.loads(r.attrs[F.A_CONVERSION])["frame_codec"] == "gzip"
     bad = CliRunner().invoke(app, args + ["--codec", "zip"])
     assert bad.exit_code == 2 and "not a frame codec" in bad.output
+
+
+# ------------------------------------------------------------------------------ truncated recordings
+
+def _mdat_size_matching_the_file(path):
+    """Rewrite the (last) mdat box's size to end at the end of the file, as a careless remux would:
+    the box check then passes, and only counting decoded frames tells the file is cut."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.index(b"mdat") - 4
+    data[at:at + 4] = struct.pack(">I", len(data) - at)
+    path.write_bytes(bytes(data))
+
+
+def test_a_cut_faststart_recording_is_skipped_with_a_reason_and_the_whole_one_decodes(tmp_path, synth):
+    from fixtures.mp4 import faststart
+
+    cuts = {"cut-50": 0.5, "cut-90": 0.9, "cut-99": 0.99, "count-90": 0.9}
+    raw = raw_with(tmp_path, synth, ("whole", *cuts))
+    for eid in ("whole", *cuts):
+        faststart(raw / f"{eid}.mp4", raw / f"{eid}.mp4")
+    size = (raw / "whole.mp4").stat().st_size
+    for eid, frac in cuts.items():
+        (raw / f"{eid}.mp4").write_bytes((raw / f"{eid}.mp4").read_bytes()[: int(size * frac)])
+    _mdat_size_matching_the_file(raw / "count-90.mp4")
+    report = decode_all(raw, tmp_path / "eps", DecodeParams(), progress=False)
+
+    skipped = report.skipped
+    assert set(skipped) == set(cuts), skipped
+    for eid in ("cut-50", "cut-90", "cut-99"):
+        assert f"{eid}.mp4: truncated: its 'mdat' box ends at byte" in skipped[eid]
+        assert f"but the file holds {int(size * cuts[eid])} bytes" in skipped[eid]
+    assert re.search(rf"count-90\.mp4: truncated or damaged: only \d+ of the {N} frames its container declares decode",
+                     skipped["count-90"]), skipped["count-90"]
+    rows = json.loads(report.manifest_path.read_text())["episodes"]
+    assert all(rows[eid]["status"] == "skipped" and rows[eid]["reason"] == skipped[eid] for eid in cuts)
+    # the faststart copy holds the very frames of the original
+    ref = decode_recording(synth / "synthetic-0-0.mp4", synth / "synthetic-0-0.jsonl", "whole", DecodeParams())
+    with EpisodeReader(episode_path(tmp_path / "eps", "whole")) as r:
+        np.testing.assert_array_equal(r.frames(), ref.frames)
+
+
+def test_a_cut_real_faststart_recording_is_skipped_though_its_kept_frames_decode(tmp_path, repo_root):
+    """The real pair's jsonl ends 34 frames before its video: a 99% cut loses only frames decode
+    never keeps, and it is still refused (the download or copy was broken)."""
+    from fixtures.mp4 import faststart
+
+    src = repo_root / "assets" / "recordings" / f"{REAL}.mp4"
+    cut = faststart(src, tmp_path / "cut.mp4")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.99)])
+    with pytest.raises(DecodeSkip, match=r"cut\.mp4: truncated: its 'mdat' box ends at byte"):
+        decode_recording(cut, src.with_suffix(".jsonl"), "cut", DecodeParams())
+    _mdat_size_matching_the_file(cut)
+    with pytest.raises(DecodeSkip, match=r"truncated or damaged: only 10[0-9]{2} of the 1090 frames"):
+        decode_recording(cut, src.with_suffix(".jsonl"), "cut", DecodeParams())
+
+
+# ------------------------------------------------------------------------------ full and unwritable disks
+
+FULL_DISK_DECODE = """
+import sys
+import steve1.io
+from steve1.data.decode import decode_all
+from steve1.params import DecodeParams
+if sys.argv[4] == "no-precheck":  # let the write itself meet ENOSPC (as when another process fills the disk)
+    steve1.io.free_bytes = lambda path: 1 << 40
+decode_all(sys.argv[1], sys.argv[2], DecodeParams(workers=int(sys.argv[3])), progress=False)
+"""
+
+
+@pytest.mark.parametrize("workers,check", [(1, "precheck"), (2, "precheck"), (1, "no-precheck")])
+def test_a_full_disk_stops_decode_with_its_path_and_no_partial_file(tmp_path, synth, mounted, workers, check):
+    """A real 1.3 MB filesystem and 13 episodes of ~117 kB: HDF5 writing into a full disk used to
+    segfault (rc 139) with no message. Refused before writing when the free space is short, or by
+    the kernel's ENOSPC on the write itself."""
+    import subprocess
+    import sys
+
+    raw = raw_with(tmp_path, synth, ids=("synthetic-0-1", *(f"copy-{k:02d}" for k in range(12))))
+    out = mounted("size=1300k") / "episodes"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_DECODE, str(raw), str(out), str(workers), check],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    detail = r" \(\d+ bytes to write, \d+ free\)" if check == "precheck" else ""
+    assert re.fullmatch(rf"steve1\.io\.DiskFullError: disk full at {out}/[\w-]+\.h5{detail}: "
+                        r"free space on that filesystem .*", last), last
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.startswith(TEMP_PREFIX)] and F.DECODE_MANIFEST not in left
+    for name in left:  # what did fit is complete
+        assert EpisodeReader(out / name).frames().shape[0] > 0
+
+
+def test_an_unwritable_output_folder_fails_before_any_recording_is_read(tmp_path, synth, monkeypatch):
+    from steve1.data import decode
+    from steve1.io import NotWritableError
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(decode, "find_sources", lambda raw: pytest.fail("recordings were read before the check"))
+    with pytest.raises(NotWritableError, match=r"a-file/episodes: output folder is not writable"):
+        decode_all(raw_with(tmp_path, synth), tmp_path / "a-file" / "episodes", DecodeParams(), progress=False)

@@ -49,6 +49,9 @@ class Fault:
     sleep_s: float = 0.6
     ignore_range: bool = False     # always 200 with the full body
     extra_length: int = 0          # Content-Length claims this many bytes more than sent
+    no_length: bool = False        # send no Content-Length: the body ends when the connection closes
+    cut_first: int = 0             # first k requests: the body stops at byte `cut_at` of the file
+    cut_at: int = 0
 
 
 @dataclass
@@ -104,7 +107,10 @@ def _handler(server: Server):
                 self._record(200)
                 self.send_response(200)
             body = data[start:]
-            self.send_header("Content-Length", str(len(body) + fault.extra_length))
+            if n < fault.cut_first:
+                body = body[: max(0, fault.cut_at - start)]
+            if not fault.no_length:
+                self.send_header("Content-Length", str(len(body) + fault.extra_length))
             self.end_headers()
             half = len(body) // 2
             if n < fault.drop_first:
@@ -171,6 +177,7 @@ def _assert_exact(raw: Path, ep: str, recording) -> None:
     for kind in ("mp4", "jsonl"):
         assert (raw / f"{ep}.{kind}").read_bytes() == recording[kind]
         assert not (raw / f"{ep}.{kind}{PART_SUFFIX}").exists()
+    assert not raw.with_name(raw.name + ".partial").exists()  # the staging folder goes once empty
 
 
 # ------------------------------------------------------------------------------ clean runs
@@ -283,8 +290,9 @@ def test_always_slow_fails_after_bounded_retries(tmp_path, server, recording):
     assert list(report.failed) == [EP_A]
     assert "timed out" in report.failed[EP_A].lower()
     assert len(server.requests_for(path)) == 2
-    # the bytes that did arrive wait for the next run as a partial
-    assert (tmp_path / "raw" / f"{EP_A}.mp4{PART_SUFFIX}").stat().st_size > 0
+    # the bytes that did arrive wait for the next run as a partial, outside the raw folder
+    assert (tmp_path / "raw.partial" / f"{EP_A}.mp4{PART_SUFFIX}").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([f"{EP_B}.mp4", f"{EP_B}.jsonl", RAW_MANIFEST])
 
 
 def test_content_length_longer_than_body(tmp_path, server, recording):
@@ -348,6 +356,82 @@ def test_bad_jsonl_fails_verification(tmp_path, server, recording):
     assert "line 2 is not valid JSON" in report.failed[EP_B]
 
 
+# ------------------------------------------------------------------------------ truncation and staging
+
+
+def test_partial_files_of_a_failed_episode_never_sit_in_the_raw_folder(tmp_path, server, recording):
+    jsonl = f"/data/10.0/{EP_A}.jsonl"
+    server.faults[jsonl] = Fault(drop_first=100)  # half of the body, every time
+    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=1, backoff_s=0.01, timeout_s=2.0))
+    assert list(report.failed) == [EP_A]
+    raw, staging = tmp_path / "raw", tmp_path / "raw.partial"
+    assert sorted(p.name for p in raw.iterdir()) == sorted([f"{EP_B}.mp4", f"{EP_B}.jsonl", RAW_MANIFEST])
+    assert sorted(p.name for p in staging.iterdir()) == [f"{EP_A}.jsonl{PART_SUFFIX}", f"{EP_A}.mp4{PART_SUFFIX}"]
+    server.faults.clear()
+    report = _run(tmp_path, server, recording)
+    assert report.n_ok == 2
+    _assert_exact(raw, EP_A, recording)
+
+
+def test_partials_an_older_version_left_in_the_raw_folder_move_out(tmp_path, server, recording):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / f"{EP_A}.mp4{PART_SUFFIX}").write_bytes(recording["mp4"][:100])
+    report = _run(tmp_path, server, recording)
+    assert report.n_ok == 2
+    _assert_exact(raw, EP_A, recording)
+    assert server.requests_for(f"/data/10.0/{EP_A}.mp4")[0][1] == "bytes=100-"  # and were resumed
+
+
+def _line_boundary(data: bytes, frac: float) -> int:
+    return data.index(b"\n", int(len(data) * frac)) + 1
+
+
+def test_a_body_without_a_size_is_confirmed_with_a_range_request(tmp_path, server, recording):
+    jsonl, mp4 = f"/data/10.0/{EP_A}.jsonl", f"/data/10.0/{EP_A}.mp4"
+    cut = _line_boundary(recording["jsonl"], 0.5)
+    server.faults[jsonl] = Fault(no_length=True, cut_first=1, cut_at=cut)  # a proxy closing early, once
+    server.faults[mp4] = Fault(no_length=True)  # whole, but unannounced
+    report = _run(tmp_path, server, recording)
+    assert report.n_ok == 2
+    _assert_exact(tmp_path / "raw", EP_A, recording)
+    assert server.requests_for(jsonl) == [(jsonl, None, 200), (jsonl, f"bytes={cut}-", 206),
+                                          (jsonl, f"bytes={cut}-", 206)]  # asked past the end: more; resumed
+    assert server.requests_for(mp4) == [(mp4, None, 200), (mp4, f"bytes={len(recording['mp4'])}-", 416)]
+
+
+@pytest.mark.parametrize("kind,frac", [("jsonl", 0.5), ("mp4", 0.5), ("mp4", 0.9), ("mp4", 0.99)])
+def test_a_cut_body_without_size_or_range_support_is_refused(tmp_path, server, recording, kind, frac):
+    path = f"/data/10.0/{EP_A}.{kind}"
+    data = recording[kind]
+    cut = _line_boundary(data, frac) - 3 if kind == "jsonl" else int(len(data) * frac)  # jsonl: inside a line
+    server.faults[path] = Fault(no_length=True, ignore_range=True, cut_first=100, cut_at=cut)
+    report = _run(tmp_path, server, recording)
+    assert list(report.failed) == [EP_A]
+    expected = "does not end with a newline" if kind == "jsonl" else "truncated"
+    assert expected in report.failed[EP_A], report.failed[EP_A]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([f"{EP_B}.mp4", f"{EP_B}.jsonl", RAW_MANIFEST])
+
+
+def test_a_whole_body_without_size_or_range_support_is_accepted_with_a_warning(tmp_path, server, recording, caplog):
+    """What cannot be told apart: a jsonl cut exactly at a line boundary by such a server. Decode's
+    line/frame count check (max_frame_mismatch) is the guard left; the warning says so."""
+    for kind in ("mp4", "jsonl"):
+        server.faults[f"/data/10.0/{EP_A}.{kind}"] = Fault(no_length=True, ignore_range=True)
+    report = _run(tmp_path, server, recording)
+    assert report.n_ok == 2
+    _assert_exact(tmp_path / "raw", EP_A, recording)
+    assert "a transfer cut at a line boundary cannot be ruled out" in caplog.text
+
+
+def test_a_short_body_against_its_content_length_leaves_nothing_in_raw(tmp_path, server, recording):
+    path = f"/data/10.0/{EP_A}.mp4"
+    server.faults[path] = Fault(drop_first=100)
+    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=1, backoff_s=0.01, timeout_s=2.0))
+    assert list(report.failed) == [EP_A]
+    assert not list((tmp_path / "raw").glob(f"{EP_A}*"))
+
+
 # ------------------------------------------------------------------------------ reruns
 
 
@@ -371,7 +455,7 @@ def test_complete_file_of_a_failed_episode_resumes_with_416(tmp_path, server, re
     server.faults[jsonl] = Fault(status_first=1, status=500)
     report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=0, backoff_s=0.0, timeout_s=2.0))
     assert list(report.failed) == [EP_A]
-    assert (tmp_path / "raw" / f"{EP_A}.mp4{PART_SUFFIX}").read_bytes() == recording["mp4"]
+    assert (tmp_path / "raw.partial" / f"{EP_A}.mp4{PART_SUFFIX}").read_bytes() == recording["mp4"]
     server.log.clear()
     report = _run(tmp_path, server, recording)
     assert report.n_ok == 2 and report.fetched_bytes == len(recording["jsonl"])

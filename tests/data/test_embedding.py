@@ -127,3 +127,14 @@ def test_embed_stage_end_to_end(tmp_path):
     params["embed"]["weights"] = str(tmp_path / "absent.pth")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["--params", str(tmp_path / "params.yaml")]) == 1
+
+
+def test_an_unwritable_embeds_folder_fails_before_mineclip_is_built(tmp_path, monkeypatch):
+    from steve1.data import embedding
+    from steve1.io import NotWritableError
+    from steve1.params import EmbedParams
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(embedding, "make_embedder", lambda *a, **k: pytest.fail("MineCLIP built before the check"))
+    with pytest.raises(NotWritableError, match=r"a-file/embeds: output folder is not writable"):
+        embedding.run_embed(EmbedParams(), tmp_path / "episodes", tmp_path / "raw", tmp_path / "a-file" / "embeds")

@@ -1,13 +1,17 @@
-"""Episode and embeds stores: round trip, codecs, atomicity, validation."""
+"""Episode and embeds stores: round trip, codecs, atomicity, validation, storage faults named."""
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from steve1.data import formats as F
-from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, list_episode_ids,
-                                  read_embeds, write_embeds, write_episode)
+from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, StoreError, list_episode_ids,
+                                  read_embeds, verify_store, write_embeds, write_episode)
+from steve1.io import DiskFullError
 
 
 def make_episode(n=10, eid="ep-1"):
@@ -78,3 +82,84 @@ def test_blosc_writes_are_byte_reproducible(tmp_path, monkeypatch):
         digests.add(hashlib.sha256((tmp_path / f"e{i}.h5").read_bytes()).hexdigest())
     assert len(digests) == 1
     assert os.environ["BLOSC_NTHREADS"] == "2"               # readers keep their threads
+
+
+# ------------------------------------------------------------------------------ storage faults
+
+def _ep_file(tmp_path, n=200, codec="lzf", chunk_frames=32):
+    """Frames that compress (noise-free terrain), so every chunk goes through the codec."""
+    from fixtures.episodes import make_episode as factory_episode, smooth_frames
+
+    ep = factory_episode("ep", n)
+    ep.frames[:] = smooth_frames(n, noise=0)
+    return write_episode(tmp_path / "ep.h5", ep, codec=codec, chunk_frames=chunk_frames)
+
+
+@pytest.mark.parametrize("codec", ["lzf", "blosc-lz4", "gzip"])
+def test_a_damaged_chunk_is_named_with_its_file_and_rows(tmp_path, codec):
+    from fixtures.episodes import damage_chunk
+
+    path = _ep_file(tmp_path, codec=codec)
+    start, end = damage_chunk(path, F.FRAMES, index=3)  # a chunk in the middle of the file
+    assert (start, end) == (96, 128)
+    with EpisodeReader(path) as r:
+        assert r.frames(0, 96).shape[0] == 96  # the chunks before it still read
+        with pytest.raises(StoreError, match=rf"{path}: cannot read frames \[90, 100\) of this episode file \(.+\)"):
+            r.frames(90, 100)
+        with pytest.raises(StoreError, match=str(path)):
+            r.read_frames_into(np.empty((32, 128, 128, 3), np.uint8), 96, 128)
+
+
+def test_a_truncated_or_foreign_file_is_named_when_opened(tmp_path):
+    path = _ep_file(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=rf"{path}: cannot open this episode file \(.*\); it is damaged or truncated: "
+                                         r"delete it and run the decode stage again"):
+        EpisodeReader(path).n_frames
+    emb = tmp_path / "emb.h5"
+    emb.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StoreError, match=rf"{emb}: cannot open this embeds file .* run the embed stage again"):
+        read_embeds(emb)
+
+
+def test_verify_store_reads_the_last_chunk_of_every_dataset(tmp_path):
+    from fixtures.episodes import damage_chunk
+
+    path = _ep_file(tmp_path)
+    verify_store(path)  # intact
+    damage_chunk(path, F.FRAMES, index=-1)
+    with pytest.raises(StoreError, match=rf"{path}: cannot read frames rows \[192, 200\) of this episode file"):
+        verify_store(path)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _write(what, final, n):
+    if what == "episode":
+        write_episode(final, make_episode(n))
+    else:
+        write_embeds(final, "ep-1", np.full((n, 4), n, np.float32), np.ones(n, bool), weights="w")
+
+
+@pytest.mark.parametrize("what", ["episode", "embeds"])
+def test_disk_full_while_writing_a_store_names_the_path_and_leaves_nothing(tmp_path, monkeypatch, what):
+    final = tmp_path / "out" / "ep-1.h5"
+    _write(what, final, 10)  # an older complete file
+    before = final.read_bytes()
+    monkeypatch.setattr(Path, "write_bytes", _no_space)  # the one disk write of a store
+    with pytest.raises(DiskFullError, match=rf"^disk full at {final}: free space"):
+        _write(what, final, 20)
+    assert [p.name for p in final.parent.iterdir()] == ["ep-1.h5"]  # no temp left
+    assert final.read_bytes() == before  # the older file is untouched
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import steve1.io
+
+    monkeypatch.setattr(steve1.io, "free_bytes", lambda path: 1000)
+    with pytest.raises(DiskFullError, match=r"disk full at .*ep\.h5 \(\d+ bytes to write, 1000 free\)"):
+        write_episode(tmp_path / "ep.h5", make_episode(20))
+    assert list(tmp_path.iterdir()) == []

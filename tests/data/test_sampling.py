@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from steve1.data import formats as F
+from steve1.data.episodes import episode_path
 from steve1.data.sampling import (SamplingError, SetSpec, episode_chunks, load_sampling, make_mixed_sampling,
                                   make_sampling, min_episode_frames, run_sampling, scan_episodes, split_chunks,
                                   split_key)
@@ -294,3 +295,33 @@ def test_too_short_episodes_say_how_to_fix_it(episode_factory, tmp_path):
     episode_factory("short", 60)
     with pytest.raises(SamplingError, match=r"needs >= 79 frames = max\(T=64.*lower sample.T .*longer recordings"):
         run_sampling(SampleParams(T=64), episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s.json")
+
+
+def test_sample_rejects_damaged_stores_naming_them(episode_factory, tmp_path):
+    from fixtures.episodes import damage_chunk
+
+    for eid in ("good-1", "good-2", "bad-chunk", "cut-episode", "cut-embeds"):
+        episode_factory(eid, 100)  # frames in chunks of 64 rows: [0, 64) and [64, 100)
+    ep_dir, em_dir = episode_factory.episodes_dir, episode_factory.embeds_dir
+    damage_chunk(episode_path(ep_dir, "bad-chunk"), F.FRAMES, index=-1)
+    for path in (episode_path(ep_dir, "cut-episode"), episode_path(em_dir, "cut-embeds")):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 5])
+    p = SampleParams(name="s", train_frames=100, val_frames=50, seed=0, T=20, min_btwn_goals=15, max_btwn_goals=30)
+    doc = load_sampling(run_sampling(p, ep_dir, em_dir, tmp_path / "samplings" / "s.json"))
+    assert sorted(doc["train"] + doc["val"]) == ["good-1", "good-2"]
+    reasons = {r["episode_id"]: r["reason"] for r in doc["invalid"]}
+    assert f"{episode_path(ep_dir, 'bad-chunk')}: cannot read frames rows [64, 100)" in reasons["bad-chunk"]
+    assert f"{episode_path(ep_dir, 'cut-episode')}: cannot open this episode file" in reasons["cut-episode"]
+    assert f"{episode_path(em_dir, 'cut-embeds')}: cannot open this embeds file" in reasons["cut-embeds"]
+
+
+def test_sample_checks_its_output_folder_before_scanning(episode_factory, tmp_path, monkeypatch):
+    """A folder under a regular file cannot be created, even by root (who ignores permission bits)."""
+    from steve1.data import sampling
+    from steve1.io import NotWritableError
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(sampling, "scan_episodes", lambda *a, **k: pytest.fail("scanned before the check"))
+    with pytest.raises(NotWritableError, match=r"a-file/samplings: output folder is not writable"):
+        run_sampling(SampleParams(name="s"), episode_factory.episodes_dir, episode_factory.embeds_dir,
+                     tmp_path / "a-file" / "samplings" / "s.json")
