@@ -282,7 +282,7 @@ def test_a_full_disk_stops_decode_with_its_path_and_no_partial_file(tmp_path, sy
     assert re.fullmatch(rf"steve1\.io\.DiskFullError: disk full at {out}/[\w-]+\.h5{detail}: "
                         r"free space on that filesystem .*", last), last
     left = sorted(p.name for p in out.iterdir())
-    assert not [n for n in left if n.startswith(TEMP_PREFIX)] and F.DECODE_MANIFEST not in left
+    assert not [n for n in left if n.startswith(TEMP_PREFIX)] and MANIFEST not in left
     for name in left:  # what did fit is complete
         assert EpisodeReader(out / name).frames().shape[0] > 0
 

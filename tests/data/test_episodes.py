@@ -107,7 +107,7 @@ def test_a_damaged_chunk_is_named_with_its_file_and_rows(tmp_path, codec):
         with pytest.raises(StoreError, match=rf"{path}: cannot read frames \[90, 100\) of this episode file \(.+\)"):
             r.frames(90, 100)
         with pytest.raises(StoreError, match=str(path)):
-            r.read_frames_into(np.empty((32, 128, 128, 3), np.uint8), 96, 128)
+            r.frames(96, 128)
 
 
 def test_a_truncated_or_foreign_file_is_named_when_opened(tmp_path):
