@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
+from steve1.io import DiskFullError, NotWritableError
 from steve1.params import Params, ParamsError, describe_invalid, load_params
 
 
@@ -35,7 +36,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         return 2
     try:
         body(params)
-    except StageError as exc:
+    except (StageError, DiskFullError, NotWritableError) as exc:   # sentences naming the path: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
+from steve1.data.episodes import EpisodeFormatError
 from steve1.eval.prompt import mineclip_text_encoder
 from steve1.layout import Layout
 from steve1.params import Params
@@ -22,7 +23,7 @@ def _body(params: Params) -> None:
         layout = Layout.from_params(params)
         metrics = fit_prior(params.prior, layout.embeds, layout.prior, layout.prior_metrics,
                             lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device))
-    except (PriorDataError, FileNotFoundError) as exc:
+    except (PriorDataError, EpisodeFormatError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None
     print(f"prior: {metrics['n_pairs']} pairs, best val loss {metrics['best_val_loss']:.4f} at epoch "
           f"{metrics['best_epoch']}{' (TOY prior)' if metrics['toy'] else ''}")

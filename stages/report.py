@@ -11,6 +11,7 @@ import logging
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
+from steve1.data.episodes import EpisodeFormatError
 from steve1.eval.drift import DriftInputError, build_report
 from steve1.layout import Layout
 from steve1.params import Params
@@ -27,7 +28,7 @@ def _body(params: Params) -> None:
             drift_share_threshold=rp.drift_share_threshold, column_threshold=rp.column_threshold,
             max_steps_per_split=rp.max_steps_per_split, n_components=rp.n_components, seed=rp.seed,
         )
-    except (DriftInputError, FileNotFoundError) as exc:
+    except (DriftInputError, EpisodeFormatError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None
     for name, c in summary["comparisons"].items():
         if c["skipped"]:
