@@ -8,10 +8,12 @@ continues from the last checkpoint when the train params are unchanged. Multi-pr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
 from steve1.models.checkpoints import CheckpointMismatchError
+from steve1.layout import Layout
 from steve1.params import Params, describe_invalid
 from steve1.train.accelerator import AcceleratorConfigError
 from steve1.train.freeze import check_freeze_names
@@ -24,6 +26,12 @@ def check(params: Params) -> None:
         check_freeze_names(params.train.freeze)
     except ValueError as exc:
         raise ValueError(describe_invalid("train.freeze", params.train.freeze, str(exc))) from None
+    start, run_dir = params.train.in_weights, Layout.from_params(params).run.dir
+    if start and Path(start).resolve().is_relative_to(run_dir.resolve()):
+        raise ValueError(describe_invalid(
+            "train.in_weights", start, f"is inside this run's own folder {run_dir}, which training overwrites (its "
+            f"before/after deltas would be zero): copy the file elsewhere first (e.g. data/weights/start.weights, "
+            f"`dvc add` it to track it) or train under another train.run"))
 
 
 def _body(params: Params) -> None:

@@ -83,7 +83,9 @@ class RunLayout:
 
     @property
     def tensorboard(self) -> Path:
-        return self.dir / "tensorboard"
+        """Beside dvclive's files, which git carries into every experiment (a queued run keeps its own;
+        ``dvc exp apply`` brings them back), and restored with them on resume."""
+        return self.dvclive / "tensorboard"
 
 
 @dataclass(frozen=True)

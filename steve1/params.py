@@ -281,6 +281,9 @@ class ReportParams(Section):
     seed: int = Field(0, ge=0, description="seed of the step draw")
 
 
+GUIDE_GRAD_NORM = (0.5, 5.0)   # the fine-tuning guide's normal range, for a per-step mean loss
+
+
 class AugmentParams(Section):
     """Colour augmentation of the training frames on the device (``steve1.train.augment``); off in STEVE-1."""
 
@@ -324,19 +327,29 @@ class TrainParams(Section):
     seed: int = Field(0, ge=0, description="seed of init, shuffling and relabeling")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
     loss_reduction: Literal["official", "mean"] = Field("official", description="official: sum over the chunk's steps, mean over the batch (STEVE-1); mean: per step")
-    grad_norm_range: tuple[float, float] = Field((0.5, 5.0), description="warn (and log grad_norm_out_of_range=1) when the logged gradient norm falls outside [low, high]; the guide's normal fine-tuning range is 0.5-5.0")
+    grad_norm_range: Optional[tuple[float, float]] = Field(None, description="warn (and log grad_norm_out_of_range=1) when the logged gradient norm falls outside [low, high]; null = the guide's 0.5-5.0 for a per-step mean loss, times trunc_t with the official summed loss")
     freeze: list[str] = Field(default_factory=list, description="module groups not trained: cnn, transformer, goal, heads or a module path prefix (e.g. net.recurrent_layer.blocks.0); guide: [cnn, transformer]")
     mineclip_embed_dim: int = Field(512, ge=1, le=65536, description="goal embedding width of the goal fusion layer; must equal the embeds files' embed_dim (512 = MineCLIP)")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="colour augmentation of the training frames")
-    tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/tensorboard/ (needs the tensorboard package)")
+    tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/dvclive/tensorboard/ (needs the tensorboard package)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainParams":
         if self.warmup_frames >= 1.1 * self.n_frames:
             raise ValueError(f"warmup_frames ({self.warmup_frames}) must be below 1.1 x n_frames ({self.n_frames})")
-        if self.grad_norm_range[0] >= self.grad_norm_range[1]:
+        if self.grad_norm_range is not None and self.grad_norm_range[0] >= self.grad_norm_range[1]:
             raise ValueError(f"grad_norm_range {list(self.grad_norm_range)} must be [low, high] with low < high")
         return self
+
+
+    @property
+    def grad_norm_bounds(self) -> tuple[float, float]:
+        """The expected gradient-norm range. The guide's 0.5-5.0 is for a loss averaged over steps; the
+        official loss sums the steps of each truncated-BPTT call, so its gradients are trunc_t times larger."""
+        if self.grad_norm_range is not None:
+            return self.grad_norm_range
+        scale = self.trunc_t if self.loss_reduction == "official" else 1
+        return (GUIDE_GRAD_NORM[0] * scale, GUIDE_GRAD_NORM[1] * scale)
 
 
 class EvaluateParams(Section):

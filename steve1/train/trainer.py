@@ -185,19 +185,35 @@ class BCModule(nn.Module):
         return loss, new_state
 
 
+def _log_data(params: Params, sampling: Mapping[str, Any]) -> None:
+    """What the run trains on: the sampling, each set's share, augmentation."""
+    sets = sampling.get("sets") or {}
+    shares = ", ".join(f"{name} {s['totals']['train']['share']:.1%}" for name, s in sets.items()) or "one set"
+    aug = params.train.augment
+    log.info("data: %s, %d train chunks (%s); augmentation %s", Layout.from_params(params).sampling,
+             len(sampling["chunks"]["train"]), shares,
+             aug.model_dump(exclude={"enabled"}) if aug.enabled else "off")
+
+
 def build_start_policy(tp: TrainParams) -> AgentPolicy:
     """From scratch (preset or ``in_model``), from VPT weights, or from STEVE-1 weights; seeded init;
     ``train.freeze`` groups (and the value head, which STEVE-1 never trains) set not to train."""
     torch.manual_seed(tp.seed)
     policy = build_policy_for_params(tp)
+    architecture = tp.in_model or f"preset {tp.preset}"
     if tp.in_weights:
         initialised = load_policy_weights(policy, tp.in_weights, allow_vpt=True, goal_init=tp.goal_init)
-        if initialised:
-            log.info("%s is VPT weights: initialised %s (%s)", tp.in_weights, ", ".join(initialised), tp.goal_init)
+        kind = f"VPT weights (initialised {', '.join(initialised)}: {tp.goal_init})" if initialised else "STEVE-1 weights"
+        log.info("start point: %s, %s, architecture %s", tp.in_weights, kind, architecture)
+    else:
+        log.info("start point: random init (seed %d), architecture %s", tp.seed, architecture)
     policy.value_head.requires_grad_(False)
     if tp.freeze:
         frozen = apply_freeze(policy, tp.freeze)
         log.info("train.freeze %s: %d parameter tensors frozen", tp.freeze, len(frozen))
+    n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in policy.parameters())
+    log.info("parameters: %d trained, %d frozen (value head included)", n_train, n_all - n_train)
     return policy
 
 
@@ -320,22 +336,22 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     ``on_step(state)`` gets the :class:`RunState` as a dict at every batch end (tests use it to kill
     at a known point).
     """
-    layout = Layout.from_params(params)
+    tp, layout = params.train, Layout.from_params(params)
+    check_writable(layout.run.dir)
+    sampling = load_sampling(layout.sampling)
+    check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
     # one trainer per run folder: the main process holds the lock until it exits (before any write)
     lock = RunFolderLock(layout.run.dir) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(params, layout, on_step)
+        return _train(params, layout, sampling, on_step)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(params: Params, layout: Layout, on_step) -> dict[str, Any]:
-    tp = params.train
-    check_writable(layout.run.dir)
-    sampling_path = layout.sampling
-    sampling = load_sampling(sampling_path)
-    check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
+def _train(params: Params, layout: Layout, sampling: dict[str, Any], on_step) -> dict[str, Any]:
+    tp, sampling_path = params.train, layout.sampling
+    _log_data(params, sampling)
     run = setup_run(params, sampling)
     rs, memory, resuming = start_or_resume(run, config_fingerprint(params))
     open_outputs(run, rs, resuming, sampling_path)
@@ -498,7 +514,7 @@ def train_batch(run: Run, rs: RunState, batch: Mapping[str, torch.Tensor], memor
 
 def log_metrics(run: Run, rs: RunState, window: LogWindow) -> LogWindow:
     """One metrics row (dvclive, TensorBoard) over the window, after a finite check; returns a new window."""
-    low, high = run.tp.grad_norm_range
+    low, high = run.tp.grad_norm_bounds
     # host sync (and a small all-reduce: the loss of every process's rows) once per logging interval
     mean_loss = run.accelerator.reduce(window.loss_sum / max(window.n_calls, 1), reduction="mean").item()
     mean_norm = (window.norm_sum / max(window.n_norms, 1)).item()  # already global: clipping reduces over processes

@@ -123,9 +123,9 @@ def test_tensorboard_gets_the_dvclive_scalars(augmented):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     reference, _ = augmented
-    events = list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    events = list((reference / "dvclive" / "tensorboard").glob("events.out.tfevents.*"))
     assert events
-    acc = EventAccumulator(str(reference / "tensorboard"))
+    acc = EventAccumulator(str(reference / "dvclive" / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     metrics = json.loads((reference / "dvclive" / "metrics.json").read_text())
@@ -140,6 +140,8 @@ def test_grad_norm_out_of_range_is_a_dvclive_metric(augmented):
     rows = (reference / "dvclive" / "plots" / "metrics" / "grad_norm_out_of_range.tsv").read_text().splitlines()[1:]
     norms = (reference / "dvclive" / "plots" / "metrics" / "grad_norm.tsv").read_text().splitlines()[1:]
     flags = [float(r.split("\t")[-1]) for r in rows]
-    expected = [float(not 0.5 <= float(r.split("\t")[-1]) <= 5.0) for r in norms]
+    train_params = json.loads((reference / "config.json").read_text())["params"]["train"]
+    low, high = TrainParams(**train_params).grad_norm_bounds   # scaled by trunc_t: the official summed loss
+    assert (low, high) == (0.5 * train_params["trunc_t"], 5.0 * train_params["trunc_t"])
+    expected = [float(not low <= float(r.split("\t")[-1]) <= high) for r in norms]
     assert flags == expected and set(flags) <= {0.0, 1.0}
-    assert flags[0] == 1.0  # from scratch, the summed-over-steps loss has norms above the fine-tuning range

@@ -91,3 +91,15 @@ def test_fingerprint_tracks_what_changes_the_weights_only():
     for changed in ({"learning_rate": 1e-5}, {"train": {"seed": 1}}, {"train": {"trunc_t": 32}},
                     {"sample": {"max_btwn_goals": 100}}):
         assert config_fingerprint(validate_params(changed)) != config_fingerprint(base), changed
+
+
+def test_a_run_cannot_start_from_its_own_outputs():
+    """in_weights inside models/<run>/ would be overwritten by the run (and its deltas would be zero)."""
+    import stages.train as train_stage
+    from steve1.params import validate_params
+
+    own = validate_params({"train": {"run": "ft", "in_weights": "models/ft/best.weights"}})
+    with pytest.raises(ValueError, match=r"key 'train.in_weights'.*inside this run's own folder models/ft"):
+        train_stage.check(own)
+    earlier = validate_params({"train": {"run": "ft2", "in_weights": "models/ft/best.weights"}})
+    train_stage.check(earlier)   # an earlier run's weights are a fine start point

@@ -210,13 +210,21 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, caplog):
     from steve1.params import load_params
     from steve1.train.trainer import train
 
-    params = make_world(tmp_path, {"n_frames": 64, "grad_accum": 2, "checkpoint_every_steps": 1})
+    params = make_world(tmp_path, {"n_frames": 64, "grad_accum": 2, "checkpoint_every_steps": 1,
+                                   "grad_norm_range": [0.5, 5.0]})
     summary = train(load_params(params))
     assert summary["step"] == 2 and summary["frames"] == 64  # 4 calls of 16 frames, 2 per optimizer step
     state = json.loads((tmp_path / "models" / "toy" / "checkpoint" / "trainer_state.json").read_text())
     assert state["micro"] == 4 and state["step"] == 2
-    # from scratch, the summed-over-steps loss has gradient norms above the fine-tuning range: flagged
+    # from scratch, the summed-over-steps loss has gradient norms above the guide's per-step range: flagged
     assert "is outside the expected [0.5, 5] (train.grad_norm_range)" in caplog.text
+
+
+def test_expected_gradient_norm_follows_the_loss_reduction():
+    # the guide's 0.5-5 is for a per-step mean loss; the official loss sums trunc_t steps per call
+    assert TrainParams(loss_reduction="mean").grad_norm_bounds == (0.5, 5.0)
+    assert TrainParams(loss_reduction="official", trunc_t=64).grad_norm_bounds == (32.0, 320.0)
+    assert TrainParams(grad_norm_range=(1.0, 2.0)).grad_norm_bounds == (1.0, 2.0)
 
 
 LONG = {**RUN, "deepspeed": "none", "n_frames": 10**7}   # runs until stopped
