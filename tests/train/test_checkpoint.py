@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from steve1.train.run_state import RunState
+
 import steve1.io
 from steve1.io import DiskFullError, NotWritableError
 from steve1.train import checkpoint as ckpt
@@ -32,12 +34,12 @@ class _FullDiskAccelerator:
 def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
-    (run / "checkpoint" / ckpt.STATE_FILE).write_text(json.dumps({"step": 4}))
+    (run / "checkpoint" / ckpt.STATE_FILE).write_text(json.dumps(RunState("f", step=4).to_dict()))
     monkeypatch.setattr(steve1.io, "free_bytes", lambda path: 0)
     with pytest.raises(DiskFullError, match=rf"^disk full at {run / 'checkpoint.partial'} \(\[enforce fail"):
-        ckpt.save_checkpoint(_FullDiskAccelerator(), run, {"step": 8}, [])
+        ckpt.save_checkpoint(_FullDiskAccelerator(), run / "checkpoint", RunState("f", step=8), [])
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]  # no partial checkpoint left
-    assert ckpt.load_trainer_state(ckpt.find_checkpoint(run))["step"] == 4
+    assert ckpt.load_trainer_state(ckpt.find_checkpoint(run / "checkpoint")).step == 4
 
 
 def test_an_unwritable_run_folder_fails_before_the_accelerator_is_built(tmp_path, monkeypatch):
