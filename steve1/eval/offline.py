@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from steve1.actions import N_CAMERA_BINS
+from steve1 import headline
 from steve1.data import formats as F
 from steve1.data.dataset import make_dataloader
 from steve1.data.episodes import read_embeds
@@ -372,7 +373,8 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
 
 def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping[str, Mapping[str, Any]],
                   rows: Sequence[Mapping[str, Any]], cond_scales: Sequence[float], run_info: Mapping[str, Any]) -> None:
-    """dvclive custom plots (``Layout.eval_plots``), then ``Layout.eval_metrics`` and ``Layout.eval_offline``."""
+    """dvclive custom plots (``Layout.eval_plots``), then ``Layout.eval_offline`` (what was scored and every
+    metric) and ``Layout.eval_metrics`` (the headline figures, :func:`steve1.headline.evaluate`)."""
     from dvclive import Live  # heavy import, only for the stage
 
     sweep = []
@@ -387,5 +389,6 @@ def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping
     live = Live(dir=str(layout.eval), report=None, dvcyaml=None, save_dvc_exp=False)
     live.log_plot(PLOT_SWEEP, sweep, x="cond_scale", y="nll", title="guided NLL (renormalised) vs cond_scale")
     live.log_plot(PLOT_CHUNKS, chunk_rows, x="chunk", y="nll", title="per-chunk NLL (true goal)")
-    write_json_atomic(layout.eval_offline, dict(run_info))
-    write_json_atomic(layout.eval_metrics, dict(metrics))
+    # the detail (every metric, guided blocks, baseline and deltas) goes to the report, the headline to DVC metrics
+    write_json_atomic(layout.eval_offline, {**run_info, "metrics": dict(metrics)})
+    write_json_atomic(layout.eval_metrics, headline.evaluate(metrics, [(p["cond_scale"], p["nll"]) for p in sweep]))
