@@ -21,6 +21,8 @@ MANIFEST = "manifest.json"  # every data folder's index: <raw|episodes|embeds>/m
 SOURCE_INDEX = "index.json"
 PRIOR = "prior.pt"
 PRIOR_METRICS = "prior_metrics.json"
+PRIOR_REPORT = "prior_report.json"
+PRIOR_HISTORY = "prior_history.json"
 EVAL_METRICS = "metrics.json"
 EVAL_OFFLINE = "offline.json"
 EVAL_PLOTS = "plots/custom"      # dvclive custom plots: <name>.json
@@ -28,7 +30,11 @@ EVAL_PLOT_SWEEP = "cond_scale_sweep"
 EVAL_PLOT_CHUNKS = "chunk_nll"
 REPORT_SUMMARY = "summary.json"
 REPORT_DATA = "data"
+REPORT_DETAILS = "summary.json"          # the full data summary, inside REPORT_DATA
+REPORT_PLOT_DRIFT = "drift_columns"
 ROLLOUTS = "rollouts"
+METRICS = "metrics.json"                 # a stage's headline figures (DVC metrics)
+PLOTS = "plots"
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,58 @@ class RunLayout:
 
     @property
     def metrics(self) -> Path:
+        """The run's headline figures (DVC metrics): loss, val_loss, frames_per_s."""
+        return self.dir / METRICS
+
+    @property
+    def dvclive_summary(self) -> Path:
+        """dvclive's summary: the last logged value of every scalar."""
         return self.dvclive / "metrics.json"
 
     @property
     def plots(self) -> Path:
+        """dvclive's per-scalar history: ``<scalar>.tsv`` with ``step`` and the value."""
         return self.dvclive / "plots" / "metrics"
+
+    def curve(self, scalar: str) -> Path:
+        return self.plots / f"{scalar}.tsv"
 
     @property
     def tensorboard(self) -> Path:
         return self.dir / "tensorboard"
+
+
+@dataclass(frozen=True)
+class RolloutLayout:
+    """One rollout evaluation's folder, ``<paths.eval>/rollouts/<rollout.name>/``."""
+
+    dir: Path
+
+    @property
+    def results(self) -> Path:
+        """Per episode and per prompt, with confidence intervals (cached output)."""
+        return self.dir / "results.json"
+
+    @property
+    def videos(self) -> Path:
+        return self.dir / "videos"
+
+    def video(self, kind: str, prompt: str, episode: int) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in prompt)
+        return self.videos / f"{kind}-{safe}-ep{episode:03d}.mp4"
+
+    @property
+    def metrics(self) -> Path:
+        """Per-prompt means of each prompt's target metric (DVC metrics, uncached)."""
+        return self.dir / METRICS
+
+    @property
+    def plots(self) -> Path:
+        return self.dir / PLOTS
+
+    def plot(self, metric: str) -> Path:
+        """Per-prompt bars of one programmatic metric with its interval (DVC plot)."""
+        return self.plots / f"{metric}.json"
 
 
 @dataclass(frozen=True)
@@ -102,6 +151,7 @@ class Layout:
     run_name: str = "default"
     eval_checkpoint: str = "best"
     rollout_name: str = "default"
+    rollout_checkpoint: str = "best"
 
     @classmethod
     def from_params(cls, params: "Params") -> "Layout":
@@ -110,7 +160,8 @@ class Layout:
                    episodes=Path(p.episodes), embeds=Path(p.embeds), samplings=Path(p.samplings),
                    models=Path(p.models), eval=Path(p.eval), reports=Path(p.reports),
                    sample_name=params.sample.name, run_name=params.train.run,
-                   eval_checkpoint=params.evaluate.checkpoint, rollout_name=params.rollout.name)
+                   eval_checkpoint=params.evaluate.checkpoint, rollout_name=params.rollout.name,
+                   rollout_checkpoint=params.rollout.checkpoint)
 
     @classmethod
     def template(cls) -> "Layout":
@@ -118,7 +169,8 @@ class Layout:
         folders = {k: Path(f"${{paths.{k}}}") for k in
                    ("source", "raw", "episodes", "embeds", "samplings", "models", "eval", "reports")}
         return cls(weights=Path("${weights.dir}"), sample_name="${sample.name}", run_name="${train.run}",
-                   eval_checkpoint="${evaluate.checkpoint}", rollout_name="${rollout.name}", **folders)
+                   eval_checkpoint="${evaluate.checkpoint}", rollout_name="${rollout.name}",
+                   rollout_checkpoint="${rollout.checkpoint}", **folders)
 
     # -------------------------------------------------------------------- data
     @property
@@ -159,7 +211,18 @@ class Layout:
 
     @property
     def prior_metrics(self) -> Path:
+        """Headline: the best val loss (DVC metrics)."""
         return self.models / PRIOR_METRICS
+
+    @property
+    def prior_report(self) -> Path:
+        """The prior's training record: source, pairs, history, params, toy note."""
+        return self.models / PRIOR_REPORT
+
+    @property
+    def prior_history(self) -> Path:
+        """Train and val loss per epoch (a DVC plot)."""
+        return self.models / PRIOR_HISTORY
 
     # -------------------------------------------------------------------- evaluation and reports
     @property
@@ -182,12 +245,17 @@ class Layout:
     def eval_plot(self, name: str) -> Path:
         return self.eval_plots / f"{name}.json"
 
-    def rollouts_of(self, name: str) -> Path:
-        return self.eval / ROLLOUTS / name
+    def rollouts_of(self, name: str) -> RolloutLayout:
+        return RolloutLayout(self.eval / ROLLOUTS / name)
 
     @property
-    def rollouts(self) -> Path:
+    def rollouts(self) -> RolloutLayout:
         return self.rollouts_of(self.rollout_name)
+
+    @property
+    def rollout_weights(self) -> Path:
+        """The run's weights the rollout stage plays (``rollout.checkpoint``)."""
+        return self.run.weights(self.rollout_checkpoint)
 
     @property
     def report_summary(self) -> Path:
@@ -196,3 +264,13 @@ class Layout:
     @property
     def report_data(self) -> Path:
         return self.reports / REPORT_DATA
+
+    @property
+    def report_details(self) -> Path:
+        """The full summary (splits, every comparison), inside the data folder."""
+        return self.report_data / REPORT_DETAILS
+
+    @property
+    def report_plot(self) -> Path:
+        """Per-column drift scores (a DVC plot)."""
+        return self.reports / PLOTS / f"{REPORT_PLOT_DRIFT}.json"

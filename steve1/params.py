@@ -207,6 +207,7 @@ class PriorParams(Section):
     data: Optional[str] = Field(None, description="official-layout data.pkl (numpy-only unpickler) or .npz with text_embeddings/visual_embeddings; null = pairs from annotations")
     annotations: list[PriorAnnotation] = Field(default_factory=list, description="inline {text, episode_id, t} pairs")
     annotations_file: Optional[str] = Field(None, description="JSON list of {text, episode_id, t}; with no data/annotations/file the toy default is used")
+    baseline: Optional[str] = Field(None, description="another prior (the official steve1_prior.pt) scored on the same val pairs: baseline_val_loss beside ours; null = none")
     toy_windows_per_episode: int = Field(4, ge=1, le=10_000, description="toy default: windows per episode, paired with the toy prompts in turn")
     toy_samples_per_window: int = Field(16, ge=1, le=10_000, description="toy default: embeds rows drawn per window")
     hidden_dim: int = Field(512, ge=1, description="MLP width (official 512)")
@@ -234,12 +235,25 @@ class PriorParams(Section):
         return not (self.data or self.annotations or self.annotations_file)
 
 
+# STEVE-1's programmatic evaluation pairs these prompts with the metric they aim at (paper, Fig. 4)
+PAPER_PROMPT_TARGETS = {"wood": "log", "dirt": "dirt", "seeds": "seed", "explore": "travel_dist"}
+
+
 class RolloutParams(Section):
-    """MineRL HumanSurvival rollouts with programmatic metrics (``steve1 rollout``; needs MineRL 1.0.2 + JDK 8)."""
+    """Rollouts of the trained agent with STEVE-1's programmatic metrics (the ``rollout`` stage).
+
+    ``env: minerl`` plays MineRL 1.0.2's HumanSurvival (from its tag, JDK 8, xvfb: README "Rollouts
+    in MineRL"); ``env: standin`` plays the deterministic stand-in world of the embedded default,
+    and every output says so.
+    """
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <paths.eval>/rollouts/<name>/")
+    env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper, finetune); standin: the deterministic stand-in world (embedded default)")
+    checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ play, unless policy_weights is set")
     text_prompts: dict[str, str] = Field(default_factory=dict, description="name -> instruction; empty = the 11 paper prompts")
-    visual_prompts: dict[str, str] = Field(default_factory=dict, description="name -> .npy file of a 512-d visual goal embedding")
+    visual_prompts: dict[str, str] = Field(default_factory=dict, description="name -> .npy file of a visual goal embedding (the policy's goal width)")
+    visual_prompts_from: Optional[str] = Field(None, description="folder or .zip of <name>.npy/.pkl visual goals (STEVE-1's visual_prompt_embeds.zip); each becomes a visual prompt")
+    targets: dict[str, str] = Field(default_factory=lambda: dict(PAPER_PROMPT_TARGETS), description="prompt name -> the programmatic metric it aims at; the metrics file holds each one's mean")
     n_episodes: int = Field(10, ge=1, le=10_000, description="episodes per prompt")
     steps: int = Field(3000, ge=1, le=1_000_000, description="env steps per episode (paper: 3000)")
     seed: int = Field(0, ge=0, description="episode i of every prompt uses world seed seed + i")
@@ -248,10 +262,11 @@ class RolloutParams(Section):
     prior: Optional[str] = Field(None, description="prior weights; null = <paths.models>/prior.pt")
     prior_deterministic: bool = Field(False, description="decode the prior mean instead of a seeded sample")
     prior_seed: int = Field(0, ge=0, description="seed of the prior sample")
-    policy_model: Optional[str] = Field(None, description="VPT .model file (architecture) for the agent")
-    policy_weights: Optional[str] = Field(None, description="STEVE-1 weights for the agent")
+    policy_model: Optional[str] = Field(None, description="VPT .model file giving the architecture (goal width read from the weights); null = the train section's architecture")
+    policy_weights: Optional[str] = Field(None, description="STEVE-1 weights to play (e.g. the official steve1.weights); null = <paths.models>/<train.run>/<checkpoint>.weights")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the policy runs")
     max_retries: int = Field(3, ge=0, le=100, description="env crashes tolerated per episode before it is recorded as failed")
-    video: bool = Field(True, description="write one mp4 per episode with the prompt overlaid")
+    video: bool = Field(True, description="write one mp4 per episode with the prompt and env in a banner")
     video_fps: int = Field(20, ge=1, le=240, description="mp4 frame rate (MineRL runs 20 steps/s)")
     ci: Literal["bootstrap", "t"] = Field("bootstrap", description="confidence interval of the per-prompt means")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="confidence level")

@@ -23,7 +23,8 @@ from steve1.layout import Layout
 from steve1.params import load_params
 from steve1.pipeline import ImportGraph, stages
 
-STAGES = ["make-source", "weights", "download", "decode", "embed", "sample", "train", "prior", "evaluate", "report"]
+STAGES = ["make-source", "weights", "download", "decode", "embed", "sample", "train", "prior", "evaluate", "report",
+          "rollout"]
 
 
 def _ran(output: str) -> set[str]:
@@ -46,11 +47,31 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     root, env = project
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == set(STAGES), out[-3000:]
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    assert metrics["n_chunks"] > 0 and metrics["nll"] > 0
-    assert json.loads((root / "reports" / "summary.json").read_text())["splits"]["train"]["n_episodes"] > 0
-    assert (root / "models" / "default" / "latest.weights").is_file()
-    assert (root / "models" / "prior.pt").is_file()
+    layout = Layout.from_params(load_params(root / "params.yaml"))
+    assert json.loads((root / layout.eval_offline).read_text())["metrics"]["n_chunks"] > 0
+    assert json.loads((root / layout.report_details).read_text())["splits"]["train"]["n_episodes"] > 0
+    assert (root / layout.run.latest).is_file() and (root / layout.prior).is_file()
+    rollouts = json.loads((root / layout.rollouts.results).read_text())
+    assert rollouts["env"]["kind"] == "standin" and rollouts["n_failed"] == 0
+    assert len(list((root / layout.rollouts.videos).glob("*.mp4"))) == len(rollouts["episodes"])
+
+    # dvc metrics show: each stage's headline figures, one short table
+    shown = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, env=env, capture_output=True,
+                                      text=True, check=True).stdout)
+    files = {k: v["data"] for k, v in shown["workspace"]["data"].items()}
+    assert set(files[str(layout.eval_metrics)]) == {"nll", "acc", "goal_kl", "best_scale"}
+    assert files[str(layout.eval_metrics)]["nll"] > 0
+    assert set(files[str(layout.run.metrics)]) == {"loss", "val_loss", "frames_per_s"}
+    assert set(files[str(layout.report_summary)]) == {"drift", "drift_share"}
+    assert set(files[str(layout.prior_metrics)]) == {"val_loss"}
+    assert set(files[str(layout.rollouts.metrics)]["standin"]) == {"wood", "dirt", "seeds", "explore"}
+    table = _run(["dvc", "metrics", "show"], root, env)
+    assert len(table.splitlines()) == 1 + len(files), table
+
+    # every plot renders from the offline template: no script is fetched from a CDN
+    _run(["dvc", "plots", "show", "-o", "plots-html"], root, env)
+    page = (root / "plots-html" / "index.html").read_text()
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page and "vegaEmbed(" in page
 
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == set(), out[-3000:]
@@ -69,7 +90,7 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     exp = _experiment_with(shown, learning_rate=1e-5)
     metrics = exp["data"]["metrics"]
     assert metrics["eval/metrics.json"]["data"]["nll"] > 0, json.dumps(metrics)[:2000]
-    assert "loss" in metrics["models/default/dvclive/metrics.json"]["data"]
+    assert "loss" in metrics["models/default/metrics.json"]["data"]
 
 
 def _experiment_with(shown: list[dict], **params) -> dict:
