@@ -147,6 +147,7 @@ class Layout:
     models: Path
     eval: Path
     reports: Path
+    generated: Path = Path("data/generated")
     sample_name: str = "default"
     run_name: str = "default"
     eval_checkpoint: str = "best"
@@ -158,7 +159,7 @@ class Layout:
         p = params.paths
         return cls(source=Path(p.source), weights=Path(params.weights.dir), raw=Path(p.raw),
                    episodes=Path(p.episodes), embeds=Path(p.embeds), samplings=Path(p.samplings),
-                   models=Path(p.models), eval=Path(p.eval), reports=Path(p.reports),
+                   models=Path(p.models), eval=Path(p.eval), reports=Path(p.reports), generated=Path(p.generated),
                    sample_name=params.sample.name, run_name=params.train.run,
                    eval_checkpoint=params.evaluate.checkpoint, rollout_name=params.rollout.name,
                    rollout_checkpoint=params.rollout.checkpoint)
@@ -167,7 +168,7 @@ class Layout:
     def template(cls) -> "Layout":
         """The layout with DVC ``${...}`` placeholders for every value params can change (dvc.yaml)."""
         folders = {k: Path(f"${{paths.{k}}}") for k in
-                   ("source", "raw", "episodes", "embeds", "samplings", "models", "eval", "reports")}
+                   ("source", "raw", "episodes", "embeds", "samplings", "models", "eval", "reports", "generated")}
         return cls(weights=Path("${weights.dir}"), sample_name="${sample.name}", run_name="${train.run}",
                    eval_checkpoint="${evaluate.checkpoint}", rollout_name="${rollout.name}",
                    rollout_checkpoint="${rollout.checkpoint}", **folders)
@@ -188,6 +189,25 @@ class Layout:
     @property
     def embed_manifest(self) -> Path:
         return self.embeds / MANIFEST
+
+    @property
+    def generated_episodes(self) -> Path:
+        """Episodes of the generate stage (VPT agents playing), in the episode format."""
+        return self.generated / "episodes"
+
+    @property
+    def generated_videos(self) -> Path:
+        """Their companion videos (``<id>.mp4``, lossless), which the embed step reads as it reads ``raw``."""
+        return self.generated / "raw"
+
+    @property
+    def generated_embeds(self) -> Path:
+        return self.generated / "embeds"
+
+    @property
+    def generated_manifest(self) -> Path:
+        """Every episode's agents, world seed, switches, spins, and why one was dropped."""
+        return self.generated_episodes / MANIFEST
 
     def sampling_of(self, name: str) -> Path:
         return self.samplings / f"{name}.json"

@@ -52,6 +52,7 @@ class Paths(Section):
     samplings: str = Field("data/samplings", description="train/val splits and chunk indices")
     models: str = Field("models", description="trained weights and checkpoints")
     eval: str = Field("eval", description="evaluation metrics, plots and videos")
+    generated: str = Field("data/generated", description="VPT-agent episodes of the generate stage: episodes/, raw/ (companion videos), embeds/")
     reports: str = Field("reports", description="data reports")
 
 
@@ -191,6 +192,57 @@ class SampleParams(Section):
         if not self.mix:  # the single-set default dumps exactly as before mix existed
             data.pop("mix", None)
         return data
+
+
+class AgentSpec(Section):
+    """One VPT agent of the generate stage: an architecture and its weights."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="label recorded in the manifest")
+    model: Optional[str] = Field(None, description="VPT .model file: a file name in weights.dir (listed in weights.files) or a path; null = preset")
+    preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when model is null")
+    weights: Optional[str] = Field(None, description="VPT .weights file: a file name in weights.dir (listed in weights.files) or a path; null = a seeded random agent (embedded default only)")
+    seed: int = Field(0, ge=0, description="init seed of a random agent (weights: null)")
+
+
+class GenerateParams(Section):
+    """STEVE-1's second data source: two VPT agents take turns playing (its gen_mixed_agents.py).
+
+    Per step the inactive agent takes over with probability ``switch_agent_prob``; when exactly one
+    of the pair is an ``rl-from-*`` model the probabilities are ``switch_to_rl_prob`` towards it and
+    ``switch_from_rl_prob`` away from it. With probability ``spin_prob`` the agent stops and spins
+    (a random total in ``spin_degrees`` at a random ``spin_step_degrees`` per step, left or right).
+    The active agent's memory is reset at each switch and after each spin.
+    """
+
+    env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper); standin: the deterministic stand-in world (embedded default)")
+    n_episodes: int = Field(0, ge=0, le=1_000_000, description="episodes to play; 0 = none (the stage writes empty folders)")
+    agents: list[AgentSpec] = Field(default_factory=list, description="the two agents that take turns: [{name, model, weights, ...}, {...}]")
+    max_steps: int = Field(7200, ge=1, le=10_000_000, description="steps per episode at most (STEVE-1 7200)")
+    min_steps: int = Field(1000, ge=1, le=10_000_000, description="shorter episodes (env crash or end) are dropped, with the reason in the manifest (STEVE-1 1000)")
+    switch_agent_prob: float = Field(0.001, ge=0.0, le=1.0, description="per-step probability that the other agent takes over (STEVE-1 0.001)")
+    switch_to_rl_prob: float = Field(1 / 3000, ge=0.0, le=1.0, description="towards the rl-from-* agent when exactly one is one (STEVE-1 1/3000)")
+    switch_from_rl_prob: float = Field(1 / 1000, ge=0.0, le=1.0, description="away from the rl-from-* agent when exactly one is one (STEVE-1 1/1000)")
+    spin_prob: float = Field(0.00133, ge=0.0, le=1.0, description="per-step probability of a spin when not spinning (STEVE-1 0.00133)")
+    spin_degrees: tuple[int, int] = Field((90, 360), description="a spin's total turn is drawn from [low, high] degrees")
+    spin_step_degrees: tuple[int, int] = Field((20, 30), description="its turn per step is drawn from [low, high] degrees")
+    seed: int = Field(0, ge=0, description="episode i plays world seed seed + i; switches, spins and agent sampling are seeded by (seed, i)")
+    video_size: tuple[int, int] = Field((256, 160), description="(width, height) of the lossless companion video the embed stage reads (MineCLIP's input)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the agents run")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenerateParams":
+        if self.n_episodes and len(self.agents) != 2:
+            raise ValueError(f"n_episodes is {self.n_episodes} but {len(self.agents)} agent(s) are given; "
+                             f"list exactly two agents (the same one twice to play a single agent)")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        for key in ("spin_degrees", "spin_step_degrees"):
+            lo, hi = getattr(self, key)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{key} {[lo, hi]} must be [low, high] with 0 < low <= high")
+        if min(self.video_size) < 1:
+            raise ValueError(f"video_size {list(self.video_size)} must be positive")
+        return self
 
 
 class PriorAnnotation(Section):
@@ -376,6 +428,7 @@ class Params(Section):
     decode: DecodeParams = Field(default_factory=DecodeParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
     sample: SampleParams = Field(default_factory=SampleParams)
+    generate: GenerateParams = Field(default_factory=GenerateParams)
     prior: PriorParams = Field(default_factory=PriorParams)
     rollout: RolloutParams = Field(default_factory=RolloutParams)
     report: ReportParams = Field(default_factory=ReportParams)

@@ -81,6 +81,7 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
     """Every stage of the pipeline, in the order ``dvc.yaml`` lists them."""
     L, run = layout, layout.run
     uncached = dict(cache=False)
+    generated = (L.generated_episodes, L.generated_embeds)
     return [
         Stage("make-source", "stages.make_source", ("source", "paths.source"), outs=(Out(L.source),)),
         Stage("weights", "stages.weights", ("weights",), outs=(Out(L.weights, persist=True),)),
@@ -90,13 +91,20 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               outs=(Out(L.episodes, persist=True),)),
         Stage("embed", "stages.embed", ("embed", "decode.cursor_png", "paths.embeds"),
               deps=(L.weights, L.raw, L.episodes), outs=(Out(L.embeds, persist=True),), env=EMBED_ENV),
+        Stage("generate", "stages.generate", ("generate", "decode.frame_codec", "decode.codec_level",
+                                              "decode.chunk_frames", "paths.generated"),
+              deps=(L.weights,), outs=(Out(L.generated_episodes), Out(L.generated_videos))),
+        Stage("embed-generated", "stages.embed_generated", ("embed", "paths.generated"),
+              deps=(L.weights, L.generated_episodes, L.generated_videos), outs=(Out(L.generated_embeds, persist=True),),
+              env=EMBED_ENV),
         # sample.mix sets' folders cannot be deps (a deps list cannot depend on a params list); their
-        # config is (params: sample). The out is the one JSON, not the folder: DVC deletes outs before a
-        # run, and sample.val_from may name an earlier sampling in the same folder.
+        # config is (params: sample). The generated set is the pipeline's own, so it is a dep of every
+        # stage that may read it through a mixed sampling. The out is the one JSON, not the folder: DVC
+        # deletes outs before a run, and sample.val_from may name an earlier sampling in the same folder.
         Stage("sample", "stages.sample", ("sample", "paths.episodes", "paths.embeds", "paths.samplings"),
-              deps=(L.episodes, L.embeds), outs=(Out(L.sampling),)),
+              deps=(L.episodes, L.embeds, *generated), outs=(Out(L.sampling),)),
         Stage("report", "stages.report", ("report", "sample.name", "paths.reports"),
-              deps=(L.episodes, L.embeds, L.sampling), outs=(Out(L.report_data),),
+              deps=(L.episodes, L.embeds, *generated, L.sampling), outs=(Out(L.report_data),),
               metrics=(Out(L.report_summary, **uncached),),
               plots=(Out(L.report_plot, plot=dict(
                   template="bar_horizontal_sorted", x="score", y="column",
@@ -107,14 +115,14 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               deps=(L.weights, L.embeds), outs=(Out(L.prior), Out(L.prior_report, **uncached), Out(L.prior_history, **uncached)),
               metrics=(Out(L.prior_metrics, **uncached),)),
         Stage("train", "stages.train", ("learning_rate", "train", "sample.name", "sample.T", "paths.models"),
-              deps=(L.weights, L.episodes, L.embeds, L.sampling),
+              deps=(L.weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(run.latest), Out(run.config), Out(run.best, persist=True), Out(run.best_json, persist=True),
                     Out(run.snapshots, persist=True), Out(run.checkpoint, persist=True), Out(run.plots, **uncached)),
               metrics=(Out(run.metrics, **uncached),)),
         Stage("evaluate", "stages.evaluate",
               ("evaluate", "train.run", "train.preset", "train.in_model", "train.trunc_t", "train.gap_dist",
                "train.official_goal_lag", "train.mineclip_embed_dim", "sample.name", "paths.eval"),
-              deps=(L.weights, L.eval_weights, L.episodes, L.embeds, L.sampling),
+              deps=(L.weights, L.eval_weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(L.eval_offline, **uncached),), metrics=(Out(L.eval_metrics, **uncached),),
               plots=(Out(L.eval_plot(EVAL_PLOT_SWEEP), plot=dict(
                          template="linear", x="cond_scale", y="nll",
