@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "download": ("stages.download", "Fetch mp4 + jsonl recordings listed in an index; resumable and verified."),
     "decode": ("stages.decode", "Convert recordings to HDF5 episodes: 128x128 frames, VPT actions."),
     "embed": ("stages.embed", "MineCLIP embedding of every frame's 16-frame window."),
+    "generate": ("stages.generate", "Episodes of two VPT agents taking turns (STEVE-1's second data source), with a manifest."),
+    "embed-generated": ("stages.embed_generated", "MineCLIP embeddings of the generated episodes (the embed stage's code)."),
     "sample": ("stages.sample", "Train/val split by frame budgets and chunk indices."),
     "report": ("stages.report", "Dataset summaries and Evidently drift reports between splits."),
     "prior": ("stages.prior", "Train the text-to-goal CVAE prior (toy prompts when no annotations are given)."),

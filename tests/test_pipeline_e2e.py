@@ -63,7 +63,8 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     # dvc metrics show: each stage's headline figures, one short table
     shown = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, env=env, capture_output=True,
                                       text=True, check=True).stdout)
-    files = {k: v["data"] for k, v in shown["workspace"]["data"].items()}
+    (workspace,) = shown.values()                  # DVC 3 keys the workspace as ""
+    files = {k: v["data"] for k, v in workspace["data"].items()}
     assert set(files[str(layout.eval_metrics)]) == {"nll", "acc", "goal_kl", "best_scale"}
     assert files[str(layout.eval_metrics)]["nll"] > 0
     assert set(files[str(layout.run.metrics)]) == {"loss", "val_loss", "frames_per_s"}

@@ -83,3 +83,10 @@ def test_dvc_yaml_paths_are_the_layout_of_the_placeholders():
 
 def test_params_imports_no_library_code():
     assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/params.py"]
+
+
+def test_every_stage_is_a_steve1_command_running_the_same_module():
+    from steve1.cli import STAGES
+
+    commands = {name: module for name, (module, _) in STAGES.items()} | {"rollout": "stages.rollout"}
+    assert commands == {s.name: s.module for s in stages()}
