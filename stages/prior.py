@@ -1,4 +1,5 @@
-"""Prior stage: train the text-to-goal CVAE -> ``Layout.prior`` + ``Layout.prior_metrics``.
+"""Prior stage: train the text-to-goal CVAE -> ``Layout.prior``, ``Layout.prior_metrics`` (headline: val loss),
+``Layout.prior_report`` (the full record) and ``Layout.prior_history`` (losses per epoch, a DVC plot).
 
 With no ``prior.data``/``annotations``/``annotations_file`` the embedded episodes are paired with
 toy prompts and the metrics say ``"toy": true``.
@@ -22,11 +23,14 @@ def _body(params: Params) -> None:
     try:
         layout = Layout.from_params(params)
         metrics = fit_prior(params.prior, layout.embeds, layout.prior, layout.prior_metrics,
-                            lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device))
-    except (PriorDataError, EpisodeFormatError, FileNotFoundError) as exc:
+                            lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device),
+                            report_path=layout.prior_report, history_path=layout.prior_history)
+    except (PriorDataError, EpisodeFormatError, FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
+    official = metrics["official"]
     print(f"prior: {metrics['n_pairs']} pairs, best val loss {metrics['best_val_loss']:.4f} at epoch "
-          f"{metrics['best_epoch']}{' (TOY prior)' if metrics['toy'] else ''}")
+          f"{metrics['best_epoch']}{' (TOY prior)' if metrics['toy'] else ''}"
+          + (f"; {official['path']}: val loss {official['val_loss']:.4f}" if official else ""))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

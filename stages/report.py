@@ -1,7 +1,8 @@
 """Report stage: dataset summaries and Evidently drift between train and val (and an earlier sampling).
 
-Writes ``Layout.report_summary`` (DVC metrics) and ``Layout.report_data`` (drift HTML/JSON,
-per-split tables). Detected drift is a warning, or with ``report.on_drift: fail`` a non-zero exit
+Writes ``Layout.report_summary`` (DVC metrics: drift detected and its share), ``Layout.report_data``
+(drift HTML/JSON, per-split tables, the full summary) and ``Layout.report_plot`` (per-column drift
+scores, a DVC plot). Detected drift is a warning, or with ``report.on_drift: fail`` a non-zero exit
 after the reports are written, so the evidence is on disk either way.
 """
 
@@ -27,6 +28,7 @@ def _body(params: Params) -> None:
             summary_path=layout.report_summary, data_dir=layout.report_data, reference_sampling=rp.reference_sampling,
             drift_share_threshold=rp.drift_share_threshold, column_threshold=rp.column_threshold,
             max_steps_per_split=rp.max_steps_per_split, n_components=rp.n_components, seed=rp.seed,
+            details_path=layout.report_details, plot_path=layout.report_plot,
         )
     except (DriftInputError, EpisodeFormatError, FileNotFoundError) as exc:
         raise StageError(str(exc)) from None

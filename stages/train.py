@@ -1,5 +1,6 @@
 """Train stage: STEVE-1 behavioural cloning -> ``<paths.models>/<train.run>/`` (latest/best weights,
-snapshots, ``checkpoint/`` for exact resume, ``dvclive/`` metrics).
+snapshots, ``checkpoint/`` for exact resume, ``dvclive/`` curves, ``metrics.json``: the headline loss,
+val loss and frames/s).
 
 Run it again after an interruption (or ``dvc repro``; the checkpoint is ``persist: true``) and it
 continues from the last checkpoint when the train params are unchanged. Multi-process:
@@ -11,9 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import json
+import os
+
 from stages._common import StageError, run_stage
-from steve1.models.checkpoints import CheckpointMismatchError
+from steve1 import headline
+from steve1.io import write_json_atomic
 from steve1.layout import Layout
+from steve1.models.checkpoints import CheckpointMismatchError
 from steve1.params import Params, describe_invalid
 from steve1.train.accelerator import AcceleratorConfigError
 from steve1.train.freeze import check_freeze_names
@@ -42,6 +48,10 @@ def _body(params: Params) -> None:
         raise StageError(str(exc)) from None
     except ValueError as exc:  # bad data or shapes: the message names the file/key
         raise StageError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) == 0:   # one writer under accelerate launch
+        run = Layout.from_params(params).run
+        best = json.loads(run.best_json.read_text()) if run.best_json.is_file() else None
+        write_json_atomic(run.metrics, headline.train(json.loads(run.dvclive_summary.read_text()), best))
     best = summary["best_val_loss"]
     best_text = "n/a (no val split)" if best is None else f"{best:.4f} at step {summary['best_step']}"
     print(f"train: {summary['step']} steps, {summary['frames']} frames, best val loss {best_text}")

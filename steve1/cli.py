@@ -21,12 +21,15 @@ STAGES: dict[str, tuple[str, str]] = {
     "download": ("stages.download", "Fetch mp4 + jsonl recordings listed in an index; resumable and verified."),
     "decode": ("stages.decode", "Convert recordings to HDF5 episodes: 128x128 frames, VPT actions."),
     "embed": ("stages.embed", "MineCLIP embedding of every frame's 16-frame window."),
+    "generate": ("stages.generate", "Episodes of two VPT agents taking turns (STEVE-1's second data source), with a manifest."),
+    "embed-generated": ("stages.embed_generated", "MineCLIP embeddings of the generated episodes (the embed stage's code)."),
     "sample": ("stages.sample", "Train/val split by frame budgets and chunk indices."),
     "report": ("stages.report", "Dataset summaries and Evidently drift reports between splits."),
     "prior": ("stages.prior", "Train the text-to-goal CVAE prior (toy prompts when no annotations are given)."),
     "train": ("stages.train", "Train the STEVE-1 policy by behavioural cloning (Accelerate + DeepSpeed, resumable)."),
     "evaluate": ("stages.evaluate", "Offline metrics on the val chunks: action NLL/accuracy, goal sensitivity, cond_scale sweep, baseline deltas."),
 }
+# ``rollout`` is a stage too, with its own command below (it takes overrides); same code as the stage.
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="path to params.yaml")
 
@@ -198,29 +201,30 @@ def rollout(
     params: Path = PARAMS_OPTION,
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="override rollout.n_episodes"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override rollout.steps"),
+    env: Optional[str] = typer.Option(None, "--env", help="override rollout.env: standin or minerl"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder (default: the rollout layout of --params)"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="override rollout.device: auto, cpu or cuda"),
 ) -> None:
-    """MineRL HumanSurvival rollouts with programmatic metrics and videos (needs MineRL 1.0.2, see the README;
-    on a headless node: xvfb-run -a steve1 rollout)."""
-    from steve1.eval.rollout import RolloutError, rollouts_from_params
+    """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
+    MineRL 1.0.2, JDK 8 and a display (README "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
+    from stages._common import StageError
+    from stages.rollout import check, run
     from steve1.params import ParamsError, load_params
 
     try:
         p = load_params(params)
-        if episodes is not None:
-            p.rollout.n_episodes = episodes
-        if steps is not None:
-            p.rollout.steps = steps
+        for key, value in (("n_episodes", episodes), ("steps", steps), ("env", env), ("device", device)):
+            if value is not None:
+                setattr(p.rollout, key, value)
+        check(p)
     except (ParamsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     try:
-        res = rollouts_from_params(p, out, device=device)
-    except (RolloutError, ValueError, OSError) as exc:
+        run(p, str(out) if out else None)
+    except StageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{len(res['episodes'])} episodes, {res['n_failed']} failed, {len(res['crashes'])} env crashes")
 
 
 @app.command("profile")

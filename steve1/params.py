@@ -53,6 +53,7 @@ class Paths(Section):
     samplings: str = Field("data/samplings", description="train/val splits and chunk indices")
     models: str = Field("models", description="trained weights and checkpoints")
     eval: str = Field("eval", description="evaluation metrics, plots and videos")
+    generated: str = Field("data/generated", description="VPT-agent episodes of the generate stage: episodes/, raw/ (companion videos), embeds/")
     reports: str = Field("reports", description="data reports")
     custom: str = Field("data/custom", description="your own recording sets (custom.<name>), one folder each: episodes/, raw/, embeds/")
 
@@ -145,7 +146,7 @@ class MixSet(Section):
     Budgets count training frames (T per chunk) and are met within one chunk.
     """
 
-    name: str = Field(..., pattern=SET_NAME, description="a key of custom; its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
+    name: str = Field(..., pattern=SET_NAME, description="a key of custom, or 'generated' (the generate stage's episodes); its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
     train_frames: int = Field(..., ge=0, description="train frames drawn from this set")
     val_frames: int = Field(0, ge=0, description="val frames drawn from this set")
 
@@ -204,6 +205,57 @@ class SampleParams(Section):
         return data
 
 
+class AgentSpec(Section):
+    """One VPT agent of the generate stage: an architecture and its weights."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="label recorded in the manifest")
+    model: Optional[str] = Field(None, description="VPT .model file: a file name in weights.dir (listed in weights.files) or a path; null = preset")
+    preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when model is null")
+    weights: Optional[str] = Field(None, description="VPT .weights file: a file name in weights.dir (listed in weights.files) or a path; null = a seeded random agent (embedded default only)")
+    seed: int = Field(0, ge=0, description="init seed of a random agent (weights: null)")
+
+
+class GenerateParams(Section):
+    """STEVE-1's second data source: two VPT agents take turns playing (its gen_mixed_agents.py).
+
+    Per step the inactive agent takes over with probability ``switch_agent_prob``; when exactly one
+    of the pair is an ``rl-from-*`` model the probabilities are ``switch_to_rl_prob`` towards it and
+    ``switch_from_rl_prob`` away from it. With probability ``spin_prob`` the agent stops and spins
+    (a random total in ``spin_degrees`` at a random ``spin_step_degrees`` per step, left or right).
+    The active agent's memory is reset at each switch and after each spin.
+    """
+
+    env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper); standin: the deterministic stand-in world (embedded default)")
+    n_episodes: int = Field(0, ge=0, le=1_000_000, description="episodes to play; 0 = none (the stage writes empty folders)")
+    agents: list[AgentSpec] = Field(default_factory=list, description="the two agents that take turns: [{name, model, weights, ...}, {...}]")
+    max_steps: int = Field(7200, ge=1, le=10_000_000, description="steps per episode at most (STEVE-1 7200)")
+    min_steps: int = Field(1000, ge=1, le=10_000_000, description="shorter episodes (env crash or end) are dropped, with the reason in the manifest (STEVE-1 1000)")
+    switch_agent_prob: float = Field(0.001, ge=0.0, le=1.0, description="per-step probability that the other agent takes over (STEVE-1 0.001)")
+    switch_to_rl_prob: float = Field(1 / 3000, ge=0.0, le=1.0, description="towards the rl-from-* agent when exactly one is one (STEVE-1 1/3000)")
+    switch_from_rl_prob: float = Field(1 / 1000, ge=0.0, le=1.0, description="away from the rl-from-* agent when exactly one is one (STEVE-1 1/1000)")
+    spin_prob: float = Field(0.00133, ge=0.0, le=1.0, description="per-step probability of a spin when not spinning (STEVE-1 0.00133)")
+    spin_degrees: tuple[int, int] = Field((90, 360), description="a spin's total turn is drawn from [low, high] degrees")
+    spin_step_degrees: tuple[int, int] = Field((20, 30), description="its turn per step is drawn from [low, high] degrees")
+    seed: int = Field(0, ge=0, description="episode i plays world seed seed + i; switches, spins and agent sampling are seeded by (seed, i)")
+    video_size: tuple[int, int] = Field((256, 160), description="(width, height) of the lossless companion video the embed stage reads (MineCLIP's input)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the agents run")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenerateParams":
+        if self.n_episodes and len(self.agents) != 2:
+            raise ValueError(f"n_episodes is {self.n_episodes} but {len(self.agents)} agent(s) are given; "
+                             f"list exactly two agents (the same one twice to play a single agent)")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        for key in ("spin_degrees", "spin_step_degrees"):
+            lo, hi = getattr(self, key)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{key} {[lo, hi]} must be [low, high] with 0 < low <= high")
+        if min(self.video_size) < 1:
+            raise ValueError(f"video_size {list(self.video_size)} must be positive")
+        return self
+
+
 class PriorAnnotation(Section):
     """One (text, visual goal) pair: the prompt and the embeds row it describes."""
 
@@ -218,6 +270,7 @@ class PriorParams(Section):
     data: Optional[str] = Field(None, description="official-layout data.pkl (numpy-only unpickler) or .npz with text_embeddings/visual_embeddings; null = pairs from annotations")
     annotations: list[PriorAnnotation] = Field(default_factory=list, description="inline {text, episode_id, t} pairs")
     annotations_file: Optional[str] = Field(None, description="JSON list of {text, episode_id, t}; with no data/annotations/file the toy default is used")
+    baseline: Optional[str] = Field(None, description="another prior (the official steve1_prior.pt) scored on the same val pairs: baseline_val_loss beside ours; null = none")
     toy_windows_per_episode: int = Field(4, ge=1, le=10_000, description="toy default: windows per episode, paired with the toy prompts in turn")
     toy_samples_per_window: int = Field(16, ge=1, le=10_000, description="toy default: embeds rows drawn per window")
     hidden_dim: int = Field(512, ge=1, description="MLP width (official 512)")
@@ -245,12 +298,25 @@ class PriorParams(Section):
         return not (self.data or self.annotations or self.annotations_file)
 
 
+# STEVE-1's programmatic evaluation pairs these prompts with the metric they aim at (paper, Fig. 4)
+PAPER_PROMPT_TARGETS = {"wood": "log", "dirt": "dirt", "seeds": "seed", "explore": "travel_dist"}
+
+
 class RolloutParams(Section):
-    """MineRL HumanSurvival rollouts with programmatic metrics (``steve1 rollout``; needs MineRL 1.0.2 + JDK 8)."""
+    """Rollouts of the trained agent with STEVE-1's programmatic metrics (the ``rollout`` stage).
+
+    ``env: minerl`` plays MineRL 1.0.2's HumanSurvival (from its tag, JDK 8, xvfb: README "Rollouts
+    in MineRL"); ``env: standin`` plays the deterministic stand-in world of the embedded default,
+    and every output says so.
+    """
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <paths.eval>/rollouts/<name>/")
+    env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper, finetune); standin: the deterministic stand-in world (embedded default)")
+    checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ play, unless policy_weights is set")
     text_prompts: dict[str, str] = Field(default_factory=dict, description="name -> instruction; empty = the 11 paper prompts")
-    visual_prompts: dict[str, str] = Field(default_factory=dict, description="name -> .npy file of a 512-d visual goal embedding")
+    visual_prompts: dict[str, str] = Field(default_factory=dict, description="name -> .npy file of a visual goal embedding (the policy's goal width)")
+    visual_prompts_from: Optional[str] = Field(None, description="folder or .zip of <name>.npy/.pkl visual goals (STEVE-1's visual_prompt_embeds.zip); each becomes a visual prompt")
+    targets: dict[str, str] = Field(default_factory=lambda: dict(PAPER_PROMPT_TARGETS), description="prompt name -> the programmatic metric it aims at; the metrics file holds each one's mean")
     n_episodes: int = Field(10, ge=1, le=10_000, description="episodes per prompt")
     steps: int = Field(3000, ge=1, le=1_000_000, description="env steps per episode (paper: 3000)")
     seed: int = Field(0, ge=0, description="episode i of every prompt uses world seed seed + i")
@@ -259,10 +325,11 @@ class RolloutParams(Section):
     prior: Optional[str] = Field(None, description="prior weights; null = <paths.models>/prior.pt")
     prior_deterministic: bool = Field(False, description="decode the prior mean instead of a seeded sample")
     prior_seed: int = Field(0, ge=0, description="seed of the prior sample")
-    policy_model: Optional[str] = Field(None, description="VPT .model file (architecture) for the agent")
-    policy_weights: Optional[str] = Field(None, description="STEVE-1 weights for the agent")
+    policy_model: Optional[str] = Field(None, description="VPT .model file giving the architecture (goal width read from the weights); null = the train section's architecture")
+    policy_weights: Optional[str] = Field(None, description="STEVE-1 weights to play (e.g. the official steve1.weights); null = <paths.models>/<train.run>/<checkpoint>.weights")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the policy runs")
     max_retries: int = Field(3, ge=0, le=100, description="env crashes tolerated per episode before it is recorded as failed")
-    video: bool = Field(True, description="write one mp4 per episode with the prompt overlaid")
+    video: bool = Field(True, description="write one mp4 per episode with the prompt and env in a banner")
     video_fps: int = Field(20, ge=1, le=240, description="mp4 frame rate (MineRL runs 20 steps/s)")
     ci: Literal["bootstrap", "t"] = Field("bootstrap", description="confidence interval of the per-prompt means")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="confidence level")
@@ -386,6 +453,7 @@ class Params(Section):
     decode: DecodeParams = Field(default_factory=DecodeParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
     sample: SampleParams = Field(default_factory=SampleParams)
+    generate: GenerateParams = Field(default_factory=GenerateParams)
     prior: PriorParams = Field(default_factory=PriorParams)
     rollout: RolloutParams = Field(default_factory=RolloutParams)
     report: ReportParams = Field(default_factory=ReportParams)
@@ -405,13 +473,17 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _mix_names_are_custom_sets(self) -> "Params":
-        bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name)]
+        from steve1.layout import GENERATED_SET   # a name, no library code
+
+        bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name) or name == GENERATED_SET]
         if bad:
-            raise ValueError(f"custom set names may use letters, digits, '_', '.', '-' only: {', '.join(bad)}")
-        unknown = [m.name for m in self.sample.mix if m.name not in self.custom]
+            raise ValueError(f"custom set names may use letters, digits, '_', '.', '-' only, and not "
+                             f"'{GENERATED_SET}' (the generate stage's set): {', '.join(bad)}")
+        unknown = [m.name for m in self.sample.mix if m.name not in self.custom and m.name != GENERATED_SET]
         if unknown:
             raise ValueError(f"sample.mix names {unknown}, which are not custom sets (custom has "
-                             f"{sorted(self.custom) or 'none'}); add them under custom: with their source folder")
+                             f"{sorted(self.custom) or 'none'}) nor '{GENERATED_SET}'; add them under custom: with "
+                             f"their source folder")
         return self
 
     @property

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from steve1.eval.programmatic import METRIC_LABELS, METRICS as ROLLOUT_METRICS
 from steve1.layout import EVAL_PLOT_CHUNKS, EVAL_PLOT_SETS, EVAL_PLOT_SWEEP, Layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ class Out:
     path: Path
     persist: bool = False
     cache: bool = True
-    plot: Optional[dict[str, str]] = None   # x / y of a DVC plot
+    plot: Optional[dict[str, str]] = None   # a DVC plot's properties: x, y, template, title, x_label, y_label
 
     def entry(self) -> Any:
         opts: dict[str, Any] = dict(self.plot or {})
@@ -83,6 +84,7 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
     L, run = layout, layout.run
     cs = layout.custom_set("${key}")      # inside a foreach over custom: ${key} is the set's name
     uncached = dict(cache=False)
+    generated = (L.generated_episodes, L.generated_embeds)
     return [
         Stage("make-source", "stages.make_source", ("source", "paths.source"), outs=(Out(L.source),)),
         Stage("weights", "stages.weights", ("weights",), outs=(Out(L.weights, persist=True),)),
@@ -96,31 +98,93 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               outs=(Out(cs.episodes, persist=True), Out(cs.raw, persist=True)), args="${key}", foreach="${custom}"),
         Stage("embed-set", "stages.embed_set", ("embed", "decode.cursor_png"), deps=(L.weights, cs.raw, cs.episodes),
               outs=(Out(cs.embeds, persist=True),), env=EMBED_ENV, args="${key}", foreach="${custom}"),
+        Stage("generate", "stages.generate", ("generate", "decode.frame_codec", "decode.codec_level",
+                                              "decode.chunk_frames", "paths.generated"),
+              deps=(L.weights,), outs=(Out(L.generated_episodes), Out(L.generated_videos))),
+        Stage("embed-generated", "stages.embed_generated", ("embed", "paths.generated"),
+              deps=(L.weights, L.generated_episodes, L.generated_videos), outs=(Out(L.generated_embeds, persist=True),),
+              env=EMBED_ENV),
         # The custom sets' folder is one dep (a deps list cannot follow a params list); it always exists
-        # (data/custom/README.md is in git). The out is the one JSON, not the folder: DVC deletes outs
-        # before a run, and sample.val_from may name an earlier sampling in the same folder.
+        # (data/custom/README.md is in git). The generated set is the pipeline's own, so it is a dep of
+        # every stage that may read it through a mixed sampling. The out is the one JSON, not the folder:
+        # DVC deletes outs before a run, and sample.val_from may name an earlier sampling in the same folder.
         Stage("sample", "stages.sample", ("sample", "paths.episodes", "paths.embeds", "paths.samplings", "paths.custom"),
-              deps=(L.episodes, L.embeds, L.custom), outs=(Out(L.sampling),)),
+              deps=(L.episodes, L.embeds, L.custom, *generated), outs=(Out(L.sampling),)),
         Stage("report", "stages.report", ("report", "sample.name", "paths.reports"),
-              deps=(L.episodes, L.embeds, L.sampling), outs=(Out(L.report_data),),
-              metrics=(Out(L.report_summary, **uncached),)),
+              deps=(L.episodes, L.embeds, *generated, L.sampling), outs=(Out(L.report_data),),
+              metrics=(Out(L.report_summary, **uncached),),
+              plots=(Out(L.report_plot, plot=dict(
+                  template="bar_horizontal_sorted", x="score", y="column",
+                  title="Drift score per column (drifted at >= ${report.column_threshold})",
+                  x_label="distance (normed Wasserstein / Jensen-Shannon)", y_label="column"), **uncached),)),
         Stage("prior", "stages.prior",
               ("prior", "embed.weights", "embed.preset", "embed.seed", "paths.embeds", "paths.models"),
-              deps=(L.weights, L.embeds), outs=(Out(L.prior),), metrics=(Out(L.prior_metrics, **uncached),)),
+              deps=(L.weights, L.embeds), outs=(Out(L.prior), Out(L.prior_report, **uncached), Out(L.prior_history, **uncached)),
+              metrics=(Out(L.prior_metrics, **uncached),)),
         Stage("train", "stages.train", ("learning_rate", "train", "sample.name", "sample.T", "paths.models"),
-              deps=(L.weights, L.episodes, L.embeds, L.sampling),
+              deps=(L.weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(run.latest), Out(run.config), Out(run.best, persist=True), Out(run.best_json, persist=True),
-                    Out(run.snapshots, persist=True), Out(run.checkpoint, persist=True)),
-              metrics=(Out(run.metrics, **uncached),), plots=(Out(run.plots, plot={"x": "step"}, **uncached),)),
+                    Out(run.snapshots, persist=True), Out(run.checkpoint, persist=True), Out(run.plots, **uncached)),
+              metrics=(Out(run.metrics, **uncached),)),
         Stage("evaluate", "stages.evaluate",
               ("evaluate", "train.run", "train.preset", "train.in_model", "train.trunc_t", "train.gap_dist",
                "train.official_goal_lag", "train.mineclip_embed_dim", "sample.name", "paths.eval"),
-              deps=(L.weights, L.eval_weights, L.episodes, L.embeds, L.sampling),
+              deps=(L.weights, L.eval_weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(L.eval_offline, **uncached),), metrics=(Out(L.eval_metrics, **uncached),),
-              plots=(Out(L.eval_plot(EVAL_PLOT_SWEEP), plot={"x": "cond_scale", "y": "nll"}, **uncached),
-                     Out(L.eval_plot(EVAL_PLOT_CHUNKS), plot={"x": "chunk", "y": "nll"}, **uncached),
-                     Out(L.eval_plot(EVAL_PLOT_SETS), plot={"x": "nll", "y": "set_policy", "template": "bar_horizontal"},
-                         **uncached))),
+              plots=(Out(L.eval_plot(EVAL_PLOT_SWEEP), plot=dict(
+                         template="linear", x="cond_scale", y="nll",
+                         title="Guided NLL of the val actions vs guidance scale (${train.run}, ${evaluate.checkpoint})",
+                         x_label="classifier-free guidance scale", y_label="NLL per step (nats, renormalised)"),
+                         **uncached),
+                     Out(L.eval_plot(EVAL_PLOT_CHUNKS), plot=dict(
+                         template="bar_horizontal", x="nll", y="chunk",
+                         title="NLL per val chunk under its true goal (${train.run}, ${evaluate.checkpoint})",
+                         x_label="NLL per step (nats)", y_label="val chunk"), **uncached),
+                     Out(L.eval_plot(EVAL_PLOT_SETS), plot=dict(
+                         template="bar_horizontal", x="nll", y="set_policy",
+                         title="NLL per dataset under the true goal: model vs baseline (forgetting and gain)",
+                         x_label="NLL per step (nats)", y_label="set: policy"), **uncached))),
+        Stage("rollout", "stages.rollout",
+              ("rollout", "train.run", "train.preset", "train.in_model", "train.mineclip_embed_dim",
+               "embed.weights", "embed.preset", "embed.seed", "paths.eval", "paths.models"),
+              deps=(L.weights, L.rollout_weights, L.prior),
+              outs=(Out(L.rollouts.results), Out(L.rollouts.videos)),
+              metrics=(Out(L.rollouts.metrics, **uncached),),
+              plots=tuple(Out(L.rollouts.plot(m), plot=dict(
+                  template=BAR_INTERVAL_TEMPLATE, x="mean", y="prompt",
+                  title=f"{METRIC_LABELS[m].split(' (')[0].capitalize()} per prompt: mean of ${{rollout.n_episodes}} "
+                        "episodes, ${rollout.ci_level} ${rollout.ci} interval (${rollout.env} env)",
+                  x_label=METRIC_LABELS[m], y_label="prompt"), **uncached) for m in ROLLOUT_METRICS)),
+    ]
+
+
+# the bar chart with an interval per bar: .dvc/plots/<name>.json (a Vega-Lite template of this project)
+BAR_INTERVAL_TEMPLATE = "bar_interval"
+
+
+def top_level_plots(layout: Layout = Layout.template()) -> list[dict[str, Any]]:
+    """Plots drawn from several files or columns (``dvc.yaml``'s top-level ``plots``): training curves
+    from dvclive's per-scalar files, the prior's losses per epoch."""
+    run = layout.run
+
+    def curves(*scalars: str) -> dict[str, str]:
+        return {str(run.curve(s)): s for s in scalars}
+
+    step = dict(template="linear", x="step", x_label="optimizer step")
+    return [
+        {"Training loss": {**step, "y": curves("loss", "val_loss"), "y_label": "loss (NLL, train.loss_reduction)",
+                           "title": "Train and val loss of run ${train.run}"}},
+        {"Training throughput": {**step, "y": curves("frames_per_s"), "y_label": "frames per second",
+                                 "title": "Training throughput of run ${train.run} (all processes)"}},
+        {"Data wait": {**step, "y": curves("data_wait_share"), "y_label": "share of time waiting for data",
+                       "title": "Share of training time spent waiting on the data loader (${train.run})"}},
+        {"Learning rate": {**step, "y": curves("lr"), "y_label": "learning rate",
+                           "title": "Learning rate schedule of run ${train.run}"}},
+        {"Gradient norm": {**step, "y": curves("grad_norm"), "y_label": "global gradient norm (before clipping)",
+                           "title": "Gradient norm of run ${train.run}"}},
+        {"Prior loss": {"template": "linear", "x": "epoch", "y": {str(layout.prior_history): ["train_loss", "val_loss"]},
+                        "x_label": "epoch", "y_label": "loss (beta x KL + MSE)",
+                        "title": "Text-to-goal prior: train and val loss per epoch"}},
     ]
 
 
@@ -199,7 +263,8 @@ def render(root: Path = ROOT) -> str:
             if outs:
                 entry[key] = [o.entry() for o in outs]
         doc[s.name] = {"foreach": s.foreach, "do": entry} if s.foreach else entry
-    body = yaml.safe_dump({"stages": doc}, sort_keys=False, default_flow_style=False, width=4096)
+    body = yaml.safe_dump({"stages": doc, "plots": top_level_plots()}, sort_keys=False, default_flow_style=False,
+                          width=4096)
     return HEADER + body
 
 

@@ -33,11 +33,12 @@ def available_profiles(directory: Path = PROFILES_DIR) -> list[str]:
 
 
 def _merge(base: CommentedMap, overlay: dict[str, Any], prefix: str = "") -> list[str]:
-    """Deep-merge ``overlay`` into ``base`` in place; return the dotted keys that changed."""
+    """Deep-merge ``overlay`` into ``base`` in place; return the dotted keys that changed. Lists and empty
+    mappings replace (``text_prompts: {}`` means none set, not "keep what is there")."""
     changed = []
     for key, value in overlay.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(base.get(key), dict):
             changed += _merge(base[key], value, path + ".")
         elif base.get(key) != value:
             base[key] = value

@@ -1,7 +1,9 @@
-"""End to end at toy size: `dvc repro` runs every stage from a fresh copy, a second run does
-nothing, a param change reruns only its dependents, and `dvc exp run -S learning_rate=...`
-shows up in `dvc exp show`; editing a module makes exactly the stages that import it stale; the
-data stages run again from nothing give the same bytes.
+"""End to end at toy size: `dvc repro` runs every stage from a fresh copy (generated episodes mixed
+in, rollouts in the stand-in world), `dvc metrics show` holds each stage's headline figures and
+`dvc plots show` writes a page that loads nothing from the network; a second run does nothing, a
+param change reruns only its dependents, and `dvc exp run -S learning_rate=...` shows up in
+`dvc exp show`; editing a module makes exactly the stages that import it stale; the data stages
+(generate included) run again from nothing give the same bytes.
 
 The copy is the project's tracked and untracked-but-not-ignored files, in a new git repo, with
 the project's virtual environment on PATH (what `make repro` sets up).
@@ -23,7 +25,8 @@ from steve1.layout import Layout
 from steve1.params import load_params
 from steve1.pipeline import ImportGraph, stages
 
-STAGES = ["make-source", "weights", "download", "decode", "embed", "sample", "train", "prior", "evaluate", "report"]
+STAGES = ["make-source", "weights", "download", "decode", "embed", "generate", "embed-generated", "sample", "train",
+          "prior", "evaluate", "report", "rollout"]
 
 
 def _ran(output: str) -> set[str]:
@@ -46,11 +49,35 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     root, env = project
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == set(STAGES), out[-3000:]
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    assert metrics["n_chunks"] > 0 and metrics["nll"] > 0
-    assert json.loads((root / "reports" / "summary.json").read_text())["splits"]["train"]["n_episodes"] > 0
-    assert (root / "models" / "default" / "latest.weights").is_file()
-    assert (root / "models" / "prior.pt").is_file()
+    layout = Layout.from_params(load_params(root / "params.yaml"))
+    assert json.loads((root / layout.eval_offline).read_text())["metrics"]["n_chunks"] > 0
+    assert json.loads((root / layout.report_details).read_text())["splits"]["train"]["n_episodes"] > 0
+    assert (root / layout.run.latest).is_file() and (root / layout.prior).is_file()
+    generated = json.loads((root / layout.generated_manifest).read_text())["episodes"]
+    sampling = json.loads((root / layout.sampling).read_text())
+    assert all(r["status"] == "ok" for r in generated.values()) and sampling["sets"]["generated"]["totals"]["train"]["chunks"] > 0
+    rollouts = json.loads((root / layout.rollouts.results).read_text())
+    assert rollouts["env"]["kind"] == "standin" and rollouts["n_failed"] == 0
+    assert len(list((root / layout.rollouts.videos).glob("*.mp4"))) == len(rollouts["episodes"])
+
+    # dvc metrics show: each stage's headline figures, one short table
+    shown = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, env=env, capture_output=True,
+                                      text=True, check=True).stdout)
+    (workspace,) = shown.values()                  # DVC 3 keys the workspace as ""
+    files = {k: v["data"] for k, v in workspace["data"].items()}
+    assert set(files[str(layout.eval_metrics)]) == {"nll", "acc", "goal_kl", "best_scale"}
+    assert files[str(layout.eval_metrics)]["nll"] > 0
+    assert set(files[str(layout.run.metrics)]) == {"loss", "val_loss", "frames_per_s"}
+    assert set(files[str(layout.report_summary)]) == {"drift", "drift_share"}
+    assert set(files[str(layout.prior_metrics)]) == {"val_loss"}
+    assert set(files[str(layout.rollouts.metrics)]["standin"]) == {"wood", "dirt", "seeds", "explore"}
+    table = _run(["dvc", "metrics", "show"], root, env)
+    assert len(table.splitlines()) == 1 + len(files), table
+
+    # every plot renders from the offline template: no script is fetched from a CDN
+    _run(["dvc", "plots", "show", "-o", "plots-html"], root, env)
+    page = (root / "plots-html" / "index.html").read_text()
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page and "vegaEmbed(" in page
 
     out = _run(["dvc", "repro"], root, env)
     assert _ran(out) == set(), out[-3000:]
@@ -69,7 +96,7 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     exp = _experiment_with(shown, learning_rate=1e-5)
     metrics = exp["data"]["metrics"]
     assert metrics["eval/metrics.json"]["data"]["nll"] > 0, json.dumps(metrics)[:2000]
-    assert "loss" in metrics["models/default/dvclive/metrics.json"]["data"]
+    assert "loss" in metrics["models/default/metrics.json"]["data"]
 
 
 def _experiment_with(shown: list[dict], **params) -> dict:
@@ -114,14 +141,14 @@ def _digests(root: Path, folders: list[Path]) -> dict[str, str]:
 def test_data_stages_from_nothing_give_the_same_bytes(project):
     root, env = project
     layout = Layout.from_params(load_params(root / "params.yaml"))
-    folders = [layout.source, layout.raw, layout.episodes, layout.embeds, layout.samplings]
+    folders = [layout.source, layout.raw, layout.episodes, layout.embeds, layout.generated, layout.samplings]
     before = _digests(root, folders)
     assert any(k.endswith(".h5") for k in before) and any(k.endswith("manifest.json") for k in before)
     lock = (root / "dvc.lock").read_text()
     for folder in folders:
         shutil.rmtree(root / folder)
     out = _run(["dvc", "repro", "--force", "sample"], root, env)
-    assert {"make-source", "download", "decode", "embed", "sample"} <= _ran(out), out[-3000:]
+    assert {"make-source", "download", "decode", "embed", "generate", "embed-generated", "sample"} <= _ran(out), out[-3000:]
     assert _digests(root, folders) == before
     assert (root / "dvc.lock").read_text() == lock    # same md5 of every output
 

@@ -38,7 +38,8 @@ def test_modules_make_exactly_their_importers_stale():
     assert _importers("steve1/data/sampling.py") == {"sample", "report", "train", "evaluate"}
     assert _importers("steve1/params.py") == all_stages
     assert _importers("stages/_common.py") == all_stages
-    assert _importers("steve1/data/formats.py") == all_stages   # weights: through the downloader
+    # weights: through the downloader; rollout plays in an env, it reads no data files
+    assert _importers("steve1/data/formats.py") == all_stages - {"rollout"}
     # the expensive embed stage reruns for MineCLIP and data-path edits, not for the policy's
     assert "embed" in _importers("steve1/models/mineclip.py")
     assert "embed" not in _importers("steve1/models/vpt.py") | _importers("steve1/train/trainer.py")
@@ -81,4 +82,12 @@ def test_dvc_yaml_paths_are_the_layout_of_the_placeholders():
 
 
 def test_params_imports_no_library_code():
-    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/params.py"]
+    # the layout only names things (the generated set); nothing from data/, models/, train/ or eval/
+    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/layout.py", "steve1/params.py"]
+
+
+def test_every_stage_is_a_steve1_command_running_the_same_module():
+    from steve1.cli import STAGES
+
+    commands = {name: module for name, (module, _) in STAGES.items()} | {"rollout": "stages.rollout"}
+    assert commands == {s.name: s.module for s in stages()}

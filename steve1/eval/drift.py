@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from steve1 import headline
 from steve1.actions import CAMERA_KEY, CAMERA_NULL_IDX, NULL_BUTTONS_IDX
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, read_embeds
@@ -365,9 +366,12 @@ def write_drift(out_dir: Path, stem: str, result: DriftResult, drift_share_thres
 def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_path: str | Path,
                  summary_path: str | Path, data_dir: str | Path,
                  reference_sampling: Optional[str | Path], drift_share_threshold: float, column_threshold: float,
-                 max_steps_per_split: int, n_components: int, seed: int) -> dict[str, Any]:
-    """Write ``summary_path`` (``Layout.report_summary``) and the tables and drift reports under ``data_dir``
-    (``Layout.report_data``); return the summary.
+                 max_steps_per_split: int, n_components: int, seed: int,
+                 details_path: Optional[str | Path] = None, plot_path: Optional[str | Path] = None) -> dict[str, Any]:
+    """Write the tables and drift reports under ``data_dir`` (``Layout.report_data``), the full summary to
+    ``details_path`` (``Layout.report_details``), the per-column drift scores to ``plot_path``
+    (``Layout.report_plot``) and the headline figures (:func:`steve1.headline.report`) to
+    ``summary_path`` (``Layout.report_summary``); return the full summary.
 
     Comparisons: train (reference) vs val, and, when ``reference_sampling`` is given, all episodes
     of that earlier sampling (reference) vs all of this one. A comparison with an empty side is
@@ -415,5 +419,15 @@ def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_p
         "splits": {s: dataset_summary(t) for s, t in tables.items()},
         "n_components": int(len(comps)),
     }
-    write_json_atomic(Path(summary_path), summary)
+    if details_path is not None:
+        write_json_atomic(Path(details_path), summary)
+    if plot_path is not None:
+        write_json_atomic(Path(plot_path), drift_plot_rows(results))
+    write_json_atomic(Path(summary_path), headline.report(summary))
     return summary
+
+
+def drift_plot_rows(results: dict[str, DriftResult]) -> list[dict[str, Any]]:
+    """One row per (comparison, column): its drift score and whether it drifted (a DVC bar plot)."""
+    return [{"column": col, "comparison": name, "score": v["score"], "drifted": v["drifted"]}
+            for name, r in results.items() for col, v in sorted(r.columns.items())]

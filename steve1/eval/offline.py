@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from steve1.actions import N_CAMERA_BINS
+from steve1 import headline
 from steve1.data import formats as F
 from steve1.data.dataset import make_dataloader
 from steve1.data.episodes import read_embeds
@@ -395,7 +396,8 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
 
 def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping[str, Mapping[str, Any]],
                   rows: Sequence[Mapping[str, Any]], cond_scales: Sequence[float], run_info: Mapping[str, Any]) -> None:
-    """dvclive custom plots (``Layout.eval_plots``), then ``Layout.eval_metrics`` and ``Layout.eval_offline``."""
+    """dvclive custom plots (``Layout.eval_plots``), then ``Layout.eval_offline`` (what was scored and every
+    metric) and ``Layout.eval_metrics`` (the headline figures, :func:`steve1.headline.evaluate`)."""
     from dvclive import Live  # heavy import, only for the stage
 
     sweep = []
@@ -415,5 +417,6 @@ def write_outputs(layout: Layout, metrics: Mapping[str, Any], by_policy: Mapping
             for policy, prefix in (("model", ""), ("baseline", "baseline_")) if f"{prefix}nll" in entry]
     live.log_plot(PLOT_SETS, bars, x="nll", y="set_policy", template="bar_horizontal",
                   title="NLL per dataset (true goal): model vs baseline")
-    write_json_atomic(layout.eval_offline, dict(run_info))
-    write_json_atomic(layout.eval_metrics, dict(metrics))
+    # the detail (every metric, guided blocks, baseline and deltas) goes to the report, the headline to DVC metrics
+    write_json_atomic(layout.eval_offline, {**run_info, "metrics": dict(metrics)})
+    write_json_atomic(layout.eval_metrics, headline.evaluate(metrics, [(p["cond_scale"], p["nll"]) for p in sweep]))

@@ -26,6 +26,15 @@ INVENTORY_FILTERS: dict[str, str] = {
 }
 TRAVEL = "travel_dist"
 METRICS = (TRAVEL, *INVENTORY_FILTERS)
+# what each metric counts (plot titles and axes)
+METRIC_LABELS: dict[str, str] = {
+    TRAVEL: "farthest horizontal distance from spawn (blocks)",
+    "log": "logs collected (max inventory count)",
+    "dirt": "dirt collected (max inventory count)",
+    "seed": "seeds collected (max inventory count)",
+    "planks": "planks (max inventory count)",
+    "crafting_table": "crafting tables (max inventory count)",
+}
 
 
 def _xz(obs: Mapping[str, Any]) -> tuple[float, float]:

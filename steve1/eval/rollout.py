@@ -1,12 +1,16 @@
-"""MineRL rollouts of a goal-conditioned agent with STEVE-1's programmatic metrics.
+"""Rollouts of a goal-conditioned agent with STEVE-1's programmatic metrics (the ``rollout`` stage).
 
 Setup as the official ``run_agent.py``: ``HumanSurvival`` with VPT's env settings
-(:data:`ENV_KWARGS`: 640x360, fov 70, gamma 2, gui scale 1, cursor 16), the 11 paper text
-prompts (:data:`PAPER_TEXT_PROMPTS`) turned into goals by the prior, classifier-free guidance
+(:data:`steve1.envs.ENV_KWARGS`: 640x360, fov 70, gamma 2, gui scale 1, cursor 16), the 11 paper
+text prompts (:data:`PAPER_TEXT_PROMPTS`) turned into goals by the prior, classifier-free guidance
 scale 6 for text and 7 for visual prompts. Each prompt runs ``n_episodes`` episodes of ``steps``
 steps; episode ``i`` uses world seed ``seed + i`` for every prompt, so prompts are compared on
 the same worlds. The official code calls ``env.seed`` *after* ``reset`` (which MineRL applies
 only to the next reset); we seed before reset as MineRL documents.
+
+``rollout.env`` picks MineRL or the deterministic stand-in world (:mod:`steve1.envs`); the env is
+made first, so a missing MineRL stops the stage before any model is loaded, and every output names
+the env (results, the metrics key, the video banner).
 
 MineRL dies unpredictably, mostly on repeated env creation (the official scripts restart the
 whole program in a shell loop). Here one env is reused across episodes; an exception from
@@ -14,18 +18,21 @@ whole program in a shell loop). Here one env is reused across episodes; an excep
 scratch, at most ``max_retries`` times; every crash is recorded in the results. Exceptions
 raised by the agent are bugs and propagate.
 
-MineRL 1.0.2 installs from its repository tag, with JDK 8 (README "Rollouts in MineRL",
-``docker/README.md``; the Docker image's ``WITH_ROLLOUT=1`` layer does it). It renders with OpenGL: on a headless node run under a virtual
-display, ``xvfb-run -a -s "-screen 0 1024x768x24" steve1 rollout`` (apt: ``xvfb``).
+Outputs (:class:`steve1.layout.RolloutLayout`): ``results.json`` (per episode and per prompt with
+confidence intervals; only what params and inputs determine, timings go to the log), one mp4 per
+episode, ``metrics.json`` (each targeted prompt's mean of its metric, under the env's name) and
+``plots/<metric>.json`` (per-prompt means with their interval, one DVC plot per metric).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
@@ -33,25 +40,19 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import cv2
 import numpy as np
 
+from steve1.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, env_call, env_label, make_minerl_env,
+                         start_env)
+from steve1.envs import env_factory as make_env_factory
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
 from steve1.io import atomic_path, write_json_atomic
-from steve1.layout import Layout
+from steve1.layout import Layout, RolloutLayout
 from steve1.params import Params, RolloutParams
+
+__all__ = ["ENV_KWARGS", "PAPER_TEXT_PROMPTS", "make_minerl_env", "rollouts_from_params", "run_rollouts"]
 
 log = logging.getLogger(__name__)
 
-RESULTS_FORMAT_VERSION = 1
-RESULTS_FILE = "results.json"
-VIDEO_DIR = "videos"
-
-# VPT's ENV_KWARGS (official steve1/VPT/agent.py); frameskip is not a HumanSurvival argument
-ENV_KWARGS: dict[str, Any] = dict(
-    fov_range=[70, 70],
-    gamma_range=[2, 2],
-    guiscale_range=[1, 1],
-    resolution=[640, 360],
-    cursor_size_range=[16.0, 16.0],
-)
+RESULTS_FORMAT_VERSION = 2
 
 # official steve1/run_agent/paper_prompts.py
 PAPER_TEXT_PROMPTS: dict[str, str] = {
@@ -67,11 +68,12 @@ PAPER_TEXT_PROMPTS: dict[str, str] = {
     "underwater": "go underwater",
     "inventory": "open inventory",
 }
+VISUAL_SUFFIX = "_visual"      # metrics key of a visual prompt: <name>_visual
 BANNER_H = 40   # pixels of the prompt banner stacked above each video frame
 
 
 class RolloutError(RuntimeError):
-    """A rollout cannot start: missing extra, unreadable prompt file, video writer failure."""
+    """A rollout cannot start: no weights, unreadable prompt file, goal width mismatch, video writer failure."""
 
 
 class Agent(Protocol):
@@ -80,11 +82,8 @@ class Agent(Protocol):
     def reset(self) -> None: ...
 
     def act(self, pov: np.ndarray, goal_embed: np.ndarray, cond_scale: float) -> dict[str, Any]:
-        """``pov`` uint8 [360,640,3] RGB, ``goal_embed`` float32 [512] -> a MineRL env action dict."""
+        """``pov`` uint8 [H,W,3] RGB (the env's), ``goal_embed`` float32 [D] -> a MineRL env action dict."""
         ...
-
-
-EnvFactory = Callable[[], Any]
 
 
 @dataclass
@@ -94,8 +93,13 @@ class Prompt:
     name: str
     kind: str                      # "text" | "visual"
     text: str                      # the instruction, or the visual goal's file for visual prompts
-    goal: np.ndarray               # float32 [512]
+    goal: np.ndarray               # float32 [D]
     cond_scale: float
+
+    @property
+    def key(self) -> str:
+        """Its name in aggregates: ``text:<name>`` / ``visual:<name>``."""
+        return f"{self.kind}:{self.name}"
 
     @property
     def label(self) -> str:
@@ -103,47 +107,66 @@ class Prompt:
             f"{self.name} (visual, scale {self.cond_scale:g})"
 
 
-# ---------------------------------------------------------------- env and prompts
-
-def make_minerl_env() -> Any:
-    """A fresh ``HumanSurvival`` env with VPT's settings; MineRL is imported only here."""
-    return _human_survival()(**ENV_KWARGS).make()
-
-
-def _human_survival() -> Any:
-    try:
-        from minerl.herobraine.env_specs.human_survival_specs import HumanSurvival
-    except ImportError as exc:
-        raise RolloutError(
-            "MineRL is not installed: install MineRL 1.0.2 from its v1.0.2 tag with JDK 8 as the README's "
-            "'Rollouts in MineRL' says (or use the Docker image built with WITH_ROLLOUT=1); on a headless "
-            "node run under a virtual display: xvfb-run -a steve1 rollout"
-        ) from exc
-    return HumanSurvival
-
+# ---------------------------------------------------------------- prompts
 
 def text_prompts(prompts: Mapping[str, str], text_to_goal: Callable[[str], np.ndarray],
-                 cond_scale: float = RolloutParams().text_cond_scale) -> list[Prompt]:
+                 cond_scale: float = RolloutParams().text_cond_scale, dim: Optional[int] = None) -> list[Prompt]:
     """Text prompts with goals from ``text_to_goal`` (MineCLIP text tower + prior)."""
-    return [Prompt(name, "text", text, _goal(text_to_goal(text), name), cond_scale) for name, text in prompts.items()]
+    return [Prompt(name, "text", text, _goal(text_to_goal(text), name, dim), cond_scale)
+            for name, text in prompts.items()]
 
 
-def visual_prompts(files: Mapping[str, str], cond_scale: float = RolloutParams().visual_cond_scale) -> list[Prompt]:
-    """Visual prompts: each a ``.npy`` file holding a MineCLIP visual embedding ([512] or [1,512])."""
+def visual_prompts(files: Mapping[str, str], cond_scale: float = RolloutParams().visual_cond_scale,
+                   dim: Optional[int] = None) -> list[Prompt]:
+    """Visual prompts: each a ``.npy`` file holding a MineCLIP visual embedding ([D] or [1,D])."""
     out = []
     for name, path in files.items():
         try:
             goal = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise RolloutError(f"visual prompt {name!r}: cannot read {path}: {exc}") from None
-        out.append(Prompt(name, "visual", str(path), _goal(goal, f"{name} ({path})"), cond_scale))
+        out.append(Prompt(name, "visual", str(path), _goal(goal, f"{name} ({path})", dim), cond_scale))
     return out
 
 
-def _goal(x: Any, where: str) -> np.ndarray:
+def visual_prompts_from(source: str | Path, cond_scale: float = RolloutParams().visual_cond_scale,
+                        dim: Optional[int] = None) -> list[Prompt]:
+    """Every ``<name>.npy`` / ``<name>.pkl`` in a folder or a ``.zip`` (STEVE-1's visual_prompt_embeds.zip
+    holds ``visual_prompt_embeds/<name>.pkl``), sorted by name. Pickles are read by a numpy-only unpickler."""
+    from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
+
+    source = Path(source)
+    members: dict[str, tuple[str, bytes]] = {}
+    if source.is_dir():
+        for p in sorted(source.rglob("*")):
+            if p.suffix in (".npy", ".pkl") and not p.name.startswith("."):
+                members.setdefault(p.stem, (str(p), p.read_bytes()))
+    elif source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as z:
+            for info in sorted(z.infolist(), key=lambda i: i.filename):
+                p = Path(info.filename)
+                if p.suffix in (".npy", ".pkl") and not p.name.startswith(".") and "__MACOSX" not in p.parts:
+                    members.setdefault(p.stem, (f"{source}:{info.filename}", z.read(info)))
+    else:
+        raise RolloutError(f"rollout.visual_prompts_from: {source} is neither a folder nor a .zip file "
+                           f"(STEVE-1's visual_prompt_embeds.zip: add it to weights.files)")
+    if not members:
+        raise RolloutError(f"rollout.visual_prompts_from: {source} holds no <name>.npy or <name>.pkl goal")
+    out = []
+    for name, (where, data) in sorted(members.items()):
+        try:
+            goal = np.load(io.BytesIO(data), allow_pickle=False) if where.endswith(".npy") \
+                else load_numpy_pickle(data, where)
+        except (UnsafePickleError, ValueError, OSError) as exc:
+            raise RolloutError(f"visual prompt {name!r}: cannot read {where}: {exc}") from None
+        out.append(Prompt(name, "visual", where, _goal(goal, f"{name} ({where})", dim), cond_scale))
+    return out
+
+
+def _goal(x: Any, where: str, dim: Optional[int]) -> np.ndarray:
     g = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32).reshape(-1)
-    if g.shape != (512,):
-        raise RolloutError(f"goal embedding of {where} has {g.size} values, expected 512")
+    if dim is not None and g.shape != (dim,):
+        raise RolloutError(f"goal embedding of {where} has {g.size} values, expected {dim} (the policy's goal width)")
     return g
 
 
@@ -163,7 +186,7 @@ def fitted_banner(text: str, width: int, height: int = BANNER_H) -> np.ndarray:
 
 
 class VideoSink:
-    """mp4 writer of RGB frames with a prompt banner on top; the file appears only when closed
+    """mp4 writer of RGB frames with a banner on top; the file appears only when closed
     without error (temp name + rename), so a crashed attempt leaves no video behind."""
 
     def __init__(self, path: str | Path, label: str, fps: int):
@@ -196,73 +219,36 @@ class VideoSink:
 
 # ---------------------------------------------------------------- episodes
 
-class _EnvCrash(Exception):
-    def __init__(self, phase: str, step: Optional[int], exc: BaseException):
-        super().__init__(f"{phase} failed at step {step}: {exc!r}")
-        self.phase, self.step, self.exc = phase, step, exc
-
-
-class EnvSlot:
-    """Holds the live env; makes one on demand and throws it away after a crash."""
-
-    def __init__(self, factory: EnvFactory):
-        self.factory = factory
-        self.env: Any = None
-        self.created = 0
-
-    def get(self) -> Any:
-        if self.env is None:
-            try:
-                self.env = self.factory()
-            except RolloutError:
-                raise
-            except Exception as exc:
-                raise _EnvCrash("make", None, exc) from exc
-            self.created += 1
-        return self.env
-
-    def discard(self) -> None:
-        if self.env is not None:
-            with contextlib.suppress(Exception):      # a dead MineRL often fails to close too
-                self.env.close()
-            self.env = None
-
-
-def _env_call(phase: str, step: Optional[int], fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        raise _EnvCrash(phase, step, exc) from exc
-
-
 def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed: int, steps: int,
-                video_path: Optional[Path], fps: int, max_retries: int) -> dict[str, Any]:
+                video_path: Optional[Path], fps: int, max_retries: int, env_name: str = "") -> dict[str, Any]:
     """One episode, retried on env crashes; returns its record (metrics, crashes, status)."""
     crashes: list[dict[str, Any]] = []
+    banner = f"{prompt.label} | {env_name}" if env_name else prompt.label
     for attempt in range(max_retries + 1):
         t0 = time.monotonic()
         try:
             env = slot.get()
-            _env_call("seed", None, env.seed, seed)
-            obs = _env_call("reset", None, env.reset)
+            env_call("seed", None, env.seed, seed)
+            obs = env_call("reset", None, env.reset)
             agent.reset()
             tracker = ProgrammaticTracker(obs)
             n = 0
-            with VideoSink(video_path, prompt.label, fps) if video_path else contextlib.nullcontext() as sink:
+            with VideoSink(video_path, banner, fps) if video_path else contextlib.nullcontext() as sink:
                 for n in range(1, steps + 1):
                     action = agent.act(obs["pov"], prompt.goal, prompt.cond_scale)
-                    obs, _, done, _ = _env_call("step", n, env.step, action)
+                    obs, _, done, _ = env_call("step", n, env.step, action)
                     tracker.update(obs)
                     if sink is not None:
                         sink.add(obs["pov"])
                     if done:
                         break
+            log.info("%s episode %d: %d steps in %.1f s", prompt.key, episode, n, time.monotonic() - t0)
             return {
                 "prompt": prompt.name, "kind": prompt.kind, "episode": episode, "seed": seed,
-                "status": "ok", "attempts": attempt + 1, "steps": n, "seconds": round(time.monotonic() - t0, 3),
+                "status": "ok", "attempts": attempt + 1, "steps": n,
                 "metrics": tracker.result(), "video": str(video_path) if video_path else None, "crashes": crashes,
             }
-        except _EnvCrash as crash:
+        except EnvCrash as crash:
             record = {"prompt": prompt.name, "episode": episode, "seed": seed, "attempt": attempt + 1,
                       "phase": crash.phase, "step": crash.step, "error": repr(crash.exc),
                       "traceback": "".join(traceback.format_exception(crash.exc))[-2000:]}
@@ -272,13 +258,9 @@ def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed:
             slot.discard()
     return {
         "prompt": prompt.name, "kind": prompt.kind, "episode": episode, "seed": seed,
-        "status": "failed", "attempts": max_retries + 1, "steps": 0, "seconds": None,
+        "status": "failed", "attempts": max_retries + 1, "steps": 0,
         "metrics": None, "video": None, "crashes": crashes,
     }
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _jsonable(x: Any) -> Any:
@@ -294,27 +276,32 @@ def _jsonable(x: Any) -> Any:
 
 
 def run_rollouts(prompts: Sequence[Prompt], agent: Agent, env_factory: EnvFactory, cfg: RolloutParams,
-                 out_dir: str | Path, extra: Mapping[str, Any] = {}) -> dict[str, Any]:
-    """Every prompt x ``cfg.n_episodes`` episodes; writes ``<out_dir>/results.json`` (after each
-    prompt, so a killed run keeps what it finished) and ``<out_dir>/videos/*.mp4``. ``extra`` is
-    recorded in the results' config as given."""
-    out_dir = Path(out_dir)
-    slot = EnvSlot(env_factory)
+                 out_dir: str | Path | RolloutLayout, extra: Mapping[str, Any] = {},
+                 first_env: Any = None) -> dict[str, Any]:
+    """Every prompt x ``cfg.n_episodes`` episodes in ``cfg.env``; writes the results (after each prompt,
+    so a killed run keeps what it finished), the videos, then the metrics and plots.
+    ``first_env`` is an env already made (:func:`steve1.envs.start_env`); ``extra`` is recorded in
+    the results' config as given."""
+    out = out_dir if isinstance(out_dir, RolloutLayout) else RolloutLayout(Path(out_dir))
+    label = env_label(cfg.env)
+    slot = EnvSlot(env_factory, first_env)
     episodes: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     try:
         for prompt in prompts:
             for i in range(cfg.n_episodes):
-                video = out_dir / VIDEO_DIR / f"{prompt.kind}-{_safe_name(prompt.name)}-ep{i:03d}.mp4" if cfg.video else None
-                rec = run_episode(slot, agent, prompt, i, cfg.seed + i, cfg.steps, video, cfg.video_fps, cfg.max_retries)
+                video = out.video(prompt.kind, prompt.name, i) if cfg.video else None
+                rec = run_episode(slot, agent, prompt, i, cfg.seed + i, cfg.steps, video, cfg.video_fps,
+                                  cfg.max_retries, label)
                 if rec["video"]:
-                    rec["video"] = str(Path(rec["video"]).relative_to(out_dir))
+                    rec["video"] = Path(rec["video"]).relative_to(out.dir).as_posix()
                 episodes.append(rec)
                 log.info("%s episode %d: %s %s", prompt.name, i, rec["status"], rec["metrics"])
             results = _results(prompts, episodes, cfg, slot.created, extra)
-            write_json_atomic(out_dir / RESULTS_FILE, results)
+            write_json_atomic(out.results, results)
     finally:
         slot.discard()
+    write_summaries(results, prompts, cfg, out)
     return results
 
 
@@ -323,11 +310,15 @@ def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: Rol
     agg = {}
     for j, p in enumerate(prompts):
         ok = [e["metrics"] for e in episodes if e["prompt"] == p.name and e["kind"] == p.kind and e["status"] == "ok"]
-        agg[f"{p.kind}:{p.name}"] = aggregate(ok, cfg.ci, cfg.ci_level, cfg.n_bootstrap, seed=cfg.seed + 1000 * j)
+        agg[p.key] = aggregate(ok, cfg.ci, cfg.ci_level, cfg.n_bootstrap, seed=cfg.seed + 1000 * j)
     crashes = [c for e in episodes for c in e["crashes"]]
+    env: dict[str, Any] = {"kind": cfg.env, "label": env_label(cfg.env)}
+    env.update({"spec": "HumanSurvival", **ENV_KWARGS} if cfg.env == "minerl" else
+               {"spec": "steve1.eval.standin_env.StandInEnv", "resolution": ENV_KWARGS["resolution"],
+                "note": "deterministic stand-in world: these numbers measure the pipeline, not Minecraft skill"})
     return _jsonable({
         "format_version": RESULTS_FORMAT_VERSION,
-        "env": {"spec": "HumanSurvival", **ENV_KWARGS},
+        "env": env,
         "config": {**cfg.model_dump(mode="json"), "extra": dict(extra)},
         "metrics": list(METRICS),
         "prompts": [{"name": p.name, "kind": p.kind, "text": p.text, "cond_scale": p.cond_scale} for p in prompts],
@@ -339,12 +330,52 @@ def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: Rol
     })
 
 
+# ---------------------------------------------------------------- metrics and plots
+
+def headline_metrics(results: Mapping[str, Any], prompts: Sequence[Prompt], targets: Mapping[str, str]
+                     ) -> dict[str, dict[str, Optional[float]]]:
+    """``{<env>: {<prompt>[_visual]: mean of the prompt's target metric}}`` for each prompt named in
+    ``targets``; the env key says which world produced them (``standin`` / ``minerl``)."""
+    env = results["env"]["kind"]
+    out: dict[str, Optional[float]] = {}
+    for p in prompts:
+        metric = targets.get(p.name)
+        if metric is None:
+            continue
+        key = p.name if p.kind == "text" else f"{p.name}{VISUAL_SUFFIX}"
+        mean = results["aggregate"][p.key][metric]["mean"]
+        out[key] = None if mean is None else round(float(mean), 4)
+    return {env: out}
+
+
+def plot_rows(results: Mapping[str, Any], prompts: Sequence[Prompt], metric: str) -> list[dict[str, Any]]:
+    """One row per prompt: ``prompt`` (name, ``(visual)`` marked), ``mean``, ``ci_low``, ``ci_high``, ``n``."""
+    rows = []
+    for p in prompts:
+        a = results["aggregate"][p.key][metric]
+        rows.append({"prompt": p.name if p.kind == "text" else f"{p.name} (visual)", "kind": p.kind,
+                     **{k: a[k] for k in ("mean", "ci_low", "ci_high", "n")}})
+    return rows
+
+
+def write_summaries(results: Mapping[str, Any], prompts: Sequence[Prompt], cfg: RolloutParams, out: RolloutLayout) -> None:
+    """``metrics.json`` (headline means) and ``plots/<metric>.json`` (every metric, every prompt)."""
+    if not results:
+        return
+    unknown = sorted(set(cfg.targets.values()) - set(METRICS))
+    if unknown:
+        raise RolloutError(f"rollout.targets names unknown metric(s) {unknown}; expected some of {list(METRICS)}")
+    for m in METRICS:
+        write_json_atomic(out.plot(m), _jsonable(plot_rows(results, prompts, m)))
+    write_json_atomic(out.metrics, _jsonable(headline_metrics(results, prompts, cfg.targets)))
+
+
 # ---------------------------------------------------------------- the real agent
 
 class PolicyAgent:
-    """Adapter from :func:`steve1.models.policy.act` to the :class:`Agent` protocol: resizes the
-    640x360 frame to 128x128 (INTER_LINEAR, as VPT), keeps the recurrent state (doubled batch for
-    guidance), and maps agent indices to a MineRL action dict."""
+    """Adapter from :func:`steve1.models.policy.act` to the :class:`Agent` protocol: resizes the env's
+    frame to the policy's input size (INTER_LINEAR, as VPT), keeps the recurrent state (doubled
+    batch for guidance), and maps agent indices to a MineRL action dict."""
 
     def __init__(self, policy: Any, device: str = "cpu", seed: Optional[int] = None):
         import torch
@@ -355,6 +386,9 @@ class PolicyAgent:
             self.generator.manual_seed(seed)
         self.state: Any = None
         self._batch = 0
+        h, w = policy.cfg.img_shape[:2]
+        self.frame_size = (int(w), int(h))                           # cv2's (W, H)
+        self.goal_dim: Optional[int] = policy.cfg.mineclip_embed_dim
 
     def reset(self) -> None:
         self.state = None        # made on the first act, with the batch that cond_scale needs
@@ -364,8 +398,8 @@ class PolicyAgent:
 
         from steve1.models.policy import act, to_env_actions
 
-        img = cv2.resize(pov, (128, 128), interpolation=cv2.INTER_LINEAR)              # [128,128,3]
-        obs = {"img": torch.from_numpy(img)[None].to(self.device),                    # [1,128,128,3]
+        img = cv2.resize(pov, self.frame_size, interpolation=cv2.INTER_LINEAR)           # [h,w,3]
+        obs = {"img": torch.from_numpy(img)[None].to(self.device),                      # [1,h,w,3]
                "mineclip_embed": torch.from_numpy(np.asarray(goal_embed, np.float32))[None].to(self.device)}
         batch = 2 if cond_scale is not None else 1
         if self.state is None or self._batch != batch:
@@ -375,49 +409,88 @@ class PolicyAgent:
         return to_env_actions(res.action)[0]
 
 
-def make_policy_agent(policy_model: str, policy_weights: str, device: str = "cpu", seed: Optional[int] = None) -> PolicyAgent:
-    """The one place wiring rollouts to the policy code: VPT ``.model`` kwargs + STEVE-1 weights."""
-    from steve1.models.checkpoints import load_policy_weights, read_policy_kwargs
+def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None, train: Any = None) -> Any:
+    """The goal-conditioned policy to play, with ``weights`` loaded strictly.
+
+    Architecture: ``policy_model`` (a VPT ``.model`` file; the goal width is read from the weights'
+    goal layer, so a 768-d policy loads as well as a 512-d one), else the ``train`` section's
+    (``in_model``/``preset`` and ``mineclip_embed_dim``), the one its runs were trained with.
+    """
+    from steve1.models.checkpoints import GOAL_KEYS, load_policy_weights, load_state_dict_file, read_policy_kwargs
     from steve1.models.vpt import build_policy
 
-    policy_kwargs, pi_head_kwargs = read_policy_kwargs(policy_model)
-    policy = build_policy(policy_kwargs, pi_head_kwargs)
-    load_policy_weights(policy, policy_weights, allow_vpt=False)
-    return PolicyAgent(policy, device=device, seed=seed)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise RolloutError(f"{weights}: policy weights not found (run the train stage, or set rollout.policy_weights)")
+    sd = load_state_dict_file(weights)
+    if policy_model:
+        goal = next((sd[k] for k in GOAL_KEYS if k in sd and sd[k].ndim == 2), None)
+        if goal is None:
+            raise RolloutError(f"{weights}: no goal layer ({GOAL_KEYS[0]}): VPT weights cannot follow goals; "
+                               f"give STEVE-1 weights")
+        policy_kwargs, pi_head_kwargs = read_policy_kwargs(policy_model)
+        policy = build_policy({**policy_kwargs, "mineclip_embed_dim": int(goal.shape[1])}, pi_head_kwargs)
+    else:
+        from steve1.models.build import build_policy_for_params
+
+        policy = build_policy_for_params(train).set_gradient_checkpointing(False)
+    load_policy_weights(policy, sd, allow_vpt=False)
+    return policy
 
 
-# ---------------------------------------------------------------- params -> rollouts (steve1 rollout)
+# ---------------------------------------------------------------- params -> rollouts (stage and CLI)
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
 
 def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *, agent: Optional[Agent] = None,
                          env_factory: Optional[EnvFactory] = None, text_encoder: Optional[Callable] = None,
-                         device: str = "cpu") -> dict[str, Any]:
-    """Run the ``rollout`` section of validated params. The keyword arguments replace the real
-    parts (policy agent, MineRL env, MineCLIP text tower), which is how the tests drive it."""
+                         device: Optional[str] = None) -> dict[str, Any]:
+    """Run the ``rollout`` section of validated params (the stage and ``steve1 rollout``). The env is
+    made first: with ``env: minerl`` a missing MineRL fails here, before any model is loaded. The
+    keyword arguments replace the real parts (policy agent, env, MineCLIP text tower), which is how
+    the tests drive it."""
     from steve1.eval.prompt import mineclip_text_encoder, prompt_to_goal
     from steve1.models.prior import load_prior
 
     rp = params.rollout
     layout = Layout.from_params(params)
-    out_dir = Path(out_dir) if out_dir is not None else layout.rollouts
+    out = RolloutLayout(Path(out_dir)) if out_dir is not None else layout.rollouts
+    device = resolve_device(device or rp.device)
+    first_env = None
     if env_factory is None:
-        _human_survival()                      # fail before loading any model when MineRL is missing
-    if agent is None and not (rp.policy_model and rp.policy_weights):
-        raise RolloutError("rollout.policy_model and rollout.policy_weights must name the VPT .model file and the "
-                           "STEVE-1 weights (params.yaml, section rollout)")
-    prompts: list[Prompt] = []
-    texts = rp.text_prompts or PAPER_TEXT_PROMPTS
-    if texts:
-        if text_encoder is None:
-            e = params.embed
-            text_encoder, _ = mineclip_text_encoder(e.weights, e.preset, e.seed, device)
-        prior = load_prior(rp.prior or layout.prior, map_location=device)
+        env_factory = make_env_factory(rp.env)
+        first_env = start_env(rp.env, env_factory)          # before any model: a missing MineRL stops here
+    try:
+        if agent is None:
+            policy = load_rollout_policy(rp.policy_weights or layout.rollout_weights, rp.policy_model, params.train)
+            agent = PolicyAgent(policy, device=device, seed=rp.seed)
+        dim = getattr(agent, "goal_dim", None)
+        prompts: list[Prompt] = []
+        texts = rp.text_prompts or PAPER_TEXT_PROMPTS
+        if texts:
+            if text_encoder is None:
+                e = params.embed
+                text_encoder, _ = mineclip_text_encoder(e.weights, e.preset, e.seed, device)
+            prior = load_prior(rp.prior or layout.prior, map_location=device)
 
-        def to_goal(text: str) -> np.ndarray:
-            return prompt_to_goal([text], text_encoder, prior, seed=rp.prior_seed, deterministic=rp.prior_deterministic)[0]
+            def to_goal(text: str) -> np.ndarray:
+                return prompt_to_goal([text], text_encoder, prior, seed=rp.prior_seed,
+                                      deterministic=rp.prior_deterministic)[0]
 
-        prompts += text_prompts(texts, to_goal, rp.text_cond_scale)
-    prompts += visual_prompts(rp.visual_prompts, rp.visual_cond_scale)
-    if agent is None:
-        agent = make_policy_agent(rp.policy_model, rp.policy_weights, device=device, seed=rp.seed)
-    return run_rollouts(prompts, agent, env_factory or make_minerl_env, rp, out_dir,
+            prompts += text_prompts(texts, to_goal, rp.text_cond_scale, dim)
+        prompts += visual_prompts(rp.visual_prompts, rp.visual_cond_scale, dim)
+        if rp.visual_prompts_from:
+            prompts += visual_prompts_from(rp.visual_prompts_from, rp.visual_cond_scale, dim)
+    except BaseException:
+        if first_env is not None:
+            with contextlib.suppress(Exception):
+                first_env.close()
+        raise
+    return run_rollouts(prompts, agent, env_factory, rp, out, first_env=first_env,
                         extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})

@@ -51,6 +51,9 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
                  what="STEVE-1 text-to-goal prior"),
     OfficialFile("data.pkl", GDRIVE + "18JKzIwHmFBrAjfiRNobtwkN7zhwQc7IO", True,
                  what="STEVE-1 prior training pairs"),
+    OfficialFile("visual_prompt_embeds.zip", GDRIVE + "1K--DOHMDKjtklTK6SbpH11wrI2j_61mu", True,
+                 what="STEVE-1 visual prompt goals (visual_prompt_embeds/<name>.pkl; rollout.visual_prompts_from "
+                      "reads the zip as it is)"),
 )}
 
 

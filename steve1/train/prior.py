@@ -11,9 +11,7 @@ we add a seeded split, seeded shuffling and noise, and early stopping on validat
 from __future__ import annotations
 
 import copy
-import io
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -24,7 +22,8 @@ import torch
 from steve1.data.episodes import read_embeds
 from steve1.data.formats import EPISODE_SUFFIX
 from steve1.io import read_json
-from steve1.models.prior import PriorConfig, PriorCVAE, reparameterize
+from steve1.models.prior import PriorConfig, PriorCVAE, load_prior, reparameterize
+from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
 from steve1.params import PriorParams
 
 log = logging.getLogger(__name__)
@@ -66,26 +65,6 @@ class PriorPairs:
 
 # ---------------------------------------------------------------- official data.pkl / .npz
 
-# Only numpy array reconstruction is allowed: the official file is a pickled dict of numpy
-# arrays (or lists of them); anything else (a callable, an arbitrary class) is refused.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),   # protocol <= 2 spells an array's raw bytes as _codecs.encode(str, "latin1")
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise PriorDataError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in prior data")
-        if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
-            module = "numpy._core." + module[len("numpy.core."):]   # numpy 1.x pickles under numpy 2
-        return super().find_class(module, name)
-
-
 def load_pairs_file(path: str | Path) -> PriorPairs:
     """Pairs from an official-layout ``data.pkl`` (restricted unpickler) or an ``.npz`` with the same keys."""
     path = Path(path)
@@ -95,12 +74,10 @@ def load_pairs_file(path: str | Path) -> PriorPairs:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     else:
-        try:
-            data = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-        except PriorDataError as exc:
-            raise PriorDataError(f"{path}: {exc}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise PriorDataError(f"{path}: not a readable pickle: {exc}") from None
+        try:   # the official file is a pickled dict of numpy arrays (or lists of them); nothing else is allowed
+            data = load_numpy_pickle(path.read_bytes(), str(path))
+        except UnsafePickleError as exc:
+            raise PriorDataError(str(exc)) from None
     if not isinstance(data, dict):
         raise PriorDataError(f"{path}: expected a dict with text_embeddings and visual_embeddings, got {type(data).__name__}")
     missing = [k for k in ("text_embeddings", "visual_embeddings") if k not in data]
@@ -273,7 +250,7 @@ def _evaluate(model: PriorCVAE, text: torch.Tensor, visual: torch.Tensor, cfg: P
     sums, n = np.zeros(3), 0
     for start in range(0, len(text), cfg.batch_size):
         t, v = text[start:start + cfg.batch_size].to(device), visual[start:start + cfg.batch_size].to(device)
-        eps = torch.randn(len(t), cfg.latent_dim, generator=gen).to(device)
+        eps = torch.randn(len(t), model.cfg.latent_dim, generator=gen).to(device)
         loss, kl, recon = prior_loss(model, t, v, eps, cfg.beta)
         sums += [loss.item(), kl.item(), recon.item()]
         n += 1
@@ -321,9 +298,25 @@ def pairs_from_params(p: PriorParams, embeds_dir: str | Path,
     return pairs_from_annotations(annotations, embeds_dir, encoder, source=source)
 
 
+def score_prior(model: PriorCVAE, pairs: PriorPairs, cfg: PriorParams, device: str = "cpu") -> dict[str, float]:
+    """A prior's val loss on the val pairs :func:`train_prior` holds out for ``cfg`` (same split, same noise):
+    how the official ``steve1_prior.pt`` scores beside ours."""
+    if model.cfg.embed_dim != pairs.text.shape[1]:
+        raise PriorDataError(f"the prior to score takes {model.cfg.embed_dim}-d embeddings but the pairs are "
+                             f"{pairs.text.shape[1]}-d")
+    _, va_idx = split_indices(len(pairs), cfg.val_fraction, cfg.seed)
+    text = torch.from_numpy(pairs.text[va_idx]).float()
+    visual = torch.from_numpy(pairs.visual[va_idx]).float()
+    return _evaluate(model.to(device), text, visual, cfg, cfg.seed + 1, torch.device(device))
+
+
 def fit_prior(p: PriorParams, embeds_dir: str | Path, prior_path: str | Path, metrics_path: str | Path,
-              make_text_encoder: Callable[[], tuple[TextEncoder, str]]) -> dict[str, Any]:
-    """Build pairs, train, write ``prior_path`` and ``metrics_path`` (``Layout.prior``/``prior_metrics``)."""
+              make_text_encoder: Callable[[], tuple[TextEncoder, str]], report_path: Optional[str | Path] = None,
+              history_path: Optional[str | Path] = None) -> dict[str, Any]:
+    """Build pairs, train, write ``prior_path`` and the headline ``metrics_path`` (``Layout.prior``/
+    ``prior_metrics``), the full record ``report_path`` and the per-epoch ``history_path`` (a DVC plot).
+    With ``p.baseline`` that prior (e.g. the official ``steve1_prior.pt``) is scored on the same val pairs."""
+    from steve1 import headline
     from steve1.io import write_json_atomic
 
     pairs = pairs_from_params(p, embeds_dir, make_text_encoder)
@@ -331,6 +324,10 @@ def fit_prior(p: PriorParams, embeds_dir: str | Path, prior_path: str | Path, me
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     result = train_prior(pairs, p, device)
+    official = None
+    if p.baseline:
+        official = {"path": str(p.baseline), **score_prior(load_prior(p.baseline, map_location=device), pairs, p, device)}
+        log.info("baseline prior %s: val loss %.4f (ours %.4f)", p.baseline, official["val_loss"], result.best_val_loss)
     save_prior(result.model, prior_path)
     metrics = {
         "toy": bool(p.is_toy),
@@ -342,8 +339,13 @@ def fit_prior(p: PriorParams, embeds_dir: str | Path, prior_path: str | Path, me
         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
         "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "final": result.history[result.best_epoch],
+        "official": official,
         "history": result.history,
         "params": p.model_dump(),
     }
-    write_json_atomic(Path(metrics_path), metrics)
+    if report_path is not None:
+        write_json_atomic(Path(report_path), metrics)
+    if history_path is not None:
+        write_json_atomic(Path(history_path), result.history)
+    write_json_atomic(Path(metrics_path), headline.prior(metrics))
     return metrics

@@ -66,7 +66,9 @@ def build(root: Path, sampling: Path, **kw) -> dict:
     args = dict(episodes_dir=root / "episodes", embeds_dir=root / "embeds", sampling_path=sampling,
                 summary_path=root / "reports" / "summary.json",
                 data_dir=root / "reports" / "data", reference_sampling=None, drift_share_threshold=0.2,
-                column_threshold=0.1, max_steps_per_split=5000, n_components=3, seed=0)
+                column_threshold=0.1, max_steps_per_split=5000, n_components=3, seed=0,
+                details_path=root / "reports" / "data" / "summary.json",
+                plot_path=root / "reports" / "plots" / "drift_columns.json")
     return drift.build_report(**{**args, **kw})
 
 
@@ -119,7 +121,12 @@ def test_html_json_tables_and_summary_are_written(matching):
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:500].lower()
     doc = json.loads((data / "drift.json").read_text())
     assert doc["summary"]["reference"] == "train" and doc["evidently"]["metrics"]
-    assert json.loads((root / "reports/summary.json").read_text()) == json.loads(json.dumps(summary))
+    c = summary["comparisons"]["train_vs_val"]                     # DVC metrics: the headline only
+    assert json.loads((root / "reports/summary.json").read_text()) == {"drift": False, "drift_share": c["drift_share"]}
+    assert json.loads((data / "summary.json").read_text()) == json.loads(json.dumps(summary))   # the detail
+    rows = json.loads((root / "reports/plots/drift_columns.json").read_text())
+    assert len(rows) == c["n_columns"] and {r["comparison"] for r in rows} == {"train_vs_val"}
+    assert {r["column"]: r["score"] for r in rows}["camera_deg"] == doc["columns"]["camera_deg"]["score"]
     eps = pd.read_csv(data / "episodes_train.csv")
     steps = pd.read_csv(data / "steps_val.csv")
     assert len(eps) == N_EPISODES and (eps["n_frames"] == N_STEPS).all()
@@ -183,14 +190,16 @@ def test_stage_fails_on_drift_after_writing_reports(shifted_small, capsys):
     code = report_stage.main(["--params", str(write_params(shifted_small, on_drift="fail"))])
     assert code == 1
     assert "drift above report.drift_share_threshold=0.2" in capsys.readouterr().err
-    assert json.loads((shifted_small / "reports/summary.json").read_text())["drift_detected"] is True
+    assert json.loads((shifted_small / "reports/summary.json").read_text())["drift"] is True
     assert (shifted_small / "reports/data/drift.html").is_file()
 
 
 def test_stage_warns_on_drift_and_exits_zero(shifted_small, caplog):
     (shifted_small / "reports/summary.json").unlink(missing_ok=True)
     assert report_stage.main(["--params", str(write_params(shifted_small, on_drift="warn"))]) == 0
-    assert json.loads((shifted_small / "reports/summary.json").read_text())["drift_detected"] is True
+    headline = json.loads((shifted_small / "reports/summary.json").read_text())
+    assert headline["drift"] is True and set(headline) == {"drift", "drift_share"}
+    assert json.loads((shifted_small / "reports/data/summary.json").read_text())["drift_detected"] is True
     assert "drift detected" in caplog.text
 
 
@@ -199,8 +208,10 @@ def test_stage_compares_against_a_reference_sampling(shifted_small):
     ids = json.loads((shifted_small / "samplings/default.json").read_text())
     old.write_text(json.dumps({"train": ids["train"][:2], "val": ids["train"][2:]}))   # the train generator only
     assert report_stage.main(["--params", str(write_params(shifted_small, reference_sampling=str(old)))]) == 0
-    summary = json.loads((shifted_small / "reports/summary.json").read_text())
+    headline = json.loads((shifted_small / "reports/summary.json").read_text())
+    summary = json.loads((shifted_small / "reports/data/summary.json").read_text())
     ref = summary["comparisons"]["reference_vs_current"]
+    assert headline["reference_drift_share"] == pytest.approx(ref["drift_share"], rel=1e-3)
     assert ref["n_reference_steps"] == 1000 and "pc_1" in ref["drifted_columns"]
     assert json.loads((shifted_small / "reports/data/drift_reference.json").read_text())["evidently"]["metrics"]
     # without the reference the old comparison's files are gone
@@ -213,7 +224,8 @@ def test_stage_with_an_empty_val_split_reports_train_and_skips_drift(tmp_path):
     (tmp_path / "samplings").mkdir()
     (tmp_path / "samplings/default.json").write_text(json.dumps({"train": ["only-train"], "val": []}))
     assert report_stage.main(["--params", str(write_params(tmp_path, on_drift="fail"))]) == 0
-    summary = json.loads((tmp_path / "reports/summary.json").read_text())
+    assert json.loads((tmp_path / "reports/summary.json").read_text()) == {"drift": False, "drift_share": None}
+    summary = json.loads((tmp_path / "reports/data/summary.json").read_text())
     c = summary["comparisons"]["train_vs_val"]
     assert c["skipped"] == "no steps in val: nothing to compare" and c["drift_detected"] is False
     assert summary["splits"]["val"] == {"n_episodes": 0, "n_steps": 0}

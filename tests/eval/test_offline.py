@@ -248,7 +248,8 @@ def test_stage_writes_metrics_plots_and_baseline_deltas(tmp_path):
     assert main(["--params", str(params)]) == 0
 
     out = tmp_path / "eval"
-    m = json.loads((out / "metrics.json").read_text())
+    info = json.loads((out / "offline.json").read_text())
+    m = info["metrics"]                               # the detail: every metric, guided blocks, baseline, deltas
     assert m["n_chunks"] == 5 and m["n_steps"] == 40  # ep-b (31 frames): 2 chunks of 8, ep-c (36): 3
     assert set(m["guided"]) == {"s0", "s6"}
     assert m["kl_other_goal"] > 0 and m["kl_null_goal"] > 0
@@ -262,8 +263,12 @@ def test_stage_writes_metrics_plots_and_baseline_deltas(tmp_path):
     chunks = json.loads((out / "plots" / "custom" / "chunk_nll.json").read_text())
     assert [c["chunk"] for c in chunks] == [0, 1, 2, 3, 4]
     assert np.mean([c["nll"] for c in chunks]) == pytest.approx(m["nll"], rel=1e-9)
-    info = json.loads((out / "offline.json").read_text())
     assert info["baseline_goal_layer_zeroed"] is True and len(info["weights_sha256"]) == 64
+    headline = json.loads((out / "metrics.json").read_text())      # DVC metrics: the headline figures only
+    best = min(sweep, key=lambda p: p["nll"])["cond_scale"]
+    assert headline == {"nll": pytest.approx(m["nll"], rel=1e-3), "acc": pytest.approx(m["acc_joint"], rel=1e-3),
+                        "goal_kl": pytest.approx(m["kl_other_goal"], rel=1e-3), "best_scale": best,
+                        "delta_nll": pytest.approx(m["delta"]["nll"], rel=1e-3)}
     bars = {b["set_policy"]: b["nll"] for b in json.loads((out / "plots" / "custom" / "set_nll.json").read_text())}
     assert bars["main: model"] == pytest.approx(m["nll"], rel=1e-9)
     assert bars["main: baseline"] == pytest.approx(m["baseline"]["nll"], rel=1e-9)

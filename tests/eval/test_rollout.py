@@ -1,19 +1,28 @@
 """The rollout loop against the stand-in env: goals and guidance scales handed to the agent,
-crash -> recreate -> retry, videos with the prompt banner, the results JSON."""
+crash -> recreate -> retry, videos with the prompt banner, the results JSON, metrics and plots; the
+stage end to end with a real tiny policy (same params, same bytes; a 768-d goal policy too); MineRL
+missing stops the stage before any work with one message."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from steve1.eval.programmatic import METRICS
-from steve1.eval.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RESULTS_FILE, RolloutError,
-                                 make_minerl_env, rollouts_from_params, run_rollouts, text_prompts, visual_prompts)
+from steve1.envs import EnvError
+from steve1.eval.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RolloutError, make_minerl_env,
+                                 rollouts_from_params, run_rollouts, text_prompts, visual_prompts, visual_prompts_from)
 from steve1.eval.standin_env import StandInEnv, noop_action
+from steve1.layout import RolloutLayout
 from steve1.params import RolloutParams
+
+RESULTS_FILE = RolloutLayout(Path(".")).results.name
 
 
 class RecordingAgent:
@@ -141,12 +150,13 @@ def test_results_json_schema(tmp_path):
     res = json.loads((tmp_path / "o" / RESULTS_FILE).read_text(), parse_constant=no_nan)
     assert set(res) == {"format_version", "env", "config", "metrics", "prompts", "episodes", "aggregate", "crashes",
                         "n_failed", "envs_created"}
+    assert res["env"]["kind"] == "standin" and res["env"]["label"] == "stand-in env" and "not Minecraft" in res["env"]["note"]
     assert res["metrics"] == list(METRICS)
     assert res["prompts"] == [{"name": "a", "kind": "text", "text": "x", "cond_scale": 6.0},
                               {"name": "v", "kind": "visual", "text": str(tmp_path / "v.npy"), "cond_scale": 7.0}]
     ep = res["episodes"][0]
-    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "attempts", "steps", "seconds", "metrics",
-                       "video", "crashes"}
+    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "attempts", "steps", "metrics",
+                       "video", "crashes"}                  # no timings: the cached results hold only what params determine
     assert set(ep["metrics"]) == set(METRICS)
     agg = res["aggregate"]["visual:v"]["log"]
     assert set(agg) == {"n", "mean", "std", "min", "max", "ci_low", "ci_high"}
@@ -156,11 +166,12 @@ def test_results_json_schema(tmp_path):
 def test_bad_visual_prompt_and_missing_minerl_are_clear_errors(tmp_path):
     np.save(tmp_path / "short.npy", np.ones(10, dtype=np.float32))
     with pytest.raises(RolloutError, match="has 10 values, expected 512"):
-        visual_prompts({"s": str(tmp_path / "short.npy")})
+        visual_prompts({"s": str(tmp_path / "short.npy")}, dim=512)
     try:
         import minerl  # noqa: F401
     except ImportError:
-        with pytest.raises(RolloutError, match=r"MineRL is not installed: install MineRL 1.0.2 from its v1.0.2 tag"):
+        with pytest.raises(EnvError, match=r"MineRL cannot start \(MineRL is not installed.*install MineRL 1.0.2 "
+                                           r"from its v1.0.2 tag with JDK 8.*xvfb"):
             make_minerl_env()
 
 
@@ -207,3 +218,189 @@ def test_rollouts_from_params_use_prior_goals_and_paper_scales(tmp_path):
     assert np.array_equal(agent.calls[2][0], np.ones(512)) and agent.calls[2][1] == 7.0
     assert (tmp_path / "eval" / "rollouts" / "default" / RESULTS_FILE).is_file()
     assert res["config"]["extra"]["params"]["prior_seed"] == 5
+
+
+# ---------------------------------------------------------------- metrics, plots, banner, visual prompt sets
+
+def test_metrics_hold_targeted_prompt_means_under_the_env_name_and_plots_cover_every_metric(tmp_path):
+    prompts = text_prompts({"explore": "go explore", "sky": "look at the sky"}, _goal_of)   # sky has no target
+    res = run_rollouts(prompts, RecordingAgent(), Factory(), _cfg(n_episodes=2, steps=8), tmp_path)
+    out = RolloutLayout(tmp_path)
+    assert json.loads(out.metrics.read_text()) == {"standin": {"explore": 2.0}}   # 8 steps forward x 0.25
+    assert res["aggregate"]["text:explore"]["travel_dist"]["mean"] == 2.0
+    for metric in METRICS:
+        rows = json.loads(out.plot(metric).read_text())
+        assert [r["prompt"] for r in rows] == ["explore", "sky"]
+        agg = res["aggregate"]["text:sky"][metric]
+        assert rows[1] == {"prompt": "sky", "kind": "text", "mean": agg["mean"], "ci_low": agg["ci_low"],
+                           "ci_high": agg["ci_high"], "n": 2}
+
+
+def test_video_banner_names_the_env(tmp_path, monkeypatch):
+    import steve1.eval.rollout as R
+
+    labels = []
+
+    class Spy(R.VideoSink):
+        def __init__(self, path, label, fps):
+            labels.append(label)
+            super().__init__(path, label, fps)
+
+    monkeypatch.setattr(R, "VideoSink", Spy)
+    run_rollouts(text_prompts({"wood": "chop a tree"}, _goal_of), RecordingAgent(), Factory(),
+                 _cfg(n_episodes=1, steps=2, video=True), tmp_path)
+    assert labels == ["'chop a tree' (text, scale 6) | stand-in env"]
+
+
+def test_visual_prompt_sets_from_a_folder_or_steve1_zip_of_pickles(tmp_path):
+    folder = tmp_path / "goals"
+    folder.mkdir()
+    np.save(folder / "cave.npy", np.full(512, 2.0, np.float32))
+    with zipfile.ZipFile(tmp_path / "visual_prompt_embeds.zip", "w") as z:   # as STEVE-1's: <name>.pkl of [1,512]
+        z.writestr("visual_prompt_embeds/wood.pkl", pickle.dumps(np.ones((1, 512), np.float32)))
+        z.writestr("visual_prompt_embeds/dig.pkl", pickle.dumps(np.zeros((1, 512), np.float32)))
+    assert [(p.name, p.goal[0]) for p in visual_prompts_from(folder, dim=512)] == [("cave", 2.0)]
+    prompts = visual_prompts_from(tmp_path / "visual_prompt_embeds.zip", 7.0, dim=512)
+    assert [(p.name, p.kind, p.cond_scale, float(p.goal.sum())) for p in prompts] == [
+        ("dig", "visual", 7.0, 0.0), ("wood", "visual", 7.0, 512.0)]
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        z.writestr("x/evil.pkl", pickle.dumps(print))
+    with pytest.raises(RolloutError, match="refusing to unpickle builtins.print"):
+        visual_prompts_from(tmp_path / "evil.zip")
+    with pytest.raises(RolloutError, match="expected 768"):
+        visual_prompts_from(folder, dim=768)
+
+
+# ---------------------------------------------------------------- the stage, end to end
+
+def _project(tmp_path, dim=512, **rollout):
+    """A tiny trained-run stand-in: random tiny weights at the run's best.weights, a tiny prior, params."""
+    import torch
+    import yaml
+
+    from steve1.models.build import build_policy_for_params
+    from steve1.models.checkpoints import save_policy_weights
+    from steve1.models.prior import PriorConfig, PriorCVAE
+    from steve1.params import TrainParams
+    from steve1.train.prior import save_prior
+
+    torch.manual_seed(0)
+    save_policy_weights(build_policy_for_params(TrainParams(mineclip_embed_dim=dim)),
+                        tmp_path / "models" / "default" / "best.weights")
+    save_prior(PriorCVAE(PriorConfig(embed_dim=dim, hidden_dim=16, latent_dim=8)), tmp_path / "models" / "prior.pt")
+    params = {"paths": {"models": str(tmp_path / "models"), "eval": str(tmp_path / "eval")},
+              "weights": {"dir": str(tmp_path / "weights")}, "train": {"mineclip_embed_dim": dim},
+              "rollout": {"text_prompts": {"wood": "chop a tree", "explore": "go explore"}, "n_episodes": 2,
+                          "steps": 6, "device": "cpu", "n_bootstrap": 200, **rollout}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path / "params.yaml"
+
+
+def _digests(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_stage_plays_the_trained_policy_in_the_standin_env_and_repeats_byte_for_byte(tmp_path, capsys):
+    from stages.rollout import main
+
+    params = _project(tmp_path)
+    assert main(["--params", str(params)]) == 0
+    assert "rollout (stand-in env): 2 prompts, 4 episodes, 0 failed" in capsys.readouterr().out
+    out = RolloutLayout(tmp_path / "eval" / "rollouts" / "default")
+    res = json.loads(out.results.read_text())
+    assert [(e["prompt"], e["episode"], e["seed"], e["steps"]) for e in res["episodes"]] == [
+        ("wood", 0, 0, 6), ("wood", 1, 1, 6), ("explore", 0, 0, 6), ("explore", 1, 1, 6)]
+    assert sorted(p.name for p in out.videos.iterdir()) == [
+        "text-explore-ep000.mp4", "text-explore-ep001.mp4", "text-wood-ep000.mp4", "text-wood-ep001.mp4"]
+    assert set(json.loads(out.metrics.read_text())["standin"]) == {"wood", "explore"}
+    first = _digests(out.dir)
+    assert main(["--params", str(params)]) == 0
+    assert _digests(out.dir) == first             # same params, same bytes: results, videos, metrics, plots
+
+
+def test_a_768_d_goal_policy_rolls_out(tmp_path):
+    import torch
+
+    from steve1.params import load_params
+
+    params = load_params(_project(tmp_path, dim=768))
+    np.save(tmp_path / "v.npy", np.ones(768, np.float32))
+    params.rollout.visual_prompts = {"v": str(tmp_path / "v.npy")}
+    params.rollout.n_episodes, params.rollout.video = 1, False
+    res = rollouts_from_params(params, text_encoder=lambda texts: torch.ones(len(texts), 768))
+    assert res["n_failed"] == 0 and len(res["episodes"]) == 3      # 2 text + 1 visual prompt
+    np.save(tmp_path / "short.npy", np.ones(512, np.float32))
+    params.rollout.visual_prompts = {"v": str(tmp_path / "short.npy")}
+    with pytest.raises(RolloutError, match="has 512 values, expected 768"):
+        rollouts_from_params(params, text_encoder=lambda texts: torch.ones(len(texts), 768))
+
+
+def test_policy_model_file_gives_the_architecture_and_the_weights_the_goal_width(tmp_path):
+    import copy
+
+    import torch
+
+    from steve1.eval.rollout import load_rollout_policy
+    from steve1.models.vpt import PRESETS
+
+    _project(tmp_path, dim=768)
+    kw = copy.deepcopy(PRESETS["tiny"])
+    del kw["policy_kwargs"]["mineclip_embed_dim"]            # as in VPT's .model files
+    model = tmp_path / "tiny.model"
+    model.write_bytes(pickle.dumps({"model": {"args": {"net": {"args": kw["policy_kwargs"]},
+                                                       "pi_head_opts": kw["pi_head_kwargs"]}}}))
+    policy = load_rollout_policy(tmp_path / "models" / "default" / "best.weights", str(model))
+    assert policy.cfg.mineclip_embed_dim == 768 and policy.cfg.img_shape == (128, 128, 3)
+    vpt = {k: v for k, v in policy.state_dict().items() if "mineclip_embed_linear" not in k}
+    torch.save(vpt, tmp_path / "vpt.weights")
+    with pytest.raises(RolloutError, match="no goal layer"):
+        load_rollout_policy(tmp_path / "vpt.weights", str(model))
+
+
+def test_minerl_missing_stops_the_stage_before_any_work_with_one_message(tmp_path, capsys, monkeypatch):
+    import steve1.envs as envs
+    from stages.rollout import main
+
+    params = tmp_path / "params.yaml"      # no weights, no prior: the MineRL check must come first
+    params.write_text(f"paths: {{models: {tmp_path / 'models'}, eval: {tmp_path / 'eval'}}}\nrollout: {{env: minerl}}\n")
+    monkeypatch.setattr(envs, "check_minerl", lambda: ["the minerl package is not installed", "no java on PATH"])
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "MineRL cannot start (the minerl package is not installed; no java" in err
+    assert "MineRL 1.0.2 from its v1.0.2 tag with JDK 8" in err and "xvfb" in err and "weights" not in err
+    assert not (tmp_path / "eval").exists()
+
+    def broken():
+        raise RuntimeError("Minecraft process died")
+
+    monkeypatch.setattr(envs, "check_minerl", lambda: [])
+    monkeypatch.setattr(envs, "make_minerl_env", broken)
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "MineRL cannot start (making HumanSurvival failed: RuntimeError('Minecraft process died'))" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_check_minerl_names_the_package_java_and_display(monkeypatch):
+    import steve1.envs as envs
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setattr(envs.shutil, "which", lambda name: None)
+    problems = envs.check_minerl()
+    assert "no java on PATH (MineRL 1.0.2 runs Minecraft on JDK 8)" in problems
+    assert any("no X display" in p and "xvfb-run" in p for p in problems)
+    monkeypatch.setattr(envs, "_java_version", lambda: "11.0.2")
+    assert "java is version 11.0.2, MineRL 1.0.2 needs JDK 8 (1.8)" in envs.check_minerl()
+
+
+def test_cli_rollout_is_the_stage_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from steve1.cli import app
+
+    params = _project(tmp_path)
+    result = CliRunner().invoke(app, ["rollout", "--params", str(params), "--episodes", "1", "--steps", "3",
+                                      "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "rollout (stand-in env): 2 prompts, 2 episodes" in result.output
+    assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3

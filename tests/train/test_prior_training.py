@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from steve1.data.episodes import write_embeds
-from steve1.models.prior import load_prior
-from steve1.params import PriorParams
-from steve1.train.prior import (PriorDataError, PriorPairs, TOY_PROMPTS, load_pairs_file,
-                                pairs_from_annotations, split_indices, toy_annotations, train_prior)
+from steve1.models.prior import PriorConfig, PriorCVAE, load_prior
+from steve1.params import PriorParams, load_params
+from steve1.train.prior import (PriorDataError, PriorPairs, TOY_PROMPTS, load_pairs_file, pairs_from_annotations,
+                                save_prior, split_indices, toy_annotations, train_prior)
 
 
 def fake_encoder(texts):
@@ -137,7 +137,10 @@ def test_stage_toy_default_uses_the_tiny_mineclip_and_labels_toy(tmp_path):
 
     _write_embeds(tmp_path / "embeds", "ep-a", n=50)
     assert main(["--params", _params(tmp_path, {"toy_samples_per_window": 4})]) == 0
-    m = json.loads((tmp_path / "models" / "prior_metrics.json").read_text())
+    m = json.loads((tmp_path / "models" / "prior_report.json").read_text())
+    assert json.loads((tmp_path / "models" / "prior_metrics.json").read_text()) == {
+        "val_loss": pytest.approx(m["best_val_loss"], rel=1e-3)}                  # the headline only
+    assert [r["epoch"] for r in json.loads((tmp_path / "models" / "prior_history.json").read_text())] == [0, 1, 2]
     assert m["toy"] is True and "TOY" in m["note"] and m["n_pairs"] == 16 and len(m["history"]) == 3
     assert set(m["prompts"]) == set(TOY_PROMPTS)
     prior = load_prior(tmp_path / "models" / "prior.pt")
@@ -159,5 +162,24 @@ def test_stage_from_npz_is_not_toy(tmp_path):
     pairs = _linear_pairs(n=40, dim=512)
     np.savez(tmp_path / "d.npz", text_embeddings=pairs.text, visual_embeddings=pairs.visual)
     assert main(["--params", _params(tmp_path, {"data": str(tmp_path / "d.npz")})]) == 0
-    m = json.loads((tmp_path / "models" / "prior_metrics.json").read_text())
+    m = json.loads((tmp_path / "models" / "prior_report.json").read_text())
     assert m["toy"] is False and m["n_pairs"] == 40 and m["n_val"] == 4
+
+
+def test_stage_scores_a_baseline_prior_on_the_same_val_pairs(tmp_path):
+    from stages.prior import main
+    from steve1.train.prior import score_prior
+
+    pairs = _linear_pairs(n=40, dim=512)
+    np.savez(tmp_path / "d.npz", text_embeddings=pairs.text, visual_embeddings=pairs.visual)
+    torch.manual_seed(3)
+    official = PriorCVAE(PriorConfig(embed_dim=512, hidden_dim=24, latent_dim=6))   # any official-layout prior
+    save_prior(official, tmp_path / "steve1_prior.pt")
+    params = _params(tmp_path, {"data": str(tmp_path / "d.npz"), "baseline": str(tmp_path / "steve1_prior.pt")})
+    assert main(["--params", params]) == 0
+    m = json.loads((tmp_path / "models" / "prior_report.json").read_text())
+    expected = score_prior(load_prior(tmp_path / "steve1_prior.pt"), pairs, load_params(params).prior)
+    assert m["official"]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    headline = json.loads((tmp_path / "models" / "prior_metrics.json").read_text())
+    assert set(headline) == {"val_loss", "baseline_val_loss"}
+    assert headline["baseline_val_loss"] == pytest.approx(expected["val_loss"], rel=1e-3)

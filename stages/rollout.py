@@ -1,0 +1,44 @@
+"""Rollout stage: the trained agent plays every prompt -> ``Layout.rollouts`` (results.json, videos/,
+metrics.json with each targeted prompt's mean, plots/<metric>.json).
+
+``rollout.env: minerl`` plays MineRL's HumanSurvival: with MineRL, JDK 8 or a display missing the
+stage stops before any work, saying what to install. ``rollout.env: standin`` (the embedded
+default) plays the deterministic stand-in world, and every output says so.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from stages._common import StageError, run_stage
+from steve1.envs import EnvError
+from steve1.eval.programmatic import METRICS
+from steve1.eval.rollout import RolloutError, rollouts_from_params
+from steve1.models.checkpoints import CheckpointMismatchError
+from steve1.params import Params, describe_invalid
+
+
+def check(params: Params) -> None:
+    unknown = sorted(set(params.rollout.targets.values()) - set(METRICS))
+    if unknown:
+        raise ValueError(describe_invalid("rollout.targets", params.rollout.targets,
+                                          f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
+
+
+def run(params: Params, out_dir: Optional[str] = None, device: Optional[str] = None) -> dict:
+    """The stage's work, shared with ``steve1 rollout`` (which may override the folder and device)."""
+    try:
+        res = rollouts_from_params(params, out_dir, device=device)
+    except (EnvError, RolloutError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
+    print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
+          f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")
+    return res
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_stage("rollout", run, argv, check)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
