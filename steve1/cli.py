@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "download": ("stages.download", "Fetch mp4 + jsonl recordings listed in an index; resumable and verified."),
     "decode": ("stages.decode", "Convert recordings to HDF5 episodes: 128x128 frames, VPT actions."),
     "embed": ("stages.embed", "MineCLIP embedding of every frame's 16-frame window."),
+    "import-set": ("stages.import_set", "Import the recordings of custom set NAME (custom.NAME.source) as episodes."),
+    "embed-set": ("stages.embed_set", "MineCLIP embeddings of custom set NAME's episodes (the embed stage's code)."),
     "generate": ("stages.generate", "Episodes of two VPT agents taking turns (STEVE-1's second data source), with a manifest."),
     "embed-generated": ("stages.embed_generated", "MineCLIP embeddings of the generated episodes (the embed stage's code)."),
     "sample": ("stages.sample", "Train/val split by frame budgets and chunk indices."),
@@ -39,6 +41,9 @@ def _default(section: type, key: str):
     return section.model_fields[key].default
 
 
+SET_STAGES = {"import-set", "embed-set"}   # one stage per custom set: the command takes the set's name
+
+
 def _stage_command(module: str):
     def command(params: Path = PARAMS_OPTION) -> None:
         code = importlib.import_module(module).main(["--params", str(params)])
@@ -47,8 +52,17 @@ def _stage_command(module: str):
     return command
 
 
+def _set_stage_command(module: str):
+    def command(name: str = typer.Argument(..., help="the custom set (a key of custom in params.yaml)"),
+                params: Path = PARAMS_OPTION) -> None:
+        code = importlib.import_module(module).main([name, "--params", str(params)])
+        raise typer.Exit(code)
+
+    return command
+
+
 for _name, (_module, _help) in STAGES.items():
-    app.command(name=_name, help=_help)(_stage_command(_module))
+    app.command(name=_name, help=_help)((_set_stage_command if _name in SET_STAGES else _stage_command)(_module))
 
 
 @app.command("decode-one")

@@ -177,7 +177,7 @@ class SampleParams(Section):
     T: int = Field(640, ge=1, description="chunk length in frames")
     min_btwn_goals: int = Field(15, ge=15, description="smallest gap between hindsight goals; >= 15 because embeddings start at frame 15 (STEVE-1 asserts it)")
     max_btwn_goals: int = Field(200, ge=2, description="gaps are drawn below this")
-    mix: list[MixSet] = Field(default_factory=list, description="custom sets mixed in: [{name, train_frames, val_frames}], name a key of custom, each budget in training frames")
+    mix: list[MixSet] = Field(default_factory=list, description="sets mixed in: [{name, train_frames, val_frames}], name a key of custom or 'generated' (the generate stage's episodes), each budget in training frames")
 
     @model_validator(mode="after")
     def _gap_order(self) -> "SampleParams":
