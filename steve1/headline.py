@@ -49,6 +49,10 @@ def evaluate(metrics: Mapping[str, Any], sweep: Sequence[tuple[float, float]]) -
         out["best_scale"] = float(min(sweep, key=lambda s: s[1])[0])
     if "delta" in metrics:
         out["delta_nll"] = rounded(metrics["delta"]["nll"])
+    for name, entry in (metrics.get("sets") or {}).items():   # a mixed sampling: forgetting and gain per set
+        out[f"{name}_nll"] = rounded(entry["nll"])
+        if "delta_nll" in entry:
+            out[f"{name}_delta_nll"] = rounded(entry["delta_nll"])
     return out
 
 

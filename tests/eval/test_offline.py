@@ -293,3 +293,12 @@ def test_stage_reports_missing_weights(tmp_path, capsys):
     params = make_world(tmp_path, {"checkpoint": "latest", "every_nth": 2})
     assert main(["--params", str(params)]) == 1
     assert "latest.weights: weights not found" in capsys.readouterr().err
+
+
+def test_headline_carries_each_sets_figures_of_a_mixed_sampling():
+    from steve1 import headline
+
+    metrics = {"nll": 3.0, "acc_joint": 0.4, "sets": {"main": {"nll": 3.2, "delta_nll": 0.4},
+                                                        "mine": {"nll": 1.0, "delta_nll": -4.0}}}
+    out = headline.evaluate(metrics, [])
+    assert (out["main_delta_nll"], out["mine_delta_nll"]) == (0.4, -4.0) and out["mine_nll"] == 1.0
