@@ -384,10 +384,11 @@ class ChunkDataset(Dataset):
                 camera[b] = h.camera[start:end]
             if uncond[b]:
                 goal_embeds[b] = 0.0
-            else:  # goals are monotonic: one contiguous read covers the chunk's few distinct goals
-                with reading(h.embeds_path, "embeds", f"rows [{g[0]}, {g[-1] + 1})"):
-                    rows = h.embeds[g[0]:g[-1] + 1]
-                np.take(rows.astype(np.float32, copy=False), g - g[0], axis=0, out=goal_embeds[b])
+            else:  # only the chunk's few distinct goal rows: from disk, the rows between them are not read
+                distinct = np.unique(g)
+                with reading(h.embeds_path, "embeds", f"rows {distinct.tolist()}"):
+                    rows = np.stack([h.embeds[int(t)] for t in distinct])
+                np.take(rows.astype(np.float32, copy=False), np.searchsorted(distinct, g), axis=0, out=goal_embeds[b])
         firsts = np.zeros((B, T), bool)
         firsts[:, 0] = True
         small = {"buttons": buttons, "camera": camera, "firsts": firsts, "goal_times": goal_times,
