@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                          T=T, p_uncond=0.1, pin_memory=False, **kw) for name, kw in CONFIGS.items()}
         for loader in loaders.values():
             _epoch(loader)   # starts workers, opens files, allocates buffers
+            _epoch(loader)
         names = list(loaders)
         rows: dict[str, dict[str, list[float]]] = {n: {"fps": [], "cpu": [], "mb": [], "ratio": []} for n in names}
         memcpy, loads = [], []

@@ -153,7 +153,9 @@ def _epoch(loader: ChunkLoader) -> tuple:
 
 
 def _run(benchmark, loader: ChunkLoader, frames_per_epoch: int, rounds: int, setup=None) -> dict:
-    """Warm-up epoch (starts the workers), then ``rounds`` timed epochs: figures and CPU/IO totals."""
+    """Two warm-up epochs (start the workers, open files, allocate their buffers), then ``rounds``
+    timed epochs: figures and CPU/IO totals."""
+    _epoch(loader)
     _epoch(loader)
     pids = _pids(loader)
     cpu0, io0 = _cpu_seconds(pids), _read_bytes(pids)

@@ -308,11 +308,16 @@ class ChunkDataset(Dataset):
 
     # -- per process: decode threads (threads do not survive a fork; Blosc reads its variable per call)
     def _decoder(self) -> Optional[ThreadPoolExecutor]:
-        if self._configured_pid != os.getpid():
-            self._configured_pid, self._executor, self._slots = os.getpid(), None, {}
-            os.environ["BLOSC_NTHREADS"] = str(self.threads)
+        if self._configured_pid != os.getpid() or (self._executor._max_workers if self._executor else 1) != self.threads:
+            if self._executor is not None and self._configured_pid == os.getpid():
+                self._executor.shutdown(wait=False)
+            if self._configured_pid != os.getpid():
+                self._slots = {}
+            self._configured_pid, self._executor = os.getpid(), None
             if self.threads > 1:
                 self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="steve1-decode")
+        if os.environ.get("BLOSC_NTHREADS") != str(self.threads):  # process-wide: set per batch, two loaders may differ
+            os.environ["BLOSC_NTHREADS"] = str(self.threads)
         return self._executor
 
     # -- worker slots
@@ -497,7 +502,12 @@ class ChunkLoader:
         if self.step >= self.sampler.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         self.sampler.epoch, self.sampler.start_step = self.epoch, self.step
-        for item in self.loader:
+        batches = iter(self.loader)
+        while True:
+            self._release()  # before the DataLoader sends the next index: the worker finds its slot free
+            item = next(batches, None)
+            if item is None:
+                break
             batch = self._receive(item)
             del item
             if self.pin_memory:
@@ -509,7 +519,6 @@ class ChunkLoader:
 
     def _receive(self, item: dict[str, torch.Tensor] | SlotBatch) -> dict[str, torch.Tensor]:
         """A worker's :class:`SlotBatch` as tensors on the parent's mapping of its slot."""
-        self._release()
         if not isinstance(item, SlotBatch):
             return item
         small = {k: torch.from_numpy(v) for k, v in item.small.items()}
