@@ -5,7 +5,8 @@ drifts between them. Here every configuration (0 workers with one decode thread,
 the default threads, 1 and 2 workers) keeps a live loader and they take turns, one epoch each,
 in a rotating order, for ``--reps`` rounds. Each round also measures the memcpy reference, and
 each configuration's rate is divided by the 0-worker rate of the same round (paired ratios), so a
-load change between rounds moves both sides of a ratio. ``--cold`` drops the files from the page
+load change between rounds moves both sides of a ratio (against 0 workers with its default threads,
+and against 0 workers with one thread: the per-process baseline). ``--cold`` drops the files from the page
 cache before every epoch. Prints a markdown table: medians with [min-max] over the rounds.
 """
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             _epoch(loader)   # starts workers, opens files, allocates buffers
             _epoch(loader)
         names = list(loaders)
-        rows: dict[str, dict[str, list[float]]] = {n: {"fps": [], "cpu": [], "mb": [], "ratio": []} for n in names}
+        rows: dict[str, dict[str, list[float]]] = {n: {"fps": [], "cpu": [], "mb": [], "ratio": [], "ratio1": []}
+                                                   for n in names}
         memcpy, loads = [], []
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[:rep % len(names)]
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name]["mb"].append((_read_bytes(pids) - io0) / wall / 1e6)
             for name in names:
                 rows[name]["ratio"].append(this[name] / this["0 workers"])
+                rows[name]["ratio1"].append(this[name] / this["0 workers, 1 thread"])
             memcpy.append(_memcpy_frames_per_s())
             loads.append(os.getloadavg()[0])
         threads = {n: loaders[n].dataset.threads for n in names}
@@ -82,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {cell(loads, '.1f')}, memcpy {cell(memcpy)} frames/s")
     print()
     print("| loader | decode threads per process | frames/s | vs STEVE-1 (2,756) | frames per CPU-s | "
-          "disk MB/s | / 0 workers (same round) |")
-    print("|---|---|---|---|---|---|---|")
+          "disk MB/s | / 0 workers (same round) | / 0 workers, 1 thread (same round) |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in names:
         r = rows[n]
         print(f"| {n} | {threads[n]} | {cell(r['fps'])} | {np.median(r['fps']) / OFFICIAL_FRAMES_PER_S:.1f}x | "
-              f"{cell(r['cpu'])} | {cell(r['mb'], ',.1f')} | {cell(r['ratio'], '.2f')} |")
+              f"{cell(r['cpu'])} | {cell(r['mb'], ',.1f')} | {cell(r['ratio'], '.2f')} | {cell(r['ratio1'], '.2f')} |")
     return 0
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
@@ -377,27 +377,33 @@ class ChunkDataset(Dataset):
         camera = np.empty((B, T), np.int64)
         goal_times = np.empty((B, T), np.int64)
         uncond = np.zeros(B, bool)
-        for b, i in enumerate(indices):
-            eid, start, end = self.chunks[i]
-            h = self._files(eid)
-            if h.embed_dim != D:
-                raise EpisodeFormatError(f"{eid}: {h.embed_dim}-d embeddings in a batch of {D}-d ones; "
-                                         f"all episode sets must be embedded by the same MineCLIP")
-            n = self.lengths.get(eid) or h.n_frames
-            goals, uncond[b] = self.draw(epoch, int(i), n)
-            g = step_goal_times(goals, start, end, self.official_goal_lag)
-            goal_times[b] = g
-            h.frames.read_into(frames[b], start, end, pool, self.threads)
-            with reading(h.episode_path, "episode", f"actions [{start}, {end})"):
-                buttons[b] = h.buttons[start:end]
-                camera[b] = h.camera[start:end]
-            if uncond[b]:
-                goal_embeds[b] = 0.0
-            else:  # only the chunk's few distinct goal rows: from disk, the rows between them are not read
-                distinct = np.unique(g)
-                with reading(h.embeds_path, "embeds", f"rows {distinct.tolist()}"):
-                    rows = np.stack([h.embeds[int(t)] for t in distinct])
-                np.take(rows.astype(np.float32, copy=False), np.searchsorted(distinct, g), axis=0, out=goal_embeds[b])
+        pending: list[Future] = []   # frame decodes left running on the pool while the next chunk is read
+        try:
+            for b, i in enumerate(indices):
+                eid, start, end = self.chunks[i]
+                h = self._files(eid)
+                if h.embed_dim != D:
+                    raise EpisodeFormatError(f"{eid}: {h.embed_dim}-d embeddings in a batch of {D}-d ones; "
+                                             f"all episode sets must be embedded by the same MineCLIP")
+                n = self.lengths.get(eid) or h.n_frames
+                goals, uncond[b] = self.draw(epoch, int(i), n)
+                g = step_goal_times(goals, start, end, self.official_goal_lag)
+                goal_times[b] = g
+                h.frames.read_into(frames[b], start, end, pool, self.threads, pending)
+                with reading(h.episode_path, "episode", f"actions [{start}, {end})"):
+                    buttons[b] = h.buttons[start:end]
+                    camera[b] = h.camera[start:end]
+                if uncond[b]:
+                    goal_embeds[b] = 0.0
+                else:  # only the chunk's few distinct goal rows: from disk, the rows between them are not read
+                    distinct = np.unique(g)
+                    with reading(h.embeds_path, "embeds", f"rows {distinct.tolist()}"):
+                        rows = np.stack([h.embeds[int(t)] for t in distinct])
+                    np.take(rows.astype(np.float32, copy=False), np.searchsorted(distinct, g), axis=0, out=goal_embeds[b])
+        finally:
+            wait(pending)   # nothing writes into the buffers after this returns or raises
+        for f in pending:
+            f.result()
         firsts = np.zeros((B, T), bool)
         firsts[:, 0] = True
         small = {"buttons": buttons, "camera": camera, "firsts": firsts, "goal_times": goal_times,

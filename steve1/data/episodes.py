@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -213,8 +213,13 @@ class FrameStore:
         self.n_frames = len(self.frames) if self.frames is not None else len(self.offsets) - 1
 
     def read_into(self, out: np.ndarray, start: int, end: int, pool: Optional[Executor] = None,
-                  parts: int = 1) -> None:
-        """Frames ``[start, end)`` into ``out`` (uint8 [end-start,128,128,3], C-contiguous)."""
+                  parts: int = 1, pending: Optional[list[Future]] = None) -> None:
+        """Frames ``[start, end)`` into ``out`` (uint8 [end-start,128,128,3], C-contiguous).
+
+        With ``pool``, a per-frame codec decodes in ``parts`` on its threads; with ``pending`` as
+        well, the decodes are left running and their futures appended there (the caller reads
+        the next slice meanwhile and waits on them; each raises :class:`StoreError`).
+        """
         rows = f"frames [{start}, {end})"
         if self.frames is not None:
             with reading(self.path, "episode", rows):
@@ -227,20 +232,24 @@ class FrameStore:
             data = self.data[int(offsets[0]):int(offsets[-1])]
         n = end - start
         cuts = np.linspace(0, n, min(max(parts, 1), n) + 1, dtype=np.int64) if n else np.zeros(1, np.int64)
+
+        def decode(a: int, b: int) -> None:
+            try:
+                F.decode_frames_into(data[int(offsets[a] - offsets[0]):], offsets[a:b + 1], out[a:b], self.codec)
+            except ValueError as exc:
+                raise _store_error(self.path, "episode", f"decode {rows} of", exc) from None
+
         jobs = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
-
-        def decode(ab: tuple[int, int]) -> None:
-            a, b = ab
-            F.decode_frames_into(data[int(offsets[a] - offsets[0]):], offsets[a:b + 1], out[a:b], self.codec)
-
-        try:
-            if pool is None or len(jobs) < 2:
-                for job in jobs:
-                    decode(job)
-            else:
-                list(pool.map(decode, jobs))
-        except ValueError as exc:
-            raise _store_error(self.path, "episode", f"decode {rows} of", exc) from None
+        if pool is None or (len(jobs) < 2 and pending is None):
+            for job in jobs:
+                decode(*job)
+            return
+        futures = [pool.submit(decode, *job) for job in jobs]
+        if pending is not None:
+            pending.extend(futures)
+        else:
+            for f in futures:
+                f.result()
 
     def read(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
         """Frames ``[start:end]`` with Python slice semantics (negative and open ends)."""

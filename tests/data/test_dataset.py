@@ -432,3 +432,23 @@ def test_an_unreadable_embeds_file_is_named_when_the_loader_opens_it(episode_fac
                       min_btwn_goals=MIN, max_btwn_goals=MAX)
     with pytest.raises(StoreError, match=rf"{path}: cannot open this embeds file .* run the embed stage again"):
         ds.sample(0)
+
+
+def test_a_damaged_jpeg_frame_is_named_when_threads_decode_it(episode_factory):
+    """Per-frame codecs decode on the pool while the next chunk is read; a bad frame still names its file."""
+    import h5py
+    from steve1.data.episodes import StoreError
+
+    episode_factory("ep", 100, codec="jpeg")
+    path = episode_path(episode_factory.episodes_dir, "ep")
+    with h5py.File(path, "r") as f:
+        where = f[F.FRAME_BYTES].id.get_offset() + int(f[F.FRAME_OFFSETS][20])
+    with open(path, "r+b") as fh:
+        fh.seek(where)
+        fh.write(b"\x00" * 16)
+    ds = ChunkDataset([("ep", 64, 64 + T), ("ep", 15, 15 + T)], episode_factory.episodes_dir,
+                      episode_factory.embeds_dir, seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0,
+                      threads=2)
+    ds.sample(0)
+    with pytest.raises(StoreError, match=rf"{path}: cannot decode frames \[15, {15 + T}\) of this episode file"):
+        ds.batch(0, [0, 1, 0])
