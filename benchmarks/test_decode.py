@@ -1,5 +1,8 @@
 """Decode throughput: the full decode path (jsonl parse, cv2 decode, cursor, resize, actions, HDF5
-write) against a plain cv2 read of the same mp4 in the same run; bytes per frame per codec.
+write) against a plain cv2 read of the same mp4 in the same run; bytes per frame per codec; and
+per frame codec, what training reads pay: bytes per frame, frames decoded into a batch buffer per
+CPU-second (one thread), and the pixel error against the lossless frames and against STEVE-1's
+own 128x128 mp4v frames of the same recording.
 
 Throughput is frames of the source video per CPU-second of this process (all threads), so the
 figure is "per core" and less sensitive to other load on a shared machine; wall-clock figures
@@ -14,9 +17,12 @@ from pathlib import Path
 import cv2
 import pytest
 
+import numpy as np
+
 from benchmarks.conftest import QUICK, record
+from steve1.data import formats as F
 from steve1.data.decode import decode_recording
-from steve1.data.episodes import write_episode
+from steve1.data.episodes import EpisodeReader, write_episode
 from steve1.data.video import DECODE_THREADS
 from steve1.params import DecodeParams
 
@@ -54,7 +60,8 @@ def test_decode_throughput(benchmark, tmp_path, store):
     def full():
         ep = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, settings)
         if store:
-            write_episode(tmp_path / "ep.h5", ep, settings.frame_codec, settings.codec_level, settings.chunk_frames)
+            write_episode(tmp_path / "ep.h5", ep, settings.frame_codec, settings.codec_level, settings.chunk_frames,
+                          settings.frame_quality)
 
     assert _plain_decode(N_LINES) == N_LINES
     plain_cpu, plain_wall = _timed(lambda: _plain_decode(N_LINES))
@@ -67,7 +74,7 @@ def test_decode_throughput(benchmark, tmp_path, store):
     assert ratio > 0.3   # a regression guard; the goal (decode >= 0.8) is tracked in benchmarks/results
 
 
-@pytest.mark.parametrize("codec", ["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd"])
+@pytest.mark.parametrize("codec", F.CODECS)
 def test_codec_bytes_per_frame(benchmark, tmp_path, codec):
     ep = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, DecodeParams())
     path = tmp_path / f"{codec}.h5"
@@ -80,3 +87,96 @@ def test_codec_bytes_per_frame(benchmark, tmp_path, codec):
            reference_name="write with codec none", bytes_per_frame=bytes_per_frame, codec=codec,
            raw_bytes_per_frame=ep.frames[0].nbytes)
     print(f"{codec}: {bytes_per_frame:,.0f} bytes/frame ({bytes_per_frame / ep.frames[0].nbytes:.1%} of raw)")
+
+
+# ------------------------------------------------------------------ frame codecs: size, decode per core, pixel error
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> dict:
+    """The recording's lossless 128x128 frames (decode path; the first 256 in quick mode) and
+    STEVE-1's mp4v frames of them.
+
+    STEVE-1 stores each episode's frames as ``frames.mp4``: cv2.VideoWriter, fourcc mp4v, 20 fps,
+    128x128; this writes the lossless frames the same way and reads them back with cv2.
+    """
+    lossless = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, DecodeParams()).frames
+    lossless = lossless[:256] if QUICK else lossless
+    path = tmp_path_factory.mktemp("mp4v") / "frames.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20, (128, 128))
+    for f in lossless:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    return {"lossless": lossless, "mp4v_path": path, "mp4v": _read_mp4v(path)}
+
+
+def _read_mp4v(path: Path) -> np.ndarray:
+    cap, out = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(out)
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    return {"psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else None, "mean_abs_error": float(diff.mean()),
+            "p999_abs_error": float(np.percentile(diff, 99.9))}
+
+
+def _memcpy_per_cpu_s(frames: np.ndarray) -> float:
+    dst = np.empty_like(frames)
+    cpu, _ = _timed(lambda: np.copyto(dst, frames), 3)
+    return len(frames) / cpu
+
+
+@pytest.mark.parametrize("codec", F.CODECS)
+def test_frame_codec_decode_per_core(benchmark, tmp_path, frames, codec, monkeypatch):
+    """Figure: frames decoded (or read) into a warm batch buffer per CPU-second, one thread."""
+    monkeypatch.setenv("BLOSC_NTHREADS", "1")   # per core
+    lossless = frames["lossless"]
+    path = write_episode(tmp_path / f"{codec}.h5", _episode(lossless), codec)
+    out = np.empty_like(lossless)
+    with EpisodeReader(path) as r:
+        store = r.frame_store
+        store.read_into(out, 0, len(out))
+        cpu, _ = _timed(lambda: store.read_into(out, 0, len(out)), max(ROUNDS, 3))
+        benchmark.pedantic(lambda: store.read_into(out, 0, len(out)), rounds=1, iterations=1)
+        stored = (store.offsets[-1] + store.offsets.nbytes if store.frames is None
+                  else store.frames.id.get_storage_size())
+    vs_lossless, vs_mp4v = _errors(out, lossless), _errors(out, frames["mp4v"])
+    official = _errors(frames["mp4v"], lossless)
+    record(benchmark, figure=len(out) / cpu, reference=_memcpy_per_cpu_s(lossless), unit="frames/cpu-s decoded",
+           reference_name="memcpy of the same frames", codec=codec, frames=len(out),
+           bytes_per_frame=stored / len(out), psnr_vs_lossless_db=vs_lossless["psnr_db"],
+           mean_abs_error_vs_lossless=vs_lossless["mean_abs_error"],
+           p999_abs_error_vs_lossless=vs_lossless["p999_abs_error"], psnr_vs_mp4v_db=vs_mp4v["psnr_db"],
+           mp4v_bytes_per_frame=frames["mp4v_path"].stat().st_size / len(frames["mp4v"]),
+           mp4v_psnr_vs_lossless_db=official["psnr_db"], mp4v_mean_abs_error_vs_lossless=official["mean_abs_error"])
+    print(f"  {codec:10s}: {stored / len(out):7,.0f} B/frame, {len(out) / cpu:8,.0f} frames/cpu-s, "
+          f"PSNR {vs_lossless['psnr_db'] or float('inf'):.2f} dB vs lossless (mean |err| {vs_lossless['mean_abs_error']:.2f}), "
+          f"{vs_mp4v['psnr_db']:.2f} dB vs STEVE-1's mp4v (itself {official['psnr_db']:.2f} dB vs lossless, "
+          f"{frames['mp4v_path'].stat().st_size / len(frames['mp4v']):,.0f} B/frame)")
+
+
+def test_official_mp4v_decode_per_core(benchmark, frames):
+    """STEVE-1's frames.mp4 read back with cv2 (how its loader reads them), per CPU-second."""
+    n = len(frames["mp4v"])
+    cpu, _ = _timed(lambda: _read_mp4v(frames["mp4v_path"]), max(ROUNDS, 3))
+    benchmark.pedantic(lambda: _read_mp4v(frames["mp4v_path"]), rounds=1, iterations=1)
+    official = _errors(frames["mp4v"], frames["lossless"])
+    record(benchmark, figure=n / cpu, reference=_memcpy_per_cpu_s(frames["lossless"]), unit="frames/cpu-s decoded",
+           reference_name="memcpy of the same frames", codec="mp4v (STEVE-1 frames.mp4)",
+           bytes_per_frame=frames["mp4v_path"].stat().st_size / n, psnr_vs_lossless_db=official["psnr_db"],
+           mean_abs_error_vs_lossless=official["mean_abs_error"], p999_abs_error_vs_lossless=official["p999_abs_error"])
+
+
+def _episode(frames: np.ndarray):
+    from tests.fixtures.episodes import make_episode
+
+    ep = make_episode("real", len(frames))
+    ep.frames = frames
+    return ep

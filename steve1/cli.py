@@ -73,7 +73,9 @@ def decode_one(
     camera_int_truncation: bool = typer.Option(_default(DecodeParams, "camera_int_truncation"), "--camera-int-truncation",
                                                help="the official int64 camera truncation"),
     codec: str = typer.Option(_default(DecodeParams, "frame_codec"), "--codec",
-                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd (decode.frame_codec)"),
+                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd, jpeg (decode.frame_codec)"),
+    quality: int = typer.Option(_default(DecodeParams, "frame_quality"), "--quality", min=1, max=100,
+                                help="JPEG quality of the jpeg codec (decode.frame_quality)"),
     cursor_png: Optional[Path] = typer.Option(None, "--cursor-png", help="official mouse_cursor_white_16x16.png"),
 ) -> None:
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
@@ -86,7 +88,7 @@ def decode_one(
         typer.echo(f"error: --codec {codec!r} is not a frame codec; expected one of {', '.join(F.CODECS)}", err=True)
         raise typer.Exit(2)
     try:
-        settings = DecodeParams(camera_int_truncation=camera_int_truncation, frame_codec=codec,
+        settings = DecodeParams(camera_int_truncation=camera_int_truncation, frame_codec=codec, frame_quality=quality,
                                 cursor_png=str(cursor_png) if cursor_png else None)
         attrs = {F.A_VIDEO_SHA256: sha256_file(video), F.A_JSONL_SHA256: sha256_file(actions),
                  F.A_CONVERSION: json.dumps(conversion_settings(settings), sort_keys=True)}
@@ -94,7 +96,7 @@ def decode_one(
     except (DecodeSkip, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    write_episode(out, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames)
+    write_episode(out, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
     typer.echo(f"{out}: {ep.n_frames} frames")
 
 
@@ -104,7 +106,9 @@ def import_recordings(
     out_dir: Path = typer.Argument(..., help="episodes folder of its own: <OUT_DIR>/<id>.h5 + manifest.json"),
     fmt: str = typer.Option("auto", "--format", help="auto, frames (frames/*.png + actions.jsonl) or minerl (MineRL v0.4)"),
     codec: str = typer.Option(_default(DecodeParams, "frame_codec"), "--codec",
-                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd (decode.frame_codec)"),
+                              help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd, jpeg (decode.frame_codec)"),
+    quality: int = typer.Option(_default(DecodeParams, "frame_quality"), "--quality", min=1, max=100,
+                                help="JPEG quality of the jpeg codec (decode.frame_quality)"),
     video_dir: Optional[Path] = typer.Option(None, "--video-dir", help="companion videos for the embed stage (default <OUT_DIR>/raw)"),
     fps: float = typer.Option(20.0, "--fps", help="frame rate of PNG-frame recordings"),
     camera_int_truncation: bool = typer.Option(_default(DecodeParams, "camera_int_truncation"), "--camera-int-truncation",
@@ -122,7 +126,7 @@ def import_recordings(
                    f"and --codec in {', '.join(F.CODECS)}", err=True)
         raise typer.Exit(2)
     try:
-        settings = DecodeParams(frame_codec=codec, camera_int_truncation=camera_int_truncation,
+        settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
                                 min_kept_steps=min_kept_steps)
         report = import_all(src_dir, out_dir, settings, fmt, video_dir, fps)
     except (ValueError, OSError) as exc:

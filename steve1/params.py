@@ -89,15 +89,17 @@ class DownloadParams(Section):
         return self
 
 
-FrameCodec = Literal["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd"]  # HDF5 filters: steve1.data.formats
+# lossless HDF5 filters, or "jpeg": one JPEG per frame (lossy); all declared in steve1.data.formats
+FrameCodec = Literal["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd", "jpeg"]
 
 
 class DecodeParams(Section):
     """Convert mp4 + jsonl to HDF5 episodes."""
 
     camera_int_truncation: bool = Field(False, description="reproduce the official int64 camera truncation bit-for-bit (a known bug)")
-    frame_codec: FrameCodec = Field("blosc-lz4", description="HDF5 compression of the frames dataset")
+    frame_codec: FrameCodec = Field("jpeg", description="how frames are stored: jpeg (lossy, ~2 KB/frame) or a lossless HDF5 filter")
     codec_level: int = Field(1, ge=0, le=9, description="compression level for gzip/blosc codecs")
+    frame_quality: int = Field(85, ge=1, le=100, description="JPEG quality of the jpeg codec (4:2:0); lossless codecs ignore it")
     chunk_frames: int = Field(64, ge=1, le=4096, description="frames per HDF5 chunk")
     workers: int = Field(1, ge=1, le=256, description="episodes decoded in parallel processes")
     min_kept_steps: int = Field(1, ge=1, description="episodes with fewer kept steps are skipped with a reason")

@@ -13,7 +13,7 @@ from steve1.params import ParamsError, load_params, validate_params
 
 def test_shipped_params_validate(repo_root):
     params = load_params(repo_root / "params.yaml")
-    assert params.decode.frame_codec in ("none", "lzf", "gzip", "blosc-lz4", "blosc-zstd")
+    assert params.decode.frame_codec in ("none", "lzf", "gzip", "blosc-lz4", "blosc-zstd", "jpeg")
     assert params.learning_rate > 0
 
 

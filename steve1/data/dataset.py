@@ -25,9 +25,21 @@ so its mean equals the uniform's, ``(min + max - 1) / 2``; its tail is unbounded
 exceed ``max_btwn_goals``).
 
 Batches are assembled inside the dataset (the sampler hands over a whole batch of indices), so
-frames are read by HDF5 straight into the ``[B,T,128,128,3]`` uint8 batch buffer: no collate
-copy, no float conversion. HDF5 files are opened lazily in whichever process reads them
-(never in the parent before the DataLoader forks its workers).
+frames are read (lossless codecs) or decoded (``jpeg``) straight into the ``[B,T,128,128,3]``
+uint8 batch buffer: no collate copy, no float conversion. HDF5 files are opened lazily in
+whichever process reads them (never in the parent before the DataLoader forks its workers).
+
+Buffers are allocated once and reused. In one process, :class:`BufferPool` hands a buffer out
+again once nothing refers to it. With workers, each worker writes into a few batch *slots* of
+shared memory that it allocates once and sends to the parent the first time only; afterwards a
+batch crosses the process boundary as a slot number plus the small arrays, and the parent hands
+out its own mapping of the slot. The parent marks a slot free (a flag in shared memory) once
+nothing in the parent refers to it any more, so a consumer that keeps a batch never sees it
+overwritten; a worker that finds no free slot sends a fresh buffer instead.
+
+Decode threads: each loading process gets its share of the cores it may use
+(:func:`process_threads`: cores / (local ranks x workers)), as Blosc threads and as threads that
+decode a chunk's JPEG frames in parts (libjpeg-turbo releases the GIL).
 
 Mixed samplings (``sample.mix``) key each chunk by ``<set>/<episode_id>`` (the bare id in the
 main set); the dataset opens a chunk's files through its set's folders and caches handles by
@@ -40,6 +52,8 @@ from __future__ import annotations
 import os
 import sys
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
 
@@ -48,7 +62,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from steve1.data import formats as F
-from steve1.data.episodes import EpisodeFormatError, open_store, reading
+from steve1.data.episodes import EpisodeFormatError, FrameStore, check_episode_version, open_store, reading
 from steve1.data.sampling import MAIN_SET, Chunk, episode_files, load_sampling, set_dirs, split_chunks, split_key
 from steve1.params import SampleParams
 
@@ -98,7 +112,7 @@ class BufferPool:
     a warm buffer. A pooled buffer is handed out again only when nothing refers to it any more
     (its refcount is back to the pool's own: every tensor, view or array made from it holds a
     reference), so a consumer that keeps old batches just causes fresh allocations, never reuse
-    of memory it still sees. Workers do not pool: their buffers go to the parent in shared memory.
+    of memory it still sees. Workers write into shared-memory slots instead (:class:`ChunkLoader`).
     """
 
     def __init__(self, keep: int = 4):
@@ -120,6 +134,44 @@ class BufferPool:
         return torch.from_numpy(buf)
 
 
+def process_threads(num_workers: int = 0, cores: Optional[int] = None) -> int:
+    """Decode threads for each loading process: its share of the cores this process may use.
+
+    The loading processes are the workers (or the training process itself with 0 workers), one
+    set per training process on this node (``LOCAL_WORLD_SIZE``, set by torchrun/accelerate).
+    Two workers each running two Blosc threads on 2 cores made the loader slower than no workers.
+    """
+    cores = F.available_cores() if cores is None else cores
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cores // (local * max(1, num_workers)))
+
+
+@dataclass
+class SlotBatch:
+    """A batch a worker wrote into its shared slot ``(worker, slot)``; what crosses to the parent.
+
+    ``big`` carries the slot's shared tensors the first time the slot (or its shape) is used, and
+    a fresh buffer's tensors when ``slot`` is -1 (no free slot); otherwise it is empty and the
+    parent uses its own mapping of the slot. ``small`` are the batch's small numpy arrays.
+    """
+
+    worker: int
+    slot: int
+    big: dict[str, torch.Tensor]
+    small: dict[str, np.ndarray]
+
+
+_BIG = ("frames", "goal_embeds")   # the batch arrays that live in slots
+
+
+def _identity(x: Any) -> Any:
+    """The DataLoader's collate: batches are assembled by the dataset, numpy stays numpy."""
+    return x
+
+
 _DEFAULT_CHUNK_CACHE = 8 << 20  # HDF5's per-dataset chunk cache as h5py opens files (bytes)
 
 
@@ -129,7 +181,7 @@ class _Handles:
     def __init__(self, episode: Path, embeds: Path):
         self.episode_path, self.embeds_path = episode, embeds
         self.file = open_store(episode, "episode")
-        chunks = self.file[F.FRAMES].chunks if F.FRAMES in self.file else None
+        chunks = self.file[F.FRAMES].chunks if F.FRAMES in self.file else None  # per-frame codecs: no chunk cache
         cache = 2 * int(np.prod(chunks)) if chunks else 0  # uint8: bytes == elements
         if cache > _DEFAULT_CHUNK_CACHE:  # a compressed chunk must fit, or HDF5 re-decodes it per piece
             self.file.close()
@@ -139,16 +191,24 @@ class _Handles:
         except (OSError, EpisodeFormatError):
             self.file.close()
             raise
-        for f, path, version in ((self.file, episode, F.EPISODE_FORMAT_VERSION),
-                                 (self.embeds_file, embeds, F.EMBED_FORMAT_VERSION)):
-            if f.attrs.get(F.A_FORMAT_VERSION) != version:
-                self.close()
-                found = f.attrs.get(F.A_FORMAT_VERSION)
-                raise EpisodeFormatError(f"{path}: format_version {found!r}, expected {version}")
+        try:  # a chunk reads a few scattered goal rows: kernel read-ahead around each would read ~6x the bytes
+            os.posix_fadvise(self.embeds_file.id.get_vfd_handle(), 0, 0, os.POSIX_FADV_RANDOM)
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            check_episode_version(self.file, episode)
+        except EpisodeFormatError:
+            self.close()
+            raise
+        if self.embeds_file.attrs.get(F.A_FORMAT_VERSION) != F.EMBED_FORMAT_VERSION:
+            self.close()
+            found = self.embeds_file.attrs.get(F.A_FORMAT_VERSION)
+            raise EpisodeFormatError(f"{embeds}: format_version {found!r}, expected {F.EMBED_FORMAT_VERSION}")
         self.n_frames = int(self.file.attrs[F.A_N_FRAMES])
         try:
+            self.frames = FrameStore(self.file, episode)
             with reading(episode, "episode"):
-                self.frames, self.buttons, self.camera = self.file[F.FRAMES], self.file[F.BUTTONS], self.file[F.CAMERA]
+                self.buttons, self.camera = self.file[F.BUTTONS], self.file[F.CAMERA]
             with reading(embeds, "embeds"):
                 self.embeds = self.embeds_file[F.EMBEDS]
         except EpisodeFormatError:
@@ -172,6 +232,7 @@ class ChunkDataset(Dataset):
     ``lengths`` (episode key -> frames, from the sampling JSON) saves opening files to learn ``n``.
     ``sets`` (set name -> (episodes dir, embeds dir)) gives the folders of a mixed sampling's
     other sets; chunks keyed ``<set>/<id>`` are read from there, bare ids from the main folders.
+    ``threads``: decode threads of each process that reads (default :func:`process_threads` of 0 workers).
     """
 
     def __init__(self, chunks: Sequence[Chunk], episodes_dir: str | Path, embeds_dir: str | Path, *,
@@ -179,7 +240,7 @@ class ChunkDataset(Dataset):
                  p_uncond: float = 0.1,
                  gap_dist: GapDist = "uniform", official_goal_lag: bool = False,
                  lengths: Optional[dict[str, int]] = None, max_open_files: int = 64,
-                 sets: Optional[dict[str, tuple[str | Path, str | Path]]] = None):
+                 sets: Optional[dict[str, tuple[str | Path, str | Path]]] = None, threads: Optional[int] = None):
         if not chunks:
             raise ValueError("no chunks: the split is empty")
         Ts = {int(e) - int(s) for _, s, e in chunks}
@@ -210,6 +271,13 @@ class ChunkDataset(Dataset):
         self._open: OrderedDict[str, _Handles] = OrderedDict()
         self._pid = os.getpid()
         self._pool = BufferPool()
+        self.threads = threads if threads is not None else process_threads(0)
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._configured_pid: Optional[int] = None
+        # worker slots: [workers, slots] uint8 flags in shared memory (1 = written, not yet released by
+        # the parent), set by ChunkLoader before its workers start; each worker's slot buffers
+        self.slot_busy: Optional[torch.Tensor] = None
+        self._slots: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -231,12 +299,55 @@ class ChunkDataset(Dataset):
         for h in self._open.values():
             h.close()
         self._open.clear()
+        if self._executor is not None and self._configured_pid == os.getpid():
+            self._executor.shutdown(wait=False)
+        self._executor = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # never ship open handles to another process
         state["_pool"] = BufferPool()
+        state["_executor"], state["_configured_pid"], state["_slots"] = None, None, {}
         return state
+
+    # -- per process: decode threads (threads do not survive a fork; Blosc reads its variable per call)
+    def _decoder(self) -> Optional[ThreadPoolExecutor]:
+        if self._configured_pid != os.getpid() or (self._executor._max_workers if self._executor else 1) != self.threads:
+            if self._executor is not None and self._configured_pid == os.getpid():
+                self._executor.shutdown(wait=False)
+            if self._configured_pid != os.getpid():
+                self._slots = {}
+            self._configured_pid, self._executor = os.getpid(), None
+            if self.threads > 1:
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="steve1-decode")
+        if os.environ.get("BLOSC_NTHREADS") != str(self.threads):  # process-wide: set per batch, two loaders may differ
+            os.environ["BLOSC_NTHREADS"] = str(self.threads)
+        return self._executor
+
+    # -- worker slots
+    def _slot_buffers(self, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]
+                      ) -> tuple[int, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(worker, slot, buffers, to_send)`` for the next batch of this worker."""
+        info = get_worker_info()
+
+        def fresh() -> dict[str, torch.Tensor]:  # shared memory in a worker, a pooled buffer in the main process
+            return {k: self._pool.get(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+        if info is None or self.slot_busy is None:
+            bufs = fresh()
+            return -1, -1, bufs, bufs
+        busy = self.slot_busy[info.id].numpy()
+        free = np.flatnonzero(busy == 0)
+        if not len(free):
+            bufs = fresh()
+            return info.id, -1, bufs, bufs
+        slot = int(free[0])
+        bufs = self._slots.get(slot)
+        send: dict[str, torch.Tensor] = {}
+        if bufs is None or any(bufs[k].shape != shape or bufs[k].dtype != dtype for k, (shape, dtype) in shapes.items()):
+            bufs = self._slots[slot] = send = fresh()
+        busy[slot] = 1
+        return info.id, slot, bufs, send
 
     # -- sampling
     def draw(self, epoch: int, index: int, n_frames: int) -> tuple[np.ndarray, bool]:
@@ -250,51 +361,66 @@ class ChunkDataset(Dataset):
     def batch(self, epoch: int, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Numpy batch: frames uint8 [B,T,128,128,3], goal_embeds float32 [B,T,D] (D = the embeds' width, 512 for MineCLIP), buttons/camera
         int64 [B,T], firsts bool [B,T], goal_times int64 [B,T], uncond bool [B], index int64 [B]."""
-        return {k: v.numpy() for k, v in self._batch(epoch, indices).items()}
+        big, small = self._batch(epoch, indices)[2:4]
+        return {**{k: v.numpy() for k, v in big.items()}, **small}
 
-    def _batch(self, epoch: int, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def _batch(self, epoch: int, indices: Sequence[int]
+               ) -> tuple[int, int, dict[str, torch.Tensor], dict[str, np.ndarray], dict[str, torch.Tensor]]:
+        """``(worker, slot, big tensors, small arrays, tensors to send)``: see :meth:`_slot_buffers`."""
+        pool = self._decoder()
         B, T = len(indices), self.T
         D = self._files(self.chunks[indices[0]][0]).embed_dim  # goal width from the data (512 for MineCLIP)
-        frames_t = self._pool.get((B, T) + F.FRAME_SHAPE, torch.uint8)
-        goal_embeds_t = self._pool.get((B, T, D), torch.float32)
-        frames, goal_embeds = frames_t.numpy(), goal_embeds_t.numpy()
+        worker, slot, big, send = self._slot_buffers({"frames": ((B, T) + F.FRAME_SHAPE, torch.uint8),
+                                                      "goal_embeds": ((B, T, D), torch.float32)})
+        frames, goal_embeds = big["frames"].numpy(), big["goal_embeds"].numpy()
         buttons = np.empty((B, T), np.int64)
         camera = np.empty((B, T), np.int64)
         goal_times = np.empty((B, T), np.int64)
         uncond = np.zeros(B, bool)
-        for b, i in enumerate(indices):
-            eid, start, end = self.chunks[i]
-            h = self._files(eid)
-            if h.embed_dim != D:
-                raise EpisodeFormatError(f"{eid}: {h.embed_dim}-d embeddings in a batch of {D}-d ones; "
-                                         f"all episode sets must be embedded by the same MineCLIP")
-            n = self.lengths.get(eid) or h.n_frames
-            goals, uncond[b] = self.draw(epoch, int(i), n)
-            g = step_goal_times(goals, start, end, self.official_goal_lag)
-            goal_times[b] = g
-            with reading(h.episode_path, "episode", f"frames [{start}, {end})"):
-                h.frames.read_direct(frames[b], np.s_[start:end])
-                buttons[b] = h.buttons[start:end]
-                camera[b] = h.camera[start:end]
-            if uncond[b]:
-                goal_embeds[b] = 0.0
-            else:  # goals are monotonic: one contiguous read covers the chunk's few distinct goals
-                with reading(h.embeds_path, "embeds", f"rows [{g[0]}, {g[-1] + 1})"):
-                    rows = h.embeds[g[0]:g[-1] + 1]
-                np.take(rows.astype(np.float32, copy=False), g - g[0], axis=0, out=goal_embeds[b])
+        pending: list[Future] = []   # frame decodes left running on the pool while the next chunk is read
+        try:
+            for b, i in enumerate(indices):
+                eid, start, end = self.chunks[i]
+                h = self._files(eid)
+                if h.embed_dim != D:
+                    raise EpisodeFormatError(f"{eid}: {h.embed_dim}-d embeddings in a batch of {D}-d ones; "
+                                             f"all episode sets must be embedded by the same MineCLIP")
+                n = self.lengths.get(eid) or h.n_frames
+                goals, uncond[b] = self.draw(epoch, int(i), n)
+                g = step_goal_times(goals, start, end, self.official_goal_lag)
+                goal_times[b] = g
+                h.frames.read_into(frames[b], start, end, pool, self.threads, pending)
+                with reading(h.episode_path, "episode", f"actions [{start}, {end})"):
+                    buttons[b] = h.buttons[start:end]
+                    camera[b] = h.camera[start:end]
+                if uncond[b]:
+                    goal_embeds[b] = 0.0
+                else:  # only the chunk's few distinct goal rows: from disk, the rows between them are not read
+                    distinct = np.unique(g)
+                    with reading(h.embeds_path, "embeds", f"rows {distinct.tolist()}"):
+                        rows = np.stack([h.embeds[int(t)] for t in distinct])
+                    np.take(rows.astype(np.float32, copy=False), np.searchsorted(distinct, g), axis=0, out=goal_embeds[b])
+        finally:
+            wait(pending)   # nothing writes into the buffers after this returns or raises
+        for f in pending:
+            f.result()
         firsts = np.zeros((B, T), bool)
         firsts[:, 0] = True
         small = {"buttons": buttons, "camera": camera, "firsts": firsts, "goal_times": goal_times,
                  "uncond": uncond, "index": np.asarray(indices, np.int64)}
-        return {"frames": frames_t, "goal_embeds": goal_embeds_t, **{k: torch.from_numpy(v) for k, v in small.items()}}
+        return worker, slot, big, small, send
 
     def sample(self, index: int, epoch: int = 0) -> dict[str, np.ndarray]:
         """One chunk, without the batch axis (for inspection and tests)."""
         return {k: v[0] for k, v in self.batch(epoch, [index]).items()}
 
-    def __getitem__(self, key: tuple[int, Sequence[int]]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, Sequence[int]]) -> dict[str, torch.Tensor] | SlotBatch:
+        """A batch of tensors; in a worker of a :class:`ChunkLoader`, a :class:`SlotBatch` for it."""
         epoch, indices = key
-        return self._batch(epoch, indices)
+        worker, slot, big, small, send = self._batch(epoch, indices)
+        if self.slot_busy is not None and get_worker_info() is not None:
+            return SlotBatch(worker, slot, send, small)
+        return {**big, **{k: torch.from_numpy(v) for k, v in small.items()}}
 
 
 # ----------------------------------------------------------------------------- sampler and loader
@@ -350,16 +476,28 @@ class ChunkLoader:
     Iterating yields the remaining batches of the current epoch and then moves to the next
     epoch; ``state_dict()`` records ``(epoch, step)`` counted in batches *consumed*, so loading it
     into a fresh loader continues with exactly the batches an uninterrupted run would produce.
+
+    Workers are persistent and write into shared-memory slots (``prefetch_factor + 2`` each: the
+    batches in flight, the one being consumed and the one before it); ``decode_threads`` is
+    per loading process (default :func:`process_threads`). ``pin_memory`` copies each batch into
+    page-locked memory (torch's caching host allocator) before handing it out.
     """
 
     def __init__(self, dataset: ChunkDataset, sampler: ChunkBatchSampler, *, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None, prefetch_factor: int = 2, epoch: int = 0, start_step: int = 0):
+                 pin_memory: Optional[bool] = None, prefetch_factor: int = 2, epoch: int = 0, start_step: int = 0,
+                 decode_threads: Optional[int] = None):
         self.dataset, self.sampler = dataset, sampler
-        if pin_memory is None:
-            pin_memory = torch.cuda.is_available()
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if num_workers > 0 else {}
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.num_workers = num_workers
+        dataset.threads = decode_threads if decode_threads is not None else process_threads(num_workers)
+        extra: dict[str, Any] = {}
+        if num_workers > 0:
+            extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+            dataset.slot_busy = torch.zeros((num_workers, prefetch_factor + 2), dtype=torch.uint8).share_memory_()
+        self._views: dict[tuple[int, int], dict[str, np.ndarray]] = {}   # the parent's mapping of each slot
+        self._lent: set[tuple[int, int]] = set()                          # slots handed out, not yet released
         self.loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
-                                 pin_memory=pin_memory, **extra)
+                                 collate_fn=_identity if num_workers > 0 else None, pin_memory=False, **extra)
         self.epoch, self.step = epoch, start_step
         self._check_step()
 
@@ -374,10 +512,43 @@ class ChunkLoader:
         if self.step >= self.sampler.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         self.sampler.epoch, self.sampler.start_step = self.epoch, self.step
-        for batch in self.loader:
+        batches = iter(self.loader)
+        while True:
+            self._release()  # before the DataLoader sends the next index: the worker finds its slot free
+            item = next(batches, None)
+            if item is None:
+                break
+            batch = self._receive(item)
+            del item
+            if self.pin_memory:
+                batch = {k: v.pin_memory() for k, v in batch.items()}
             self.step += 1
             yield batch
+            del batch
         self.epoch, self.step = self.epoch + 1, 0
+
+    def _receive(self, item: dict[str, torch.Tensor] | SlotBatch) -> dict[str, torch.Tensor]:
+        """A worker's :class:`SlotBatch` as tensors on the parent's mapping of its slot."""
+        if not isinstance(item, SlotBatch):
+            return item
+        small = {k: torch.from_numpy(v) for k, v in item.small.items()}
+        if item.slot < 0:
+            return {**item.big, **small}
+        key = (item.worker, item.slot)
+        if item.big:
+            self._views[key] = {k: t.numpy() for k, t in item.big.items()}
+        self._lent.add(key)
+        return {**{k: torch.from_numpy(a) for k, a in self._views[key].items()}, **small}
+
+    def _release(self) -> None:
+        """Give back to their workers the slots nothing in this process refers to any more."""
+        busy = self.dataset.slot_busy
+        for key in list(self._lent):
+            views = self._views[key]
+            # refs: the dict, the loop variable, getrefcount's argument; each live tensor's storage adds one
+            if all(sys.getrefcount(a) == 3 for a in views.values()):
+                busy[key] = 0
+                self._lent.discard(key)
 
     def state_dict(self) -> dict[str, int]:
         s = self.sampler
@@ -401,7 +572,8 @@ def make_dataloader(sampling: str | Path | dict[str, Any], split: str, episodes_
                     gap_dist: GapDist = "uniform", official_goal_lag: bool = False, num_workers: int = 0,
                     prefetch_factor: int = 2, pin_memory: Optional[bool] = None, rank: int = 0,
                     world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
-                    set_dirs_override: Optional[dict[str, tuple[str | Path, str | Path]]] = None) -> ChunkLoader:
+                    set_dirs_override: Optional[dict[str, tuple[str | Path, str | Path]]] = None,
+                    decode_threads: Optional[int] = None) -> ChunkLoader:
     """Loader over ``split`` ("train"/"val") of a sampling JSON (path or loaded dict).
 
     ``T`` and the goal gaps default to the sampling's own params (``T`` is checked against it);
@@ -429,4 +601,4 @@ def make_dataloader(sampling: str | Path | dict[str, Any], split: str, episodes_
     sampler = ChunkBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size,
                                 shuffle=shuffle, drop_last=drop_last)
     return ChunkLoader(ds, sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, epoch=epoch, start_step=start_step)
+                       prefetch_factor=prefetch_factor, epoch=epoch, start_step=start_step, decode_threads=decode_threads)

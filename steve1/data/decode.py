@@ -50,6 +50,8 @@ def conversion_settings(settings: DecodeParams) -> dict[str, Any]:
         "camera_int_truncation": settings.camera_int_truncation,
         "frame_codec": settings.frame_codec,
         "codec_level": settings.codec_level,
+        "frame_quality": settings.frame_quality if settings.frame_codec in F.PER_FRAME_CODECS else None,
+        "codec_library": F.codec_library(settings.frame_codec),
         "chunk_frames": settings.chunk_frames,
         "cursor": cursor,
         "frame_size": list(AGENT_SIZE),
@@ -201,7 +203,7 @@ def write_or_reuse(dest: Path, settings: DecodeParams, conversion: str, video_sh
         if counts is not None:
             return counts, True
     ep = make({F.A_VIDEO_SHA256: video_sha, F.A_JSONL_SHA256: jsonl_sha, F.A_CONVERSION: conversion})
-    write_episode(dest, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames)
+    write_episode(dest, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
     return json.loads(ep.attrs[F.A_DECODE_COUNTS]), False
 
 

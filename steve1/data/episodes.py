@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -129,14 +130,28 @@ class Episode:
         return len(self.frames)
 
 
-def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int = 1, chunk_frames: int = 64) -> Path:
-    """Write ``ep`` to ``path`` atomically (temp name, then rename)."""
+def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int = 1, chunk_frames: int = 64,
+                  quality: int = 85) -> Path:
+    """Write ``ep`` to ``path`` atomically (temp name, then rename).
+
+    ``codec``: a lossless HDF5 filter on ``frames`` (``level`` and ``chunk_frames`` apply), or
+    ``"jpeg"``: one JPEG of ``quality`` per frame in ``frame_bytes`` + ``frame_offsets``.
+    """
     path = Path(path)
     n = ep.n_frames
+    if codec not in F.CODECS:
+        raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(F.CODECS)}")
+    encoded = F.encode_frames(ep.frames, quality) if codec in F.PER_FRAME_CODECS else None
 
     def fill(f: h5py.File) -> None:
-        chunks = (max(1, min(chunk_frames, n)),) + F.FRAME_SHAPE if n else None
-        f.create_dataset(F.FRAMES, data=ep.frames, chunks=chunks, **(F.codec_kwargs(codec, level) if n else {}))
+        if encoded is not None:
+            f.create_dataset(F.FRAME_BYTES, data=encoded[0])
+            f.create_dataset(F.FRAME_OFFSETS, data=encoded[1])
+            f.attrs[F.A_FRAME_QUALITY] = quality
+        else:
+            chunks = (max(1, min(chunk_frames, n)),) + F.FRAME_SHAPE if n else None
+            f.create_dataset(F.FRAMES, data=ep.frames, chunks=chunks, **(F.codec_kwargs(codec, level) if n else {}))
+        f.attrs[F.A_FRAME_CODEC] = codec
         f.create_dataset(F.BUTTONS, data=np.asarray(ep.buttons, dtype=np.int16))
         f.create_dataset(F.CAMERA, data=np.asarray(ep.camera, dtype=np.int16))
         for key, col in ep.env_actions.items():
@@ -158,27 +173,117 @@ def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int 
     return path
 
 
+def check_episode_version(f: h5py.File, path: str | Path) -> int:
+    """The file's episode format version, or :class:`EpisodeFormatError` saying what to do."""
+    version = f.attrs.get(F.A_FORMAT_VERSION)
+    if version not in F.READABLE_EPISODE_VERSIONS:
+        newer = isinstance(version, (int, np.integer)) and version > F.EPISODE_FORMAT_VERSION
+        hint = ("it was written by a newer steve1: update this checkout" if newer
+                else "it is not a steve1 episode file: run the decode stage again")
+        raise EpisodeFormatError(f"{path}: episode format_version {version!r}, this code reads "
+                                 f"{', '.join(map(str, F.READABLE_EPISODE_VERSIONS))}; {hint}")
+    return int(version)
+
+
+class FrameStore:
+    """The frames of an open episode file, whatever their codec: :meth:`read_into` a slice.
+
+    Lossless files (every version 1 file) hold an HDF5-filtered ``frames`` dataset, read by HDF5
+    straight into the destination. Per-frame codecs hold the encoded frames back to back: a slice
+    is one contiguous read of its bytes, then each frame is decoded into its row of the
+    destination, in parts on ``pool``'s threads when one is given.
+    """
+
+    def __init__(self, f: h5py.File, path: str | Path):
+        self.path = Path(path)
+        with reading(self.path, "episode", "frames"):
+            check_episode_version(f, self.path)
+            codec = f.attrs.get(F.A_FRAME_CODEC)
+            self.codec = codec.decode() if isinstance(codec, bytes) else codec
+            if F.FRAMES in f:
+                self.frames: Optional[h5py.Dataset] = f[F.FRAMES]
+                self.data, self.offsets = None, None
+            else:
+                if self.codec not in F.PER_FRAME_CODECS:
+                    raise EpisodeFormatError(f"{self.path}: no {F.FRAMES} dataset and frame codec {self.codec!r}; "
+                                             f"this code decodes {', '.join(F.PER_FRAME_CODECS)}: update this checkout")
+                self.frames = None
+                self.data = f[F.FRAME_BYTES]
+                self.offsets = f[F.FRAME_OFFSETS][:]   # [N+1] int64: small, read once
+        self.n_frames = len(self.frames) if self.frames is not None else len(self.offsets) - 1
+
+    def read_into(self, out: np.ndarray, start: int, end: int, pool: Optional[Executor] = None,
+                  parts: int = 1, pending: Optional[list[Future]] = None) -> None:
+        """Frames ``[start, end)`` into ``out`` (uint8 [end-start,128,128,3], C-contiguous).
+
+        With ``pool``, a per-frame codec decodes in ``parts`` on its threads; with ``pending`` as
+        well, the decodes are left running and their futures appended there (the caller reads
+        the next slice meanwhile and waits on them; each raises :class:`StoreError`).
+        """
+        rows = f"frames [{start}, {end})"
+        if self.frames is not None:
+            with reading(self.path, "episode", rows):
+                self.frames.read_direct(out, np.s_[start:end])
+            return
+        if not 0 <= start <= end <= self.n_frames:
+            raise IndexError(f"{self.path}: {rows} outside the episode's {self.n_frames} frames")
+        offsets = self.offsets[start:end + 1]
+        with reading(self.path, "episode", rows):
+            data = self.data[int(offsets[0]):int(offsets[-1])]
+        n = end - start
+        cuts = np.linspace(0, n, min(max(parts, 1), n) + 1, dtype=np.int64) if n else np.zeros(1, np.int64)
+
+        def decode(a: int, b: int) -> None:
+            try:
+                F.decode_frames_into(data[int(offsets[a] - offsets[0]):], offsets[a:b + 1], out[a:b], self.codec)
+            except ValueError as exc:
+                raise _store_error(self.path, "episode", f"decode {rows} of", exc) from None
+
+        jobs = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+        if pool is None or (len(jobs) < 2 and pending is None):
+            for job in jobs:
+                decode(*job)
+            return
+        futures = [pool.submit(decode, *job) for job in jobs]
+        if pending is not None:
+            pending.extend(futures)
+        else:
+            for f in futures:
+                f.result()
+
+    def read(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+        """Frames ``[start:end]`` with Python slice semantics (negative and open ends)."""
+        rows = range(self.n_frames)[start:end]
+        start, end = rows.start, max(rows.start, rows.stop)
+        out = np.empty((end - start,) + F.FRAME_SHAPE, np.uint8)
+        self.read_into(out, start, end)
+        return out
+
+
 class EpisodeReader:
     """Lazy reader of one episode file; opens the HDF5 on first use (safe across fork)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._f: Optional[h5py.File] = None
+        self._frames: Optional[FrameStore] = None
 
     def _file(self) -> h5py.File:
         if self._f is None:
-            self._f = open_store(self.path, "episode")
-            version = self._f.attrs.get(F.A_FORMAT_VERSION)
-            if version != F.EPISODE_FORMAT_VERSION:
-                raise EpisodeFormatError(
-                    f"{self.path}: episode format_version {version!r}, expected {F.EPISODE_FORMAT_VERSION}"
-                )
+            f = open_store(self.path, "episode")
+            try:
+                check_episode_version(f, self.path)
+            except EpisodeFormatError:
+                f.close()
+                raise
+            self._f = f
         return self._f
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+            self._frames = None
 
     def __enter__(self) -> "EpisodeReader":
         self._file()
@@ -199,11 +304,24 @@ class EpisodeReader:
     def n_frames(self) -> int:
         return int(self._file().attrs[F.A_N_FRAMES])
 
+    @property
+    def frame_codec(self) -> str:
+        return self.frame_store.codec or "hdf5-filter"
+
+    @property
+    def frame_store(self) -> FrameStore:
+        if self._frames is None:
+            self._frames = FrameStore(self._file(), self.path)
+        return self._frames
+
     def frames(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
-        return self.array(F.FRAMES, start, end)
+        """RGB uint8 [n,128,128,3] of frames ``[start, end)``, decoded whatever the codec."""
+        return self.frame_store.read(start, end)
 
     def array(self, name: str, start: int = 0, end: Optional[int] = None) -> np.ndarray:
-        """Any per-step dataset by its formats name, e.g. ``formats.BUTTONS``."""
+        """Any per-step dataset by its formats name, e.g. ``formats.BUTTONS`` (``FRAMES`` decodes)."""
+        if name == F.FRAMES:
+            return self.frames(start, end)
         f = self._file()
         with reading(self.path, "episode", f"{name} [{start}, {'end' if end is None else end})"):
             return f[name][start:end]

@@ -7,17 +7,42 @@ HDF5 dataset or attribute name as a string literal.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from typing import Any, Iterator, get_args
+from pathlib import Path
+from typing import Any, Iterator, Optional, get_args
+
+import numpy as np
+
+
+def available_cores() -> int:
+    """Cores this process may really use: its CPU affinity, capped by a cgroup CPU quota if set.
+
+    ``os.cpu_count()`` counts the host's CPUs, which overstates a container's share.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
 
 # Blosc decompresses with this many threads (c-blosc reads BLOSC_NTHREADS at every call): 2
 # threads took the loader's best batch from ~53k to ~75k frames/s on 2 cores
-# (benchmarks/results/dataloader_*). An explicit BLOSC_NTHREADS in the environment wins. Writers
+# (benchmarks/results/dataloader_*). An explicit BLOSC_NTHREADS in the environment wins; the
+# training loader sets it per process to its share of the cores (steve1.data.dataset). Writers
 # compress single-threaded (:func:`deterministic_compression`): threaded Blosc compression is
 # not byte-reproducible.
-os.environ.setdefault("BLOSC_NTHREADS", str(min(4, os.cpu_count() or 1)))
+os.environ.setdefault("BLOSC_NTHREADS", str(min(4, available_cores())))
 
 import hdf5plugin  # noqa: E402  registers the Blosc filters with h5py: every reader of a blosc file needs it
+import simplejpeg  # noqa: E402  libjpeg-turbo; releases the GIL, so threads decode in parallel
 
 from steve1.params import FrameCodec  # noqa: E402
 
@@ -28,11 +53,17 @@ RAW_ACTIONS_SUFFIX = ".jsonl"
 PART_SUFFIX = ".part"                   # a resumable partial download: <id>.mp4.part
 
 # ---------------------------------------------------------------- episodes: data/episodes/<id>.h5
-EPISODE_FORMAT_VERSION = 1
+# Version 2 records the frame codec (attribute ``frame_codec``) and adds the per-frame encoded
+# layout (FRAME_BYTES + FRAME_OFFSETS, codec "jpeg"); a lossless codec keeps version 1's FRAMES
+# dataset, so version 1 files read unchanged (their codec is an HDF5 filter on FRAMES).
+EPISODE_FORMAT_VERSION = 2
+READABLE_EPISODE_VERSIONS = (1, 2)
 EPISODE_SUFFIX = ".h5"
 FRAME_SHAPE = (128, 128, 3)  # H, W, C (RGB uint8)
 
-FRAMES = "frames"                       # uint8 [N,128,128,3]
+FRAMES = "frames"                       # uint8 [N,128,128,3], HDF5-filtered (lossless codecs)
+FRAME_BYTES = "frame_bytes"             # uint8 [total]: the encoded frames one after another (per-frame codecs)
+FRAME_OFFSETS = "frame_offsets"         # int64 [N+1]: frame i is FRAME_BYTES[offsets[i]:offsets[i+1]]
 BUTTONS = "actions/buttons"             # int16 [N] in [0, 8641)
 CAMERA = "actions/camera"               # int16 [N] in [0, 121)
 ENV_ACTIONS = "env_actions"             # group: one column per MineRL action key
@@ -47,6 +78,8 @@ A_EPISODE_ID = "episode_id"
 A_SOURCE_URL = "source_url"
 A_RECORDER_VERSION = "recorder_version"
 A_N_FRAMES = "n_frames"
+A_FRAME_CODEC = "frame_codec"           # a FrameCodec name (version >= 2; version 1 files: an HDF5 filter on FRAMES)
+A_FRAME_QUALITY = "frame_quality"       # JPEG quality of a "jpeg" file
 A_FPS = "fps"
 A_VIDEO_SHA256 = "video_sha256"
 A_JSONL_SHA256 = "jsonl_sha256"
@@ -69,6 +102,9 @@ SAMPLING_FORMAT_VERSION = 1
 
 # ---------------------------------------------------------------- frame codecs (params: decode.frame_codec)
 CODECS: tuple[str, ...] = get_args(FrameCodec)   # the names params accept; their filters below
+PER_FRAME_CODECS = ("jpeg",)            # stored as FRAME_BYTES + FRAME_OFFSETS, lossy
+LOSSLESS_CODECS = tuple(c for c in CODECS if c not in PER_FRAME_CODECS)  # an HDF5 filter on FRAMES
+JPEG_SUBSAMPLING = "420"                # chroma 4:2:0, as STEVE-1's mp4v frames
 
 
 @contextlib.contextmanager
@@ -86,7 +122,9 @@ def deterministic_compression() -> Iterator[None]:
 
 
 def codec_kwargs(codec: str, level: int = 1) -> dict[str, Any]:
-    """h5py ``create_dataset`` keyword arguments for a frame codec name."""
+    """h5py ``create_dataset`` keyword arguments for a lossless frame codec name."""
+    if codec in PER_FRAME_CODECS:
+        raise ValueError(f"{codec!r} stores frames one by one ({FRAME_BYTES}), not as an HDF5 filter")
     if codec == "none":
         return {}
     if codec == "lzf":
@@ -97,3 +135,35 @@ def codec_kwargs(codec: str, level: int = 1) -> dict[str, Any]:
         cname = codec.split("-", 1)[1]
         return dict(hdf5plugin.Blosc(cname=cname, clevel=level, shuffle=hdf5plugin.Blosc.SHUFFLE))
     raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(CODECS)}")
+
+
+# ---------------------------------------------------------------- per-frame encoders (codec "jpeg")
+
+def encode_frames(frames: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """JPEG-encode RGB frames [N,H,W,3]: ``(bytes uint8 [total], offsets int64 [N+1])``.
+
+    One libjpeg-turbo call per frame on the calling thread: the same frames, quality and
+    simplejpeg version give the same bytes.
+    """
+    parts = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=quality, colorspace="RGB",
+                                    colorsubsampling=JPEG_SUBSAMPLING) for f in frames]
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    return np.frombuffer(b"".join(parts), np.uint8), offsets
+
+
+def decode_frames_into(data: np.ndarray, offsets: np.ndarray, out: np.ndarray, codec: str = "jpeg") -> None:
+    """Decode encoded frames into ``out`` [n,H,W,3]; ``offsets`` [n+1] index into ``data``."""
+    if codec != "jpeg":
+        raise ValueError(f"{codec!r} is not a per-frame codec; expected one of {', '.join(PER_FRAME_CODECS)}")
+    base = int(offsets[0])
+    for i in range(len(out)):
+        img = simplejpeg.decode_jpeg(data[int(offsets[i]) - base:int(offsets[i + 1]) - base], colorspace="RGB",
+                                     buffer=out[i])
+        if img.shape != out.shape[1:]:
+            raise ValueError(f"frame {i} decodes to {list(img.shape)}, expected {list(out.shape[1:])}")
+
+
+def codec_library(codec: str) -> Optional[str]:
+    """The library whose version shapes a codec's bytes (recorded with the conversion settings)."""
+    return f"simplejpeg=={simplejpeg.__version__}" if codec == "jpeg" else None

@@ -76,7 +76,7 @@ def write_minerl_trajectory(root, name, n_actions=5, lead=2, place=("none", "dir
 
 
 def _settings(**kw) -> DecodeParams:
-    return DecodeParams(**kw)
+    return DecodeParams(**{"frame_codec": "lzf", **kw})  # lossless: tests compare frames bit for bit
 
 
 # ------------------------------------------------------------------------------------ line formats

@@ -8,7 +8,7 @@ import torch
 
 from steve1.data import formats as F
 from steve1.data.dataset import (ChunkBatchSampler, ChunkDataset, draw_gaps, goal_times_from_gaps,
-                                 make_dataloader, step_goal_times)
+                                 make_dataloader, process_threads, step_goal_times)
 from steve1.data.episodes import EpisodeFormatError, EpisodeReader, episode_path
 from steve1.data.sampling import make_sampling
 from fixtures.episodes import episode_factory  # noqa: F401  (fixture)
@@ -195,10 +195,11 @@ def _run(loader, steps):
     return out
 
 
-def test_resume_continues_with_the_same_batches(world):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_with_the_same_batches(world, workers):
     fac, sampling = world
-    mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=3,
-                                      T=T, p_uncond=0.5, **kw)
+    mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=3,  # noqa: E731
+                                      T=T, p_uncond=0.5, num_workers=workers, **kw)
     full = _run(mk(), 7)  # 9 chunks -> 4 steps an epoch: crosses an epoch boundary
     first = mk()
     head = _run(first, 2)
@@ -228,6 +229,72 @@ def test_workers_give_the_same_batches_and_the_parent_opens_no_file(world):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="T=21 but the sampling's chunks have T=20"):
         make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, T=21, **args)
+
+
+@pytest.fixture
+def jpeg_world(episode_factory):
+    """The world's episodes stored as JPEG frames."""
+    lengths = {"ep-a": 60, "ep-b": 95, "ep-c": 130}
+    for eid, n in lengths.items():
+        episode_factory(eid, n, codec="jpeg")
+    sampling = make_sampling(lengths, train_frames=10**6, val_frames=0, seed=0, T=T, min_btwn_goals=MIN)
+    sampling["params"] = {"T": T, "min_btwn_goals": MIN, "max_btwn_goals": MAX}
+    return episode_factory, sampling
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_jpeg_batches_are_the_same_with_any_workers_and_threads(jpeg_world):
+    fac, sampling = jpeg_world
+    mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=3,  # noqa: E731
+                                      seed=2, p_uncond=0.2, **kw)
+    ref = _run(mk(decode_threads=1), 5)
+    for b, i in enumerate(ref[0]["index"].tolist()):  # each row holds its chunk's decoded frames
+        eid, start, end = sampling["chunks"]["train"][i]
+        with EpisodeReader(episode_path(fac.episodes_dir, eid)) as r:
+            assert r.frame_codec == "jpeg"
+            np.testing.assert_array_equal(ref[0]["frames"][b].numpy(), r.frames(start, end))
+    for kw in (dict(decode_threads=3), dict(num_workers=1), dict(num_workers=2, decode_threads=2)):
+        for a, b in zip(ref, _run(mk(**kw), 5), strict=True):
+            _same(a, b)
+
+
+def test_workers_reuse_their_slots_and_never_overwrite_a_held_batch(jpeg_world):
+    """A consumer that drops each batch gets them from a fixed set of shared buffers (no
+    allocation per batch); one that keeps every batch sees each intact (workers send fresh
+    buffers while their slots are held)."""
+    fac, sampling = jpeg_world
+    mk = lambda: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=4,  # noqa: E731
+                                 p_uncond=0.2, num_workers=2, prefetch_factor=2)
+    ref = _run(make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=4,
+                               p_uncond=0.2), 12)
+    loader, addrs, n = mk(), set(), 0
+    while n < 12:
+        for batch in loader:
+            _same(batch, ref[n])
+            addrs.add(batch["frames"].data_ptr())
+            n += 1
+            if n == 12:
+                break
+    slots = 2 * (2 + 2)
+    assert len(addrs) <= slots and len(loader._views) <= slots, (len(addrs), len(loader._views))
+    assert not loader._lent - {k for k in loader._views}  # every lent slot is a known mapping
+    kept = _run(mk(), 12)  # holds all 12: more than the 8 slots
+    for a, b in zip(ref, kept, strict=True):
+        _same(a, b)
+    assert len({b["frames"].data_ptr() for b in kept}) == 12
+
+
+def test_decode_threads_are_the_cores_shared_by_the_loading_processes(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert [process_threads(w, cores=2) for w in (0, 1, 2, 3)] == [2, 2, 1, 1]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert [process_threads(w, cores=16) for w in (0, 2, 16)] == [8, 4, 1]
+    assert process_threads(0) >= 1
 
 
 def test_batch_buffers_are_reused_only_once_released(world):
@@ -365,3 +432,23 @@ def test_an_unreadable_embeds_file_is_named_when_the_loader_opens_it(episode_fac
                       min_btwn_goals=MIN, max_btwn_goals=MAX)
     with pytest.raises(StoreError, match=rf"{path}: cannot open this embeds file .* run the embed stage again"):
         ds.sample(0)
+
+
+def test_a_damaged_jpeg_frame_is_named_when_threads_decode_it(episode_factory):
+    """Per-frame codecs decode on the pool while the next chunk is read; a bad frame still names its file."""
+    import h5py
+    from steve1.data.episodes import StoreError
+
+    episode_factory("ep", 100, codec="jpeg")
+    path = episode_path(episode_factory.episodes_dir, "ep")
+    with h5py.File(path, "r") as f:
+        where = f[F.FRAME_BYTES].id.get_offset() + int(f[F.FRAME_OFFSETS][20])
+    with open(path, "r+b") as fh:
+        fh.seek(where)
+        fh.write(b"\x00" * 16)
+    ds = ChunkDataset([("ep", 64, 64 + T), ("ep", 15, 15 + T)], episode_factory.episodes_dir,
+                      episode_factory.embeds_dir, seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0,
+                      threads=2)
+    ds.sample(0)
+    with pytest.raises(StoreError, match=rf"{path}: cannot decode frames \[15, {15 + T}\) of this episode file"):
+        ds.batch(0, [0, 1, 0])

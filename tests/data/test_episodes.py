@@ -12,6 +12,7 @@ from steve1.data import formats as F
 from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, StoreError, list_episode_ids,
                                   read_embeds, verify_store, write_embeds, write_episode)
 from steve1.io import DiskFullError
+from fixtures.episodes import smooth_frames
 
 
 def make_episode(n=10, eid="ep-1"):
@@ -29,13 +30,115 @@ def make_episode(n=10, eid="ep-1"):
 @pytest.mark.parametrize("codec", F.CODECS)
 def test_round_trip(tmp_path, codec):
     ep = make_episode()
+    if codec in F.PER_FRAME_CODECS:
+        ep.frames = smooth_frames(10)  # lossy: frames like footage, not noise
     path = write_episode(tmp_path / "ep-1.h5", ep, codec=codec)
     with EpisodeReader(path) as r:
-        assert r.n_frames == 10 and r.episode_id == "ep-1"
-        np.testing.assert_array_equal(r.frames(2, 5), ep.frames[2:5])
+        assert r.n_frames == 10 and r.episode_id == "ep-1" and r.frame_codec == codec
+        assert r.attrs[F.A_FORMAT_VERSION] == F.EPISODE_FORMAT_VERSION
+        if codec in F.LOSSLESS_CODECS:
+            np.testing.assert_array_equal(r.frames(2, 5), ep.frames[2:5])
+        else:
+            err = np.abs(r.frames(2, 5).astype(int) - ep.frames[2:5])
+            assert err.mean() < 8.0, err.mean()  # 4:2:0 chroma on the fixture's sharp block edges
+        assert r.frames(-2).shape == (2, 128, 128, 3) and r.frames(5, 2).shape == (0, 128, 128, 3)
+        np.testing.assert_array_equal(r.array(F.FRAMES, 1, 4), r.frames(1, 4))
         np.testing.assert_array_equal(r.array(F.BUTTONS), ep.buttons)
         assert r.env_action_keys() == ["attack", "camera"]
     assert list_episode_ids(tmp_path) == ["ep-1"]
+
+
+def test_jpeg_frames_are_each_a_jpeg_of_the_quality_asked(tmp_path):
+    """frame_bytes[offsets[i]:offsets[i+1]] is frame i's JPEG: smaller and further from the
+    frames at a lower quality; a pool of threads decodes the same pixels as one thread."""
+    import simplejpeg
+    from concurrent.futures import ThreadPoolExecutor
+
+    ep = make_episode(n=40)
+    ep.frames = smooth_frames(40)
+    sizes, errors = {}, {}
+    for q in (50, 95):
+        path = write_episode(tmp_path / f"q{q}.h5", ep, codec="jpeg", quality=q)
+        with EpisodeReader(path) as r:
+            store = r.frame_store
+            data, offsets = store.data[:], store.offsets
+            assert offsets[0] == 0 and offsets[-1] == len(data) and r.attrs[F.A_FRAME_QUALITY] == q
+            third = simplejpeg.decode_jpeg(data[offsets[3]:offsets[4]].tobytes(), colorspace="RGB")
+            np.testing.assert_array_equal(r.frames(3, 4)[0], third)
+            out = np.empty((37, 128, 128, 3), np.uint8)
+            with ThreadPoolExecutor(3) as pool:
+                store.read_into(out, 2, 39, pool, parts=3)
+            np.testing.assert_array_equal(out, r.frames(2, 39))
+            sizes[q] = len(data) / 40
+            errors[q] = np.abs(r.frames().astype(int) - ep.frames).mean()
+    assert sizes[50] < sizes[95] < ep.frames[0].nbytes / 4 and errors[95] < errors[50] < 12.0, (sizes, errors)
+
+
+def test_jpeg_writes_are_byte_reproducible_across_processes(tmp_path):
+    """Same frames and quality, same file bytes: here and in a fresh process with other thread settings."""
+    import hashlib
+    import subprocess
+    import sys
+
+    ep = make_episode(n=30)
+    ep.frames = smooth_frames(30, seed=3)
+    np.save(tmp_path / "frames.npy", ep.frames)
+    write_episode(tmp_path / "a.h5", ep, codec="jpeg")
+    write_episode(tmp_path / "b.h5", ep, codec="jpeg")
+    code = ("import sys, numpy as np; sys.path[:0] = [sys.argv[3], sys.argv[3] + '/..']; from test_episodes import make_episode; "
+            "from steve1.data.episodes import write_episode; ep = make_episode(n=30); "
+            "ep.frames = np.load(sys.argv[1]); write_episode(sys.argv[2], ep, codec='jpeg')")
+    env = {**__import__("os").environ, "BLOSC_NTHREADS": "3", "OMP_NUM_THREADS": "3"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "frames.npy"), str(tmp_path / "c.h5"),
+                    str(Path(__file__).parent)], check=True, env=env)
+    digests = {hashlib.sha256((tmp_path / f"{n}.h5").read_bytes()).hexdigest() for n in "abc"}
+    assert len(digests) == 1
+
+
+def _set_version(path, version, drop_codec=False):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs[F.A_FORMAT_VERSION] = version
+        if drop_codec:
+            del f.attrs[F.A_FRAME_CODEC]
+
+
+def test_version_1_files_still_read(tmp_path):
+    """Version 1 had no frame_codec attribute and always a filtered frames dataset."""
+    ep = make_episode()
+    path = write_episode(tmp_path / "ep-1.h5", ep, codec="blosc-lz4")
+    _set_version(path, 1, drop_codec=True)
+    with EpisodeReader(path) as r:
+        np.testing.assert_array_equal(r.frames(), ep.frames)
+        assert r.frame_codec == "hdf5-filter"
+
+
+@pytest.mark.parametrize("version,hint", [(3, "it was written by a newer steve1: update this checkout"),
+                                          (0, "it is not a steve1 episode file: run the decode stage again")])
+def test_an_unreadable_format_version_fails_with_what_to_do(tmp_path, version, hint):
+    path = write_episode(tmp_path / "ep-1.h5", make_episode(), codec="jpeg")
+    _set_version(path, version)
+    with pytest.raises(EpisodeFormatError, match=rf"{path}: episode format_version {version}, this code reads 1, 2; {hint}"):
+        EpisodeReader(path).frames()
+
+
+def test_a_damaged_jpeg_frame_is_named_with_its_file_and_rows(tmp_path):
+    import h5py
+
+    ep = make_episode(n=50)
+    ep.frames = smooth_frames(50)
+    path = write_episode(tmp_path / "ep.h5", ep, codec="jpeg")
+    with h5py.File(path, "r") as f:
+        where = f[F.FRAME_BYTES].id.get_offset() + int(f[F.FRAME_OFFSETS][20])
+    with open(path, "r+b") as fh:
+        fh.seek(where)
+        fh.write(b"\x00" * 16)   # frame 20's JPEG header
+    with EpisodeReader(path) as r:
+        r.frames(0, 20)   # the frames before it are intact
+        with pytest.raises(StoreError, match=rf"{path}: cannot decode frames \[16, 24\) of this episode file .*"
+                                             r"run the decode stage again"):
+            r.frames(16, 24)
 
 
 def test_length_mismatch_is_refused():
