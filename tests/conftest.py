@@ -54,6 +54,17 @@ def mounted(tmp_path):
 RAY_OBJECT_STORE = 200 << 20
 
 
+def pytest_configure(config) -> None:
+    """A Ray token of this session's own, set before anything imports Ray (which reads it once): Ray
+    2.60 turns token authentication on and otherwise keeps the token in ~/.ray/auth_token, which other
+    Ray users of the machine may rewrite between a cluster's start and a driver joining it. Drivers
+    started by the tests inherit it."""
+    import secrets
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
 class RaySession:
     def __init__(self) -> None:
         self.kind: str | None = None

@@ -168,7 +168,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         while len(self.killed) < self.times and not self.stop.is_set():
             for pid, ppid in _titled(self.task):
-                if self.parent is None or ppid == self.parent:
+                if pid not in self.killed and (self.parent is None or ppid == self.parent):   # dying takes a while
                     if self.action is not None:
                         self.action()
                     else:
