@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from stages._common import StageError, run_set_stage
 from steve1.data.embedding import run_embed
 from steve1.data.episodes import EpisodeFormatError
+from steve1.engine import open_executor
 from steve1.layout import Layout
 from steve1.params import Params
 
@@ -18,7 +19,9 @@ from steve1.params import Params
 def _body(params: Params, name: str) -> None:
     where = Layout.from_params(params).custom_set(name)
     try:
-        run_embed(params.embed, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png)
+        with open_executor(params) as executor:
+            run_embed(params.embed, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png,
+                      executor=executor)
     except (FileNotFoundError, ValueError, RuntimeError, EpisodeFormatError) as exc:
         raise StageError(f"custom.{name}: {exc}") from None
 

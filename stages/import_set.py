@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_set_stage
 from steve1.data.custom import import_all
+from steve1.engine import EngineError, open_executor
 from steve1.layout import Layout
 from steve1.params import Params
 
@@ -21,8 +22,10 @@ log = logging.getLogger("stages.import_set")
 def _body(params: Params, name: str) -> None:
     spec, where = params.custom[name], Layout.from_params(params).custom_set(name)
     try:
-        report = import_all(spec.source, where.episodes, params.decode, spec.format, where.raw, spec.fps)
-    except (ValueError, OSError) as exc:
+        with open_executor(params) as executor:
+            report = import_all(spec.source, where.episodes, params.decode, spec.format, where.raw, spec.fps,
+                                executor=executor)
+    except (ValueError, OSError, EngineError) as exc:
         raise StageError(f"custom.{name}: {exc}") from None
     for eid, reason in sorted(report.skipped.items()):
         log.warning("skipped %s: %s", eid, reason)

@@ -130,6 +130,26 @@ class WeightsParams(Section):
 
 
 
+class RayResources(Section):
+    """What one per-episode Ray task (or one MineCLIP actor) reserves on the cluster."""
+
+    num_cpus: float = Field(1.0, gt=0.0, le=1024.0, description="CPUs reserved per task or actor")
+    num_gpus: float = Field(0.0, ge=0.0, le=64.0, description="GPUs per task or actor (fractions share a GPU); taken only where the cluster has GPUs")
+    workers: Optional[int] = Field(None, ge=1, le=1_000_000, description="tasks at once, or actors (embed); null = as many as the cluster's CPUs (GPUs, where reserved) hold")
+
+
+class RayParams(Section):
+    """How ``engine: ray`` spreads per-episode work over a Ray cluster. Where work runs, never what it
+    writes: no stage lists these keys (or ``engine``) as params, so changing them reruns nothing."""
+
+    max_retries: int = Field(3, ge=0, le=100, description="times an episode is retried elsewhere after its worker died (crash, out of memory, lost node) before it is recorded as failed")
+    download: RayResources = Field(default_factory=lambda: RayResources(num_cpus=0.25), description="per download task (network-bound: a quarter CPU)")
+    decode: RayResources = Field(default_factory=RayResources, description="per decode or import-set task")
+    embed: RayResources = Field(default_factory=lambda: RayResources(num_cpus=1.0, num_gpus=1.0), description="per MineCLIP actor; CPU actors where the cluster has no GPU")
+    local_num_cpus: Optional[int] = Field(None, ge=1, le=4096, description="CPUs of the local Ray started when RAY_ADDRESS is unset; null = this machine's")
+    local_object_store_mb: int = Field(512, ge=80, le=1_000_000, description="object store of that local Ray (only small results travel through it)")
+
+
 SET_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
@@ -447,6 +467,8 @@ class Params(Section):
     no global seed: one would have to override or be overridden by each of them)."""
 
     learning_rate: float = Field(4e-5, gt=0.0, le=1.0, description="train stage learning rate (top level so `dvc exp run -S learning_rate=...` works)")
+    engine: Literal["local", "ray"] = Field("local", description="where per-episode work of download/decode/embed/import-set/embed-set runs: this machine, or the Ray cluster named by RAY_ADDRESS (a local Ray when unset); outputs are the same bytes")
+    ray: RayParams = Field(default_factory=RayParams, description="the ray engine's resources and retries")
     paths: Paths = Field(default_factory=Paths)
     source: SourceParams = Field(default_factory=SourceParams)
     weights: WeightsParams = Field(default_factory=WeightsParams)

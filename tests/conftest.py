@@ -45,3 +45,80 @@ def mounted(tmp_path):
     yield mount
     for where in mounts:
         subprocess.run(["umount", str(where)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+# One Ray per test session, started on first use: the local 2-CPU Ray (`ray_local`), or a simulated
+# two-node cluster (`ray_two_nodes`, slow tests) that replaces it while those tests run. Small object
+# stores and no dashboard: the machines running the suite are small and shared.
+RAY_OBJECT_STORE = 200 << 20
+
+
+def pytest_configure(config) -> None:
+    """A Ray token of this session's own, set before anything imports Ray (which reads it once): Ray
+    2.60 turns token authentication on and otherwise keeps the token in ~/.ray/auth_token, which other
+    Ray users of the machine may rewrite between a cluster's start and a driver joining it. Drivers
+    started by the tests inherit it."""
+    import secrets
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+class RaySession:
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.cluster = None
+
+    def local(self):
+        import ray
+
+        if self.kind != "local":
+            self.stop()
+            ray.init(num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
+            self.kind = "local"
+        return ray
+
+    def two_nodes(self):
+        """A head and a worker node of one CPU each, in this machine's processes."""
+        import ray
+        from ray.cluster_utils import Cluster
+
+        self.stop()
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "object_store_memory": RAY_OBJECT_STORE // 2, "include_dashboard": False})
+        self.cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE // 2)
+        ray.init(address=self.cluster.address)
+        self.kind = "cluster"
+        return self.cluster
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = None
+        self.kind = None
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    session = RaySession()
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """The session's local Ray (num_cpus=2), started on first use."""
+    return ray_session.local()
+
+
+@pytest.fixture
+def ray_two_nodes(ray_session):
+    """A simulated two-node cluster (ray.cluster_utils.Cluster) for the test's life."""
+    cluster = ray_session.two_nodes()
+    yield cluster
+    ray_session.stop()

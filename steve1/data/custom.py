@@ -27,6 +27,7 @@ video in ``video_dir``: the MineRL ``recording.mp4`` copied, or the PNG frames w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from steve1.data.episodes import Episode, episode_path
 from steve1.data.recording import RecordingActions, RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, composite_cursor, cursor_position, iter_kept_bgr,
                                load_cursor, probe_video, to_rgb_resized)
+from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -382,11 +384,16 @@ def source_digests(src: CustomSource) -> tuple[str, str]:
     return sha256_file(video), h.hexdigest()
 
 
+def _skipped_row(src: CustomSource) -> dict[str, Any]:
+    return {"status": "skipped", "reason": None, "format": src.format, "n_lines": None, "n_frames_video": None,
+            "n_kept": None}
+
+
 def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: DecodeParams, base: dict[str, Any],
                 fps: float) -> tuple[dict[str, Any], bool]:
-    """The episode's manifest row (sources and settings only) and whether its file was kept."""
-    row: dict[str, Any] = {"status": "skipped", "reason": None, "format": src.format, "n_lines": None,
-                           "n_frames_video": None, "n_kept": None}
+    """The episode's manifest row (sources and settings only) and whether its file was kept: the one
+    per-episode function of every engine."""
+    row = _skipped_row(src)
     reused = False
     dest, video_out = episode_path(out_dir, src.episode_id), video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}"
     try:
@@ -431,11 +438,12 @@ def _previous_rows(manifest: Path) -> dict[str, dict[str, Any]]:
 
 def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams, fmt: str = "auto",
                video_dir: Optional[str | Path] = None, fps: float = DEFAULT_FPS,
-               progress: bool = True) -> DecodeReport:
+               progress: bool = True, executor: Optional[Executor] = None) -> DecodeReport:
     """Import every episode folder of ``src_dir`` into ``out_dir``/<id>.h5 and write its manifest.
 
     Companion videos go to ``video_dir`` (default ``<out_dir>/raw``; point ``paths.raw`` there for
     the embed stage). Episodes of earlier imports from other folders are kept, never deleted.
+    ``executor`` runs the episodes (default: one at a time in this process; ``steve1.engine``).
     """
     out_dir = Path(out_dir)
     video_dir = Path(video_dir) if video_dir is not None else out_dir / "raw"
@@ -450,12 +458,22 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
         remove_stale_temps(d)
     base = {**conversion_settings(settings), "import_version": IMPORT_VERSION}
     report = DecodeReport(manifest)
-    for src in tqdm(sources, desc="import", unit="ep", disable=not progress):
-        row, reused = _import_one(src, out_dir, video_dir, settings, base, fps)
+    work = functools.partial(_import_one, out_dir=out_dir, video_dir=video_dir, settings=settings, base=base, fps=fps)
+    executor = executor or LocalExecutor()
+    for src, result in tqdm(executor.map(work, sources, task="decode", key=lambda s: s.episode_id),
+                            total=len(sources), desc="import", unit="ep", disable=not progress):
+        if isinstance(result, Lost):   # its worker died on every try: skipped, like a bad recording
+            row, reused = {**_skipped_row(src), "reason": result.reason}, False
+            episode_path(out_dir, src.episode_id).unlink(missing_ok=True)
+            (video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}").unlink(missing_ok=True)
+        else:
+            row, reused = result
         report.rows[src.episode_id] = rows[src.episode_id] = row
         report.reused += reused
         if row["status"] != "ok":
             log.warning("%s skipped: %s", src.episode_id, row["reason"])
+    for d in (out_dir, video_dir):
+        remove_stale_temps(d)      # temps of workers that died
     write_json_atomic(manifest, {"format_version": F.DECODE_MANIFEST_VERSION, "importer": IMPORTER,
                                  "conversion": base, "video_dir": str(video_dir),
                                  "episodes": dict(sorted(rows.items()))})

@@ -1,17 +1,18 @@
 """Recordings (mp4 + jsonl) -> HDF5 episodes: 128x128 RGB frames, env and agent actions.
 
 One recording is converted by :func:`decode_recording` (pure: files in, :class:`Episode` out);
-:func:`decode_all` runs it over a raw folder with a process pool, writes each episode atomically
-and records one manifest row per episode. A bad recording is skipped with a reason, never fatal.
-Re-running keeps every episode whose sources (sha256) and conversion settings are unchanged.
+:func:`_decode_one` decodes one episode of a raw folder and writes it atomically; :func:`decode_all`,
+the driver, runs it over every recording through an executor (``steve1.engine``: this process, a
+process pool, or a Ray cluster) and alone writes the manifest, one row per episode. A bad recording
+is skipped with a reason, never fatal. Re-running keeps every episode whose sources (sha256) and
+conversion settings are unchanged.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import functools
 import json
 import logging
-import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,6 +27,7 @@ from steve1.data.episodes import Episode, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
                                to_rgb_resized)
+from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -207,11 +209,15 @@ def write_or_reuse(dest: Path, settings: DecodeParams, conversion: str, video_sh
     return json.loads(ep.attrs[F.A_DECODE_COUNTS]), False
 
 
-def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: str) -> dict[str, Any]:
+def skipped_row(reason: Optional[str] = None) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason, "n_lines": None, "n_frames_video": None, "n_kept": None}
+
+
+def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: str) -> tuple[dict[str, Any], bool]:
     """Decode one source into ``out_dir`` (or keep the matching file); return its manifest row and
-    whether the file was kept (reported, never written: the manifest is a DVC output)."""
-    row: dict[str, Any] = {"status": "skipped", "reason": None, "n_lines": None, "n_frames_video": None,
-                           "n_kept": None}
+    whether the file was kept (reported, never written: the manifest is a DVC output). The one
+    per-episode function of every engine."""
+    row = skipped_row()
     reused = False
     dest = episode_path(out_dir, src.episode_id)
     try:
@@ -231,8 +237,11 @@ def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: 
 
 
 def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
-               progress: bool = True) -> DecodeReport:
-    """Decode every recording of ``raw_dir`` into ``out_dir``/<id>.h5 and write the decode manifest."""
+               progress: bool = True, executor: Optional[Executor] = None) -> DecodeReport:
+    """Decode every recording of ``raw_dir`` into ``out_dir``/<id>.h5 and write the decode manifest.
+
+    ``executor`` runs the episodes (default: this machine, ``settings.workers`` processes).
+    """
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,21 +255,19 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
         p.unlink()
     conversion = json.dumps(conversion_settings(settings), sort_keys=True)
     report = DecodeReport(out_dir / MANIFEST, removed=len(stale))
-    bar = tqdm(total=len(sources), desc="decode", unit="ep", disable=not progress)
-    if settings.workers == 1 or len(sources) <= 1:
-        for src in sources:
-            report.rows[src.episode_id], reused = _decode_one(src, out_dir, settings, conversion)
-            report.reused += reused
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")   # cv2/FFmpeg threads and fork do not mix
-        with cf.ProcessPoolExecutor(settings.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_decode_one, s, out_dir, settings, conversion): s for s in sources}
-            for fut in cf.as_completed(futures):
-                report.rows[futures[fut].episode_id], reused = fut.result()
+    work = functools.partial(_decode_one, out_dir=out_dir, settings=settings, conversion=conversion)
+    executor = executor or LocalExecutor()
+    with tqdm(total=len(sources), desc="decode", unit="ep", disable=not progress) as bar:
+        for src, result in executor.map(work, sources, task="decode", workers=settings.workers,
+                                        key=lambda s: s.episode_id):
+            if isinstance(result, Lost):   # its worker died on every try: skipped, like a bad recording
+                report.rows[src.episode_id] = skipped_row(result.reason)
+                episode_path(out_dir, src.episode_id).unlink(missing_ok=True)
+            else:
+                report.rows[src.episode_id], reused = result
                 report.reused += reused
-                bar.update()
-    bar.close()
+            bar.update()
+    remove_stale_temps(out_dir)     # temps of workers that died (their episodes were rewritten or skipped)
     write_json_atomic(report.manifest_path, {
         "format_version": F.DECODE_MANIFEST_VERSION,
         "conversion": json.loads(conversion),

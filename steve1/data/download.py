@@ -14,12 +14,17 @@ instead of fetching them again.
 The raw folder is the stage's output (tracked by DVC) and mirrors the selection: it holds only
 finished recordings and the manifest; partials of failed episodes wait in the staging folder for
 the next run, and the staging folder is removed once empty.
+
+:func:`fetch_or_reuse` is one episode's work; :func:`download_entries`, the driver, runs it over the
+selection through an executor (``steve1.engine``: threads here, or Ray tasks) and alone writes the
+manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import errno
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +32,6 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -44,6 +48,7 @@ from steve1.data.formats import (
 )
 from steve1.data.index import Entry, Index, file_url_path, load_indices, select_entries
 from steve1.data.video import VideoError, probe_video
+from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 
@@ -326,7 +331,6 @@ def fetch_episode(
     paths = episode_paths(raw_dir, entry.episode_id)
     staged = episode_paths(staging_dir(raw_dir), entry.episode_id)
     urls = {"mp4": entry.mp4_url, "jsonl": entry.jsonl_url}
-    record: dict[str, Any] = {"url": entry.mp4_url, "version": entry.version}
     try:
         results = {}
         with requests.Session() as session:
@@ -344,15 +348,31 @@ def fetch_episode(
                 part_path(staged[kind]).unlink(missing_ok=True)
             elif staged[kind].exists():  # a complete file of an unfinished episode: the next run resumes it at its end
                 os.replace(staged[kind], part_path(staged[kind]))
-        record.update(status="failed", reason=str(exc), bytes=None, sha256=None)
-    else:
-        record.update(
-            status="ok",
-            reason=None,
-            bytes={k: r.bytes for k, r in results.items()},
-            sha256={k: r.sha256 for k, r in results.items()},
-        )
-    return record
+        return failed_record(entry, str(exc))
+    return {"url": entry.mp4_url, "version": entry.version, "status": "ok", "reason": None,
+            "bytes": {k: r.bytes for k, r in results.items()}, "sha256": {k: r.sha256 for k, r in results.items()}}
+
+
+def failed_record(entry: Entry, reason: str) -> dict[str, Any]:
+    return {"url": entry.mp4_url, "version": entry.version, "status": "failed", "reason": reason, "bytes": None,
+            "sha256": None}
+
+
+def fetch_or_reuse(item: tuple[Entry, Optional[dict[str, Any]]], raw_dir: Path,
+                   policy: RetryPolicy) -> tuple[dict[str, Any], bool, int]:
+    """``(record, reused, bytes fetched)`` of one episode: the last run's ok record when its files
+    still match it, else a fresh fetch. The one per-episode function of every engine; ``item`` is
+    the entry and its record in the last manifest (or None)."""
+    entry, previous = item
+    if _still_ok(previous, entry, episode_paths(raw_dir, entry.episode_id)):
+        return previous, True, 0
+    fetched = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal fetched
+        fetched += n
+
+    return fetch_episode(entry, raw_dir, policy, on_bytes), False, fetched
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -478,8 +498,9 @@ def download_entries(
     concurrency: int = 4,
     header: Optional[dict[str, Any]] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> DownloadReport:
-    """Fetch (or re-verify) ``entries`` into ``raw_dir`` with ``concurrency`` files in flight."""
+    """Fetch (or re-verify) ``entries`` into ``raw_dir``: ``concurrency`` threads here, or ``executor``'s workers."""
     t0 = time.monotonic()
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -490,38 +511,32 @@ def download_entries(
         raise ValueError("download_entries: episode ids must be unique (select_entries guarantees it)")
     report = DownloadReport(raw_dir / MANIFEST, {}, removed_files=_remove_unselected(raw_dir, selected))
     writer = _ManifestWriter(report.manifest_path, header or {})
-    lock = threading.Lock()
     bar = tqdm(total=len(entries), unit="ep", desc="download", disable=not progress, dynamic_ncols=True)
-
-    def on_bytes(n: int) -> None:
-        with lock:
-            report.fetched_bytes += n
-
-    def one(entry: Entry) -> tuple[Entry, dict[str, Any], bool]:
-        record = previous.get(entry.episode_id)
-        if _still_ok(record, entry, episode_paths(raw_dir, entry.episode_id)):
-            return entry, record, True
-        return entry, fetch_episode(entry, raw_dir, policy, on_bytes), False
-
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="download")
+    work = functools.partial(fetch_or_reuse, raw_dir=raw_dir, policy=policy)
+    items = [(e, previous.get(e.episode_id)) for e in entries]
+    executor = executor or LocalExecutor()
     try:
-        futures = [pool.submit(one, e) for e in entries]
-        for future in as_completed(futures):
-            entry, record, reused = future.result()
+        for (entry, _), result in executor.map(work, items, task="download", workers=concurrency, threads=True,
+                                               key=lambda item: item[0].episode_id):
+            if isinstance(result, Lost):   # its worker died on every try: failed, like a bad transfer
+                record, reused, fetched = failed_record(entry, result.reason), False, 0
+                for path in episode_paths(raw_dir, entry.episode_id).values():
+                    path.unlink(missing_ok=True)
+            else:
+                record, reused, fetched = result
             writer.set(entry.episode_id, record)
-            with lock:
-                report.reused += reused
-                if record["status"] != "ok":
-                    report.failed[entry.episode_id] = record["reason"]
-                mb = report.fetched_bytes / 1e6
-            bar.set_postfix_str(f"{mb:.1f} MB, {len(report.failed)} failed", refresh=False)
+            report.reused += reused
+            report.fetched_bytes += fetched
+            if record["status"] != "ok":
+                report.failed[entry.episode_id] = record["reason"]
+            bar.set_postfix_str(f"{report.fetched_bytes / 1e6:.1f} MB, {len(report.failed)} failed", refresh=False)
             bar.update(1)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the files in flight, start no more
         bar.close()
         order = {e.episode_id: i for i, e in enumerate(entries)}
         writer.episodes = dict(sorted(writer.episodes.items(), key=lambda kv: order[kv[0]]))
         writer.flush()
+        remove_stale_temps(raw_dir)     # temps of workers that died mid-move
         _remove_empty_staging(raw_dir)
     report.episodes = writer.episodes
     report.failed = {ep: report.failed[ep] for ep in writer.episodes if ep in report.failed}
@@ -540,6 +555,7 @@ def run_download(
     policy: RetryPolicy = RetryPolicy(),
     concurrency: int = 4,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> DownloadReport:
     """Load the index, select episodes and download them; the stage's one library call."""
     idx: Index = load_indices(index, timeout_s=policy.timeout_s)
@@ -551,4 +567,4 @@ def run_download(
                       "versions": list(versions), "seed": seed},
     }
     log.info("%s: %d recordings; %d selected (%s)", index, len(idx.entries), len(entries), select)
-    return download_entries(entries, raw_dir, policy, concurrency, header, progress)
+    return download_entries(entries, raw_dir, policy, concurrency, header, progress, executor)

@@ -12,13 +12,14 @@ Rows ``t < 15`` have no full window: they are zeros with ``valid = False``
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
+from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.models.mineclip import MineCLIP, build_mineclip
@@ -176,7 +178,8 @@ def is_up_to_date(path: Path, weights_id: str, n_frames: int, store_dtype: Optio
 
 
 def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_file: Path,
-                  store_dtype: str = "float32", cursor_png: Optional[str] = None) -> dict[str, Any]:
+                  store_dtype: str = "float32", cursor_png: Optional[str] = None,
+                  progress: bool = True) -> dict[str, Any]:
     """Embed one decoded episode from its raw video; skip it when ``out_file`` is up to date."""
     from steve1.data.video import iter_processed_frames
 
@@ -192,7 +195,7 @@ def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_
     batches = iter_processed_frames(video_file, source_step, gui_open, cursor, size=embedder.frame_size,
                                     batch=embedder.batch_size, cursor_png=cursor_png)
     features = frame_features(embedder, tqdm(batches, total=-(-n // embedder.batch_size), unit="batch",
-                                             desc=episode_id[:40], leave=False))
+                                             desc=episode_id[:40], leave=False, disable=not progress))
     if len(features) != n:
         raise ValueError(f"{video_file}: {len(features)} frames decoded but {episode_file} has n_frames={n}")
     embeds, valid = window_embeddings(embedder, features)
@@ -207,49 +210,120 @@ def distributed_rank() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def embed_all(embedder: Embedder, episodes_dir: Path, raw_dir: Path, embeds_dir: Path, store_dtype: str = "float32",
-              cursor_png: Optional[str] = None, rank: int = 0, world_size: int = 1) -> dict[str, dict[str, Any]]:
-    """Embed this rank's share of the decoded episodes; return ``{episode_id: entry}`` for that share."""
+def model_identity(embedder: Embedder) -> dict[str, Any]:
+    """What the manifest says about the MineCLIP that made the embeddings."""
+    return {"weights": embedder.weights.weights_id, "weights_info": embedder.weights.as_attrs(),
+            "mineclip_config": asdict(embedder.model.config), "embed_dim": embedder.model.embed_dim}
+
+
+def embed_one(embedder: Embedder, episode_id: str, episodes_dir: Path, raw_dir: Path, embeds_dir: Path,
+              store_dtype: str = "float32", cursor_png: Optional[str] = None,
+              progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One episode's embeds file (or the up-to-date one kept) and the model's identity: the one
+    per-episode function of every engine (``embedder`` is the worker's MineCLIP)."""
+    entry = embed_episode(embedder, episode_path(episodes_dir, episode_id), Path(raw_dir) / f"{episode_id}.mp4",
+                          episode_path(embeds_dir, episode_id), store_dtype, cursor_png, progress)
+    return entry, model_identity(embedder)
+
+
+def _given(embedder: Embedder) -> Embedder:
+    return embedder
+
+
+def _embed_episodes(embedder: Embedder | Callable[[], Embedder], episodes_dir: Path, raw_dir: Path, embeds_dir: Path,
+                    store_dtype: str, cursor_png: Optional[str], rank: int, world_size: int,
+                    executor: Optional[Executor]) -> tuple[dict[str, dict[str, Any]], Optional[dict[str, Any]]]:
+    """This rank's episodes through ``executor``: ``({episode_id: entry}, model identity or None)``."""
     check_writable(embeds_dir)
     embeds_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         remove_stale_temps(embeds_dir)
     ids = shard(list_episode_ids(episodes_dir), rank, world_size)
+    setup = functools.partial(_given, embedder) if isinstance(embedder, Embedder) else embedder
+    executor = executor or LocalExecutor()
+    work = functools.partial(embed_one, episodes_dir=episodes_dir, raw_dir=raw_dir, embeds_dir=embeds_dir,
+                             store_dtype=store_dtype, cursor_png=cursor_png, progress=executor.name == "local")
     done: dict[str, dict[str, Any]] = {}
-    for eid in tqdm(ids, unit="episode", desc=f"embed rank {rank}/{world_size}"):
-        done[eid] = embed_episode(embedder, episode_path(episodes_dir, eid), Path(raw_dir) / f"{eid}.mp4",
-                                  episode_path(embeds_dir, eid), store_dtype, cursor_png)
+    lost: dict[str, str] = {}
+    identity = None
+    for eid, result in tqdm(executor.map(work, ids, task="embed", setup=setup), total=len(ids), unit="episode",
+                            desc=f"embed rank {rank}/{world_size}"):
+        if isinstance(result, Lost):
+            lost[eid] = result.reason
+            continue
+        done[eid], identity = result
         log.info("%s: %s (%d frames)", eid, done[eid]["status"], done[eid]["n_frames"])
-    return done
+    if world_size == 1:
+        remove_stale_temps(embeds_dir)     # temps of workers that died (other ranks may still be writing theirs)
+    if lost:   # the embeds manifest has no failed rows (sample needs every episode): the stage fails
+        listing = "\n".join(f"  {eid}: {why}" for eid, why in sorted(lost.items()))
+        raise RuntimeError(f"{len(lost)} episode(s) could not be embedded (the other {len(done)} are written; a "
+                           f"rerun keeps them and retries these):\n{listing}")
+    return dict(sorted(done.items())), identity
 
 
-def write_manifest(embedder: Embedder, episodes_dir: Path, embeds_dir: Path, store_dtype: str) -> dict[str, Any]:
-    """``<embeds>/manifest.json``: the weights, config and every episode's frames (same inputs, same bytes)."""
+def embed_all(embedder: Embedder | Callable[[], Embedder], episodes_dir: Path, raw_dir: Path, embeds_dir: Path,
+              store_dtype: str = "float32", cursor_png: Optional[str] = None, rank: int = 0, world_size: int = 1,
+              executor: Optional[Executor] = None) -> dict[str, dict[str, Any]]:
+    """Embed this rank's share of the decoded episodes; return ``{episode_id: entry}`` for that share.
+
+    ``embedder`` is a MineCLIP, or a function building one (each Ray actor calls it once).
+    """
+    return _embed_episodes(embedder, Path(episodes_dir), Path(raw_dir), Path(embeds_dir), store_dtype, cursor_png,
+                           rank, world_size, executor)[0]
+
+
+def write_manifest(model: Embedder | dict[str, Any], episodes_dir: Path, embeds_dir: Path,
+                   store_dtype: str) -> dict[str, Any]:
+    """``<embeds>/manifest.json``: the weights, config and every episode's frames (same inputs, same bytes).
+
+    ``model`` is the MineCLIP, or its :func:`model_identity` (a Ray driver holds no MineCLIP).
+    """
+    identity = model_identity(model) if isinstance(model, Embedder) else model
     episodes = {}
     for eid in list_episode_ids(episodes_dir):
         with EpisodeReader(episode_path(episodes_dir, eid)) as ep:
             n = ep.n_frames
-        if not is_up_to_date(episode_path(embeds_dir, eid), embedder.weights.weights_id, n, store_dtype):
+        if not is_up_to_date(episode_path(embeds_dir, eid), identity["weights"], n, store_dtype):
             raise RuntimeError(f"{episode_path(embeds_dir, eid)}: missing or stale after embedding; rerun the stage")
         episodes[eid] = {"n_frames": n, "n_valid": max(0, n - F.NONE_EMBED_OFFSET)}
-    manifest = {"format_version": F.EMBED_FORMAT_VERSION, "weights": embedder.weights.weights_id,
-                "weights_info": embedder.weights.as_attrs(), "mineclip_config": asdict(embedder.model.config),
-                "embed_dim": embedder.model.embed_dim, "window": F.WINDOW, "first_valid": F.NONE_EMBED_OFFSET,
+    manifest = {"format_version": F.EMBED_FORMAT_VERSION, "weights": identity["weights"],
+                "weights_info": identity["weights_info"], "mineclip_config": identity["mineclip_config"],
+                "embed_dim": identity["embed_dim"], "window": F.WINDOW, "first_valid": F.NONE_EMBED_OFFSET,
                 "store_dtype": store_dtype, "episodes": episodes}
     write_json_atomic(Path(embeds_dir) / MANIFEST, manifest)
     return manifest
 
 
 def run_embed(embed: Any, episodes_dir: str | Path, raw_dir: str | Path, embeds_dir: str | Path,
-              cursor_png: Optional[str] = None) -> dict[str, Any]:
+              cursor_png: Optional[str] = None, executor: Optional[Executor] = None) -> dict[str, Any]:
     """The embed stage: this process's share of the episodes, then (main process) the manifest.
 
     ``embed`` is the params ``embed`` section. Under ``accelerate launch``/torchrun (WORLD_SIZE > 1)
     episodes are split by rank and each rank uses its local GPU; the main process writes the
-    manifest once every rank is done.
+    manifest once every rank is done. With a Ray ``executor`` the MineCLIPs live in its actors (one
+    each), and this process builds none.
     """
     check_writable(embeds_dir)  # before MineCLIP is built
     rank, world_size, local_rank = distributed_rank()
+    episodes_dir, raw_dir, embeds_dir = Path(episodes_dir), Path(raw_dir), Path(embeds_dir)
+    if executor is not None and executor.name == "ray":
+        if world_size > 1:
+            raise RuntimeError("engine: ray spreads embedding over the Ray cluster's actors itself; run the stage "
+                               "without accelerate launch/torchrun (or set engine: local)")
+        device = embed.device
+        if not executor.reserves_gpus("embed"):
+            if device == "cuda":
+                raise RuntimeError("embed.device is 'cuda' but the Ray actors get no GPU (ray.embed.num_gpus is 0 "
+                                   "or the cluster has none); use 'auto' or 'cpu'")
+            device = "cpu"
+        setup = functools.partial(make_embedder, embed.weights, embed.preset, embed.seed, embed.batch_size, device,
+                                  embed.compute_dtype)
+        done, identity = _embed_episodes(setup, episodes_dir, raw_dir, embeds_dir, embed.store_dtype, cursor_png,
+                                         0, 1, executor)
+        if identity is None:        # no episode to embed: the manifest still names the model
+            identity = model_identity(setup())
+        return write_manifest(identity, episodes_dir, embeds_dir, embed.store_dtype)
     state = None
     if world_size > 1:
         from accelerate import PartialState
@@ -259,10 +333,10 @@ def run_embed(embed: Any, episodes_dir: str | Path, raw_dir: str | Path, embeds_
                              embed.compute_dtype, local_rank)
     log.info("MineCLIP %s on %s (%s), rank %d/%d", embedder.weights.weights_id, embedder.device,
              embedder.autocast_dtype or "float32", rank, world_size)
-    embed_all(embedder, Path(episodes_dir), Path(raw_dir), Path(embeds_dir), embed.store_dtype, cursor_png,
-              rank, world_size)
+    _embed_episodes(embedder, episodes_dir, raw_dir, embeds_dir, embed.store_dtype, cursor_png, rank, world_size,
+                    executor)
     if state is not None:
         state.wait_for_everyone()
     if rank == 0:
-        return write_manifest(embedder, Path(episodes_dir), Path(embeds_dir), embed.store_dtype)
+        return write_manifest(embedder, episodes_dir, embeds_dir, embed.store_dtype)
     return {}

@@ -1,0 +1,290 @@
+"""The data stages on Ray (``engine: ray``) write the bytes ``engine: local`` writes, and survive
+workers killed mid-episode, a node lost mid-episode and a killed driver.
+
+Every stage runs through its own ``main`` (or ``python -m stages.<name>``), so the engine switch,
+the drivers and the per-episode functions are the ones ``dvc repro`` runs. The local Ray is the
+session's (``ray.init(num_cpus=2)``); the slow tests use a simulated two-node cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures.recordings import write_png_recording
+from stages import decode as decode_stage
+from stages import download as download_stage
+from stages import embed as embed_stage
+from stages import embed_set as embed_set_stage
+from stages import import_set as import_set_stage
+from stages import make_source as make_source_stage
+from steve1.io import TEMP_PREFIX
+from steve1.layout import MANIFEST
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = "trimmed_lovely-persimmon-angora-a39257c803d3-20220422-051333"
+DATA_FOLDERS = ("raw", "episodes", "embeds", "custom")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """Inputs both engines read: a source (index + recordings) with the real pair, and a custom PNG set."""
+    root = tmp_path_factory.mktemp("shared")
+    params = {"paths": {"source": str(root / "source")},
+              "source": {"n_synthetic": 2, "synthetic_steps": 80, "include_real": True, "seed": 0}}
+    (root / "source.yaml").write_text(yaml.safe_dump(params))
+    assert make_source_stage.main(["--params", str(root / "source.yaml")]) == 0
+    for k in range(2):
+        write_png_recording(root / "mine", f"png-{k}", n_frames=24 + 4 * k, seed=k)
+    return root
+
+
+SYNTHETIC = ["synthetic-0-0", "synthetic-0-1"]
+
+
+def _params(root: Path, shared: Path, engine: str, episodes: list[str] | None = None, **ray) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    params = {
+        "engine": engine,
+        "ray": {"max_retries": 2, **ray},
+        "paths": {"source": str(shared / "source"), "raw": str(root / "raw"), "episodes": str(root / "episodes"),
+                  "embeds": str(root / "embeds"), "custom": str(root / "custom")},
+        "custom": {"mine": {"source": str(shared / "mine")}},
+        "download": {"index": str(shared / "source" / "index.json"),
+                     **({"select": "list", "episodes": episodes} if episodes else {})},
+        "embed": {"batch_size": 16, "device": "cpu"},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _workspace(shared: Path) -> Path:
+    """The one output folder every run writes (manifests name their folders: both engines must see the
+    same paths, as on a cluster's shared filesystem); emptied first."""
+    root = shared / "ws"
+    shutil.rmtree(root, ignore_errors=True)
+    return root
+
+
+def _run(stages: list[str], params: Path) -> None:
+    mains = {"download": download_stage.main, "decode": decode_stage.main, "embed": embed_stage.main,
+             "import-set": lambda argv: import_set_stage.main(["mine", *argv]),
+             "embed-set": lambda argv: embed_set_stage.main(["mine", *argv])}
+    for name in stages:
+        assert mains[name](["--params", str(params)]) == 0, name
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file the data stages wrote under ``root``, by relative path (params.yaml aside)."""
+    out = {}
+    for folder in DATA_FOLDERS:
+        for path in sorted((root / folder).rglob("*")) if (root / folder).is_dir() else []:
+            if path.is_file():
+                out[str(path.relative_to(root))] = path.read_bytes()
+    return out
+
+
+def _assert_same_outputs(local: Path, ray: Path) -> None:
+    _same_as(local, ray)
+    b = _files(ray)
+    assert not [k for k in b if Path(k).name.startswith(TEMP_PREFIX)]       # no temp of any dead worker
+    assert not (ray / "raw.partial").exists()
+
+
+def _reference(shared: Path, name: str, stages: list[str], episodes: list[str] | None) -> Path:
+    root = _workspace(shared)
+    _run(stages, _params(root, shared, "local", episodes))
+    return Path(shutil.copytree(root, shared / name))
+
+
+@pytest.fixture(scope="module")
+def local_all(shared) -> Path:
+    """Every data stage with engine: local, on the synthetic recordings and the custom set."""
+    return _reference(shared, "local-all", ["download", "decode", "embed", "import-set", "embed-set"], SYNTHETIC)
+
+
+@pytest.fixture(scope="module")
+def local_decoded(shared) -> Path:
+    """download and decode with engine: local, the real recording (1056 frames) included."""
+    return _reference(shared, "local-decoded", ["download", "decode"], None)
+
+
+def _same_as(reference: Path, root: Path) -> None:
+    a = {k: v for k, v in _files(reference).items()}
+    b = _files(root)
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_ray_engine_writes_the_bytes_the_local_engine_writes(ray_local, shared, local_all):
+    root = _workspace(shared)
+    _run(["download", "decode", "embed", "import-set", "embed-set"], _params(root, shared, "ray", SYNTHETIC))
+    _assert_same_outputs(local_all, root)
+    rows = json.loads((root / "episodes" / MANIFEST).read_text())["episodes"]
+    assert {r["status"] for r in rows.values()} == {"ok"} and len(rows) == 2
+
+
+# ------------------------------------------------------------------------------------------ killing
+
+
+def _titled(prefix: str) -> list[tuple[int, int]]:
+    """(pid, parent pid) of processes whose title starts with ``prefix`` (Ray titles a busy worker
+    ``ray::<task name>``; the engine names each task ``<stage>:<episode id>``)."""
+    found = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            title = Path(cmdline).read_bytes().split(b"\0")[0].decode(errors="replace")
+            if title.startswith(prefix):
+                pid = int(cmdline.split("/")[2])
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                found.append((pid, ppid))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class Killer(threading.Thread):
+    """Kills (SIGKILL) the first process running ``ray::<task>`` the moment it shows, ``times`` times;
+    with ``parent``, only workers of that raylet."""
+
+    def __init__(self, task: str, times: int = 1, parent: int | None = None, action=None):
+        super().__init__(daemon=True)
+        self.task, self.times, self.parent, self.action = f"ray::{task}", times, parent, action
+        self.killed: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while len(self.killed) < self.times and not self.stop.is_set():
+            for pid, ppid in _titled(self.task):
+                if pid not in self.killed and (self.parent is None or ppid == self.parent):   # dying takes a while
+                    if self.action is not None:
+                        self.action()
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                    break
+            time.sleep(0.002)
+
+
+def test_a_worker_killed_mid_episode_leaves_no_partial_file_and_the_episode_is_retried(
+        ray_local, shared, local_decoded):
+    root = _workspace(shared)
+    params = _params(root, shared, "ray")
+    _run(["download"], params)
+    killer = Killer(f"decode:{REAL}")
+    killer.start()
+    _run(["decode"], params)
+    killer.stop.set()
+    assert len(killer.killed) == 1, "the decode task of the real recording was never seen running"
+    _assert_same_outputs(local_decoded, root)
+
+
+def test_an_episode_whose_worker_always_dies_is_recorded_as_failed_with_the_reason(ray_local, shared):
+    root = _workspace(shared)
+    params = _params(root, shared, "ray", max_retries=1)
+    _run(["download"], params)
+    killer = Killer(f"decode:{REAL}", times=2)     # the first try and its one retry
+    killer.start()
+    _run(["decode"], params)
+    killer.stop.set()
+    assert len(killer.killed) == 2
+    rows = json.loads((root / "episodes" / MANIFEST).read_text())["episodes"]
+    assert rows[REAL]["status"] == "skipped"
+    assert rows[REAL]["reason"].startswith("its Ray worker died on each of 2 tries")
+    assert [r["status"] for k, r in sorted(rows.items()) if k != REAL] == ["ok", "ok"]
+    assert sorted(p.name for p in (root / "episodes").iterdir()) == sorted(
+        [f"{k}.h5" for k in rows if k != REAL] + [MANIFEST])
+
+
+def _stage(name: str, params: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}", "--params", str(params)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_driver_rerun_keeps_the_finished_episodes(ray_local, shared, local_decoded):
+    """The stage runs as its own process against the session's Ray (RAY_ADDRESS); it is killed
+    (SIGKILL) once some episodes are written, then run again."""
+    root = _workspace(shared)
+    params = _params(root, shared, "ray", decode={"num_cpus": 1, "workers": 1})     # one episode at a time
+    _run(["download"], params)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    driver = _stage("decode", params, env)
+    deadline = time.monotonic() + 120
+    while not list((root / "episodes").glob("*.h5")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-3000:]
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    assert not (root / "episodes" / MANIFEST).exists()
+    done_before = {p.name: p.stat().st_mtime_ns for p in (root / "episodes").glob("*.h5")}
+    assert 0 < len(done_before) < 3
+    rerun = _stage("decode", params, env)
+    out = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    assert f"({len(done_before)} kept from an earlier run)" in out, out[-3000:]
+    for name, mtime in done_before.items():      # reused, not rewritten
+        assert (root / "episodes" / name).stat().st_mtime_ns == mtime
+    _assert_same_outputs(local_decoded, root)
+
+
+# ------------------------------------------------------------------------------------------ two nodes
+
+
+@pytest.mark.slow
+def test_on_two_nodes_every_stage_writes_the_local_bytes(ray_two_nodes, shared, local_all):
+    root = _workspace(shared)
+    _run(["download", "decode", "embed", "import-set", "embed-set"], _params(root, shared, "ray", SYNTHETIC))
+    _assert_same_outputs(local_all, root)
+
+
+def _hold_until(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_episode_has_its_episode_retried_on_the_other(ray_two_nodes, shared, local_decoded):
+    import ray
+    import ray.cloudpickle
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head, worker_node = ray_two_nodes.list_all_nodes()
+    raylet = worker_node.all_processes["raylet"][0].process.pid
+    root = _workspace(shared)
+    params = _params(root, shared, "ray")
+    _run(["download"], params)
+    # The head's one CPU is held until the worker node is gone, so the decode tasks start there; the
+    # node goes away while it decodes the real recording (1056 frames), which then runs on the head.
+    release = shared / "release-head"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        hold = ray.remote(_hold_until).options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            head.node_id, soft=False)).remote(str(release))
+
+        def lose_the_node():
+            ray_two_nodes.remove_node(worker_node)
+            release.touch()
+
+        killer = Killer(f"decode:{REAL}", parent=raylet, action=lose_the_node)
+        killer.start()
+        _run(["decode"], params)
+        killer.stop.set()
+        ray.get(hold)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert len(killer.killed) == 1, "the real recording was not decoded on the worker node"
+    _assert_same_outputs(local_decoded, root)

@@ -1,0 +1,119 @@
+"""steve1/engine.py: both executors return what the per-episode function returns, the function's
+own errors come back as themselves, and a Ray worker that dies on every try comes back Lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from steve1.engine import EngineError, LocalExecutor, Lost, RayExecutor, _enter, open_executor
+from steve1.params import Params, RayParams, RayResources
+
+ITEMS = list(range(7))
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fails_on_3(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def _dies_on_3(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)     # as the OOM killer or a segfault would
+    return x
+
+
+def _pid_state() -> dict:
+    return {"pid": os.getpid()}
+
+
+def _with_state(state: dict, x: int) -> tuple[int, int]:
+    return state["pid"], x * x
+
+
+def _setup_fails() -> dict:
+    raise FileNotFoundError("attn.pth: not found")
+
+
+def _ray_settings(**kw) -> RayParams:
+    return RayParams(max_retries=kw.pop("max_retries", 1), decode=RayResources(num_cpus=1),
+                     embed=RayResources(num_cpus=1, num_gpus=1, workers=kw.pop("actors", 2)), **kw)
+
+
+@pytest.fixture
+def by_value():
+    """Ray workers cannot import this test module: its functions travel by value."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.parametrize("workers,threads", [(1, False), (3, True), (2, False)])
+def test_local_executor_returns_every_result(workers, threads):
+    got = dict(LocalExecutor().map(_square, ITEMS, task="decode", workers=workers, threads=threads))
+    assert got == {x: x * x for x in ITEMS}
+    got = dict(LocalExecutor().map(_with_state, ITEMS, task="embed", setup=_pid_state, workers=workers,
+                                   threads=threads))
+    assert {x: sq for x, (_, sq) in got.items()} == {x: x * x for x in ITEMS}
+    assert len({pid for pid, _ in got.values()}) <= workers       # one setup per worker
+
+
+def test_local_executor_raises_the_functions_error():
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        list(LocalExecutor().map(_fails_on_3, ITEMS, task="decode"))
+
+
+def test_open_executor_follows_the_engine_param():
+    with open_executor(Params()) as ex:
+        assert isinstance(ex, LocalExecutor)
+
+
+def test_a_worker_outside_the_drivers_workspace_refuses_with_a_sentence(tmp_path):
+    with pytest.raises(EngineError, match="same workspace"):
+        _enter(str(tmp_path), str(tmp_path / "elsewhere"))
+    root = str(Path(__file__).resolve().parents[1])
+    cwd = os.getcwd()
+    try:
+        with pytest.raises(EngineError, match="shared filesystem mounted at the same path"):
+            _enter(str(tmp_path / "absent"), root)
+    finally:
+        os.chdir(cwd)
+
+
+def test_ray_tasks_and_actors_return_what_the_function_returns(ray_local, by_value):
+    ex = RayExecutor(_ray_settings())
+    assert dict(ex.map(_square, ITEMS, task="decode")) == {x: x * x for x in ITEMS}
+    got = dict(ex.map(_with_state, ITEMS, task="embed", setup=_pid_state))
+    assert {x: sq for x, (_, sq) in got.items()} == {x: x * x for x in ITEMS}
+    assert len({pid for pid, _ in got.values()}) == 2                  # ray.embed.workers actors, each set up once
+    assert not ex.reserves_gpus("embed")                               # num_gpus 1, but no GPU here: CPU actors
+    ex.close()
+    assert ray_local.is_initialized()                                  # a Ray it did not start is left running
+
+
+def test_ray_reraises_the_functions_own_errors_as_themselves(ray_local, by_value):
+    ex = RayExecutor(_ray_settings())
+    with pytest.raises(ValueError, match="^item 3 is bad$"):
+        list(ex.map(_fails_on_3, ITEMS, task="decode"))
+    with pytest.raises(FileNotFoundError, match="^attn.pth: not found$"):     # from an actor's setup
+        list(ex.map(_with_state, ITEMS, task="embed", setup=_setup_fails))
+
+
+def test_a_worker_dying_on_every_try_comes_back_lost_with_a_reason(ray_local, by_value):
+    ex = RayExecutor(_ray_settings(max_retries=1))
+    got = dict(ex.map(_dies_on_3, ITEMS, task="decode"))
+    assert {x: r for x, r in got.items() if x != 3} == {x: x for x in ITEMS if x != 3}
+    assert isinstance(got[3], Lost)
+    assert got[3].reason.startswith("its Ray worker died on each of 2 tries") and "WorkerCrashedError" in got[3].reason
+    assert str(os.getpid()) not in got[3].reason                       # no PIDs or hosts: it goes into a manifest
