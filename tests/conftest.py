@@ -75,7 +75,7 @@ class RaySession:
 
         if self.kind != "local":
             self.stop()
-            ray.init(num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
+            ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
             self.kind = "local"
         return ray
 
