@@ -153,7 +153,7 @@ def _import_ray() -> Any:
         pass
     except ImportError as exc:
         raise EngineError(f"pyarrow is installed but cannot be imported ({exc}); Ray imports it when present: "
-                          f"uninstall it (`pip uninstall pyarrow`; the lock does not list it)") from None
+                          f"install the version the lock pins (pyarrow 19.0.1 works with numpy 1.26.4), or uninstall it") from None
     try:
         import ray
     except ModuleNotFoundError:
