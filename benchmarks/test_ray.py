@@ -177,7 +177,7 @@ def _measure(root: Path, stage: str) -> dict[str, dict]:
     engines = ENGINES + EXTRA[stage]
     rounds: dict[str, list[dict]] = {e: [] for e in engines}
     machine: list[float] = []
-    ray.init(num_cpus=2, object_store_memory=200 << 20, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=200 << 20, include_dashboard=False)   # our own Ray
     try:
         env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         for _ in range(ROUNDS):
