@@ -5,7 +5,8 @@ One local Ray of 2 CPUs serves both Ray configurations: "1 CPU" is ``ray.<stage>
 task at a time, one MineCLIP actor), "2 CPUs" lets the engine fill the cluster. Each configuration
 runs the stage's driver (``decode_all``, ``embed_all``) in a fresh process, as a stage runs (the Ray
 ones join through ``RAY_ADDRESS``), over the same episodes from nothing (outputs removed first).
-The three alternate for ``ROUNDS`` rounds, so load from other users of the machine hits all of
+Decode adds the local engine with two processes (``decode.workers: 2``), the yardstick of two
+workers without Ray. The configurations alternate for ``ROUNDS`` rounds, so load from other users of the machine hits all of
 them, and each keeps its best round. The driver's executor is wrapped to time each episode's
 arrival: **steady throughput** counts the episodes that finish after the first wave (one per
 worker) over the time they take, so it excludes start-up; **start-up** is the time to the first
@@ -57,6 +58,9 @@ N = {"decode": 8, "embed": 6}    # episodes per run
 EMBED_STEPS = 220                # synthetic steps per embed episode (about 190 kept frames)
 ROUNDS = 3
 ENGINES = ("local", "ray-1cpu", "ray-2cpu")
+# decode also runs the local engine with 2 processes (decode.workers: 2): what two workers gain here
+# without Ray, the yardstick of ray-2cpu's scaling (embed has no local multi-process mode)
+EXTRA = {"decode": ("local-2proc",), "embed": ()}
 NOOPS = 300
 _embedder = functools.partial(make_embedder, None, "tiny", 0, 64, "cpu")   # the default tiny MineCLIP
 
@@ -89,21 +93,22 @@ class Timed:
 
 
 def _executor(engine: str):
-    if engine == "local":
+    if engine.startswith("local"):
         return LocalExecutor()
     one = 1 if engine == "ray-1cpu" else None
     return RayExecutor(RayParams(decode=RayResources(num_cpus=1, workers=one),
                                  embed=RayResources(num_cpus=1, num_gpus=0, workers=one)))
 
 
-def _run(root: Path, stage: str, executor) -> tuple[float, list[float]]:
+def _run(root: Path, stage: str, executor, two: bool = False) -> tuple[float, list[float]]:
     """(start, arrivals) of one run of the stage's driver over every episode, from nothing."""
     out = root / f"{stage}-out"
     shutil.rmtree(out, ignore_errors=True)
     timed = Timed(executor)
     t0 = time.perf_counter()
     if stage == "decode":
-        report = decode_all(root / "decode-raw", out, DecodeParams(video_threads=1), progress=False, executor=timed)
+        settings = DecodeParams(video_threads=1, workers=2 if two else 1)
+        report = decode_all(root / "decode-raw", out, settings, progress=False, executor=timed)
         assert report.n_ok == N[stage]
     else:   # local: the stage builds its MineCLIP before the loop, so that is timed too; Ray builds one per actor
         done = embed_all(_embedder if executor.name == "ray" else _embedder(), root / "embed-episodes",
@@ -156,7 +161,7 @@ def _driver(root: Path, stage: str, engine: str) -> dict:
     """One round of one configuration, in a fresh driver process (``python -m benchmarks.test_ray``)."""
     torch.set_num_threads(1)        # the local engine's one worker: one core, like a 1-CPU Ray worker
     ex = _executor(engine)
-    out = {"run": _run(root, stage, ex)}
+    out = {"run": _run(root, stage, ex, two=engine == "local-2proc")}
     if engine == "ray-1cpu":
         out["engine_s_per_item"] = _engine_overhead(ex, stage)
     return out
@@ -169,20 +174,21 @@ def _measure(root: Path, stage: str) -> dict[str, dict]:
     import ray
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    rounds: dict[str, list[dict]] = {e: [] for e in ENGINES}
+    engines = ENGINES + EXTRA[stage]
+    rounds: dict[str, list[dict]] = {e: [] for e in engines}
     machine: list[float] = []
-    ray.init(num_cpus=2, object_store_memory=200 << 20, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=200 << 20, include_dashboard=False)   # our own Ray
     try:
         env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         for _ in range(ROUNDS):
-            for engine in ENGINES:
+            for engine in engines:
                 if engine == "ray-2cpu":
                     machine.append(_machine_scaling())
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.test_ray", str(root), stage, engine],
                                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
                 assert proc.returncode == 0, proc.stderr[-3000:]
                 got = json.loads(proc.stdout.strip().splitlines()[-1])
-                summary = _summary(*got["run"], 2 if engine == "ray-2cpu" else 1)
+                summary = _summary(*got["run"], 2 if engine in ("ray-2cpu", "local-2proc") else 1)
                 if "engine_s_per_item" in got:
                     summary["engine_s_per_item"] = got["engine_s_per_item"]
                 rounds[engine].append(summary)
@@ -211,14 +217,17 @@ def test_ray_engine_throughput_and_scaling(benchmark, inputs, stage):
     machine = t["ray-2cpu"]["machine_scaling"]
     overhead = 1 / eps["ray-1cpu"] - 1 / eps["local"]
     engine_cost = t["ray-1cpu"]["engine_s_per_item"]
+    local2 = t.get("local-2proc", {}).get("steady_eps")
     record(benchmark, figure=eps["ray-2cpu"], reference=eps["local"], unit="episodes/s",
+           local_2proc_episodes_per_s=local2, local_scaling_1_to_2_procs=local2 / eps["local"] if local2 else None,
            reference_name="engine: local, 1 worker", episodes=N[stage], frames_per_episode=frames,
            frames_per_s={e: eps[e] * frames for e in ENGINES}, steady_episodes_per_s=eps,
            scaling_1_to_2_cpus=scaling, machine_scaling_1_to_2=machine, ray_overhead_per_episode_s=overhead,
            engine_s_per_noop_item=engine_cost, startup_s={e: t[e]["startup_s"] for e in ENGINES}, timings=t)
     print(f"{stage}: scaling 1 -> 2 CPUs {scaling:.2f}x (the machine's own: {machine:.2f}x); ray-1cpu / local "
           f"{eps['ray-1cpu'] / eps['local']:.2f} ({overhead * 1000:+.0f} ms/episode); the engine alone "
-          f"{engine_cost * 1000:.1f} ms per item ({engine_cost * eps['local']:.2%} of a local episode)")
+          f"{engine_cost * 1000:.1f} ms per item ({engine_cost * eps['local']:.2%} of a local episode)"
+          + (f"; local with 2 processes {local2 / eps['local']:.2f}x" if local2 else ""))
 
 
 if __name__ == "__main__":    # one round's driver: python -m benchmarks.test_ray ROOT STAGE ENGINE

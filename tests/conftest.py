@@ -75,6 +75,7 @@ class RaySession:
 
         if self.kind != "local":
             self.stop()
+            # address="local": a new Ray of our own, never a cluster another user started on this machine
             ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
             self.kind = "local"
         return ray

@@ -191,6 +191,18 @@ def test_a_worker_killed_mid_episode_leaves_no_partial_file_and_the_episode_is_r
     _assert_same_outputs(local_decoded, root)
 
 
+def test_a_mineclip_actor_killed_mid_episode_is_restarted_and_the_episode_retried(ray_local, shared, local_all):
+    root = _workspace(shared)
+    _run(["download", "decode", "import-set", "embed-set"], _params(root, shared, "local", SYNTHETIC))
+    params = _params(root, shared, "ray", SYNTHETIC, embed={"num_cpus": 1, "num_gpus": 0, "workers": 1})
+    killer = Killer(f"embed:{SYNTHETIC[1]}")
+    killer.start()
+    _run(["embed"], params)
+    killer.stop.set()
+    assert len(killer.killed) == 1, "the embed call of the episode was never seen running"
+    _assert_same_outputs(local_all, root)
+
+
 def test_an_episode_whose_worker_always_dies_is_recorded_as_failed_with_the_reason(ray_local, shared):
     root = _workspace(shared)
     params = _params(root, shared, "ray", max_retries=1)
