@@ -6,6 +6,7 @@ missing stops the stage before any work with one message."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -264,8 +265,8 @@ def test_visual_prompt_sets_from_a_folder_or_steve1_zip_of_pickles(tmp_path):
     assert [(p.name, p.kind, p.cond_scale, float(p.goal.sum())) for p in prompts] == [
         ("dig", "visual", 7.0, 0.0), ("wood", "visual", 7.0, 512.0)]
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
-        z.writestr("x/evil.pkl", pickle.dumps(print))
-    with pytest.raises(RolloutError, match="refusing to unpickle builtins.print"):
+        z.writestr("x/evil.pkl", pickle.dumps(os.system))   # not print: Ray's progress bars replace builtins.print
+    with pytest.raises(RolloutError, match=f"refusing to unpickle {os.system.__module__}.system"):
         visual_prompts_from(tmp_path / "evil.zip")
     with pytest.raises(RolloutError, match="expected 768"):
         visual_prompts_from(folder, dim=768)
