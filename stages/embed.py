@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
-from steve1.data.embedding import run_embed
-from steve1.data.episodes import EpisodeFormatError
-from steve1.engine import open_executor
+from stages._common import run_stage
+from stages._embed import embed_folders
 from steve1.params import Params
 
 
 def _body(params: Params) -> None:
-    try:
-        with open_executor(params) as executor:
-            run_embed(params.embed, params.paths.episodes, params.paths.raw, params.paths.embeds,
-                      cursor_png=params.decode.cursor_png, executor=executor)
-    except (FileNotFoundError, ValueError, RuntimeError, EpisodeFormatError) as exc:
-        raise StageError(str(exc)) from None
+    embed_folders(params, params.paths.episodes, params.paths.raw, params.paths.embeds,
+                  cursor_png=params.decode.cursor_png)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

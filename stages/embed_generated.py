@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
-from steve1.data.embedding import run_embed
-from steve1.data.episodes import EpisodeFormatError
+from stages._common import run_stage
+from stages._embed import embed_folders
 from steve1.layout import Layout
 from steve1.params import Params
 
 
 def _body(params: Params) -> None:
     layout = Layout.from_params(params)
-    try:
-        run_embed(params.embed, layout.generated_episodes, layout.generated_videos, layout.generated_embeds)
-    except (FileNotFoundError, ValueError, RuntimeError, EpisodeFormatError) as exc:
-        raise StageError(str(exc)) from None
+    # generated episodes never open the GUI (gui_open all false): no cursor to draw, none in their source id
+    embed_folders(params, layout.generated_episodes, layout.generated_videos, layout.generated_embeds,
+                  cursor_png=None, where="generated set: ")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_set_stage
-from steve1.data.embedding import run_embed
-from steve1.data.episodes import EpisodeFormatError
-from steve1.engine import open_executor
+from stages._common import run_set_stage
+from stages._embed import embed_folders
 from steve1.layout import Layout
 from steve1.params import Params
 
 
 def _body(params: Params, name: str) -> None:
     where = Layout.from_params(params).custom_set(name)
-    try:
-        with open_executor(params) as executor:
-            run_embed(params.embed, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png,
-                      executor=executor)
-    except (FileNotFoundError, ValueError, RuntimeError, EpisodeFormatError) as exc:
-        raise StageError(f"custom.{name}: {exc}") from None
+    embed_folders(params, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png,
+                  where=f"custom.{name}: ")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
