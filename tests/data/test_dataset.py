@@ -196,8 +196,9 @@ def _run(loader, steps):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_with_the_same_batches(world, workers):
-    fac, sampling = world
+@pytest.mark.parametrize("store", ["world", "jpeg_world"])   # lzf frames, and jpeg frames decoded on threads
+def test_resume_continues_with_the_same_batches(request, store, workers):
+    fac, sampling = request.getfixturevalue(store)
     mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=3,  # noqa: E731
                                       T=T, p_uncond=0.5, num_workers=workers, **kw)
     full = _run(mk(), 7)  # 9 chunks -> 4 steps an epoch: crosses an epoch boundary
