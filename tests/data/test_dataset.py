@@ -196,8 +196,9 @@ def _run(loader, steps):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_with_the_same_batches(world, workers):
-    fac, sampling = world
+@pytest.mark.parametrize("store", ["world", "jpeg_world"])   # lzf frames, and jpeg frames decoded on threads
+def test_resume_continues_with_the_same_batches(request, store, workers):
+    fac, sampling = request.getfixturevalue(store)
     mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=3,  # noqa: E731
                                       T=T, p_uncond=0.5, num_workers=workers, **kw)
     full = _run(mk(), 7)  # 9 chunks -> 4 steps an epoch: crosses an epoch boundary
@@ -248,17 +249,31 @@ def _same(a, b):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def _plain_jpeg_frames(path, start, end):
+    """Frames [start, end) decoded one by one from the file's bytes, outside the loader's code path."""
+    import h5py
+    import simplejpeg
+
+    with h5py.File(path, "r") as f:
+        data, offsets = f[F.FRAME_BYTES][:].tobytes(), f[F.FRAME_OFFSETS][:]
+    return np.stack([simplejpeg.decode_jpeg(data[offsets[t]:offsets[t + 1]], colorspace="RGB")
+                     for t in range(start, end)])
+
+
 def test_jpeg_batches_are_the_same_with_any_workers_and_threads(jpeg_world):
     fac, sampling = jpeg_world
     mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=3,  # noqa: E731
                                       seed=2, p_uncond=0.2, **kw)
     ref = _run(mk(decode_threads=1), 5)
-    for b, i in enumerate(ref[0]["index"].tolist()):  # each row holds its chunk's decoded frames
-        eid, start, end = sampling["chunks"]["train"][i]
-        with EpisodeReader(episode_path(fac.episodes_dir, eid)) as r:
-            assert r.frame_codec == "jpeg"
-            np.testing.assert_array_equal(ref[0]["frames"][b].numpy(), r.frames(start, end))
-    for kw in (dict(decode_threads=3), dict(num_workers=1), dict(num_workers=2, decode_threads=2)):
+    for batch in ref:  # each row holds its chunk's frames, as plain simplejpeg decodes the stored bytes
+        for b, i in enumerate(batch["index"].tolist()):
+            eid, start, end = sampling["chunks"]["train"][i]
+            with EpisodeReader(episode_path(fac.episodes_dir, eid)) as r:
+                assert r.frame_codec == "jpeg"
+            np.testing.assert_array_equal(batch["frames"][b].numpy(),
+                                          _plain_jpeg_frames(episode_path(fac.episodes_dir, eid), start, end))
+    for kw in (dict(decode_threads=2), dict(decode_threads=3), dict(num_workers=1), dict(num_workers=2),
+               dict(num_workers=2, decode_threads=2)):
         for a, b in zip(ref, _run(mk(**kw), 5), strict=True):
             _same(a, b)
 
