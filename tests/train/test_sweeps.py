@@ -56,7 +56,10 @@ def test_queued_learning_rate_sweep_shows_both_experiments(tmp_path):
     env = {**project_env("sweep"), "OMP_NUM_THREADS": "1"}
     init_git(root, env)  # dvclive reads HEAD during the train stage
     _run(["dvc", "repro", "train"], root, env)
+    _run(["dvc", "add", "recordings"], root, env)   # as the README says: else queued runs lack the source
     commit(root, env, "baseline")   # with dvc.lock, as the README says
+    tracked = _run(["git", "ls-files", "recordings"], root, env).split()
+    assert tracked and all(not name.endswith(".png") for name in tracked), tracked   # DVC holds the frames
 
     for lr in RATES:
         _run(["dvc", "exp", "run", "--queue", "-S", f"learning_rate={lr}"], root, env)
@@ -73,6 +76,9 @@ def test_queued_learning_rate_sweep_shows_both_experiments(tmp_path):
                            check=True).stdout
     rates = _learning_rates(json.loads(shown))
     assert sorted(rates.values()) == [1e-4, 3e-4], (rates, status)
-    # Not asserted: the experiments' train metrics. models/ and eval/ are git-ignored, so the
-    # cache: false metrics files are not in the experiment commits and `dvc exp show` reports
-    # them as FileNotFoundError for queued runs (the workspace row has them).
+    # the uncached metrics files reach the experiment commits (.gitignore lets them through)
+    metrics_file = f"models/{yaml.safe_load((root / 'params.yaml').read_text())['train']['run']}/metrics.json"
+    train_metrics = {rev.get("name"): ((rev.get("data") or {}).get("metrics", {}).get(metrics_file, {}).get("data") or {})
+                     for baseline in json.loads(shown) for exp in baseline.get("experiments") or []
+                     for rev in exp.get("revs", [])}
+    assert all("loss" in m for m in train_metrics.values()) and len(train_metrics) == len(RATES), train_metrics
