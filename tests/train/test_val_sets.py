@@ -51,6 +51,7 @@ def test_val_subset_takes_every_nth_chunk_of_each_set():
 
 def test_one_set_with_val_chunks_is_the_single_set_validation():
     sampling = _sampling(["a", "b", "c", "d", "e"])
+    sampling["chunks"]["train"] = [["gen/z", 15, 31]]   # the embedded default: generated has train chunks only
     chunks, sets = val_subset(sampling, 2)
     assert sets is None and chunks == sampling["chunks"]["val"][::2]
     assert best_criterion("main", sampling, "s.json") == "all"   # its loss is the overall one
