@@ -206,3 +206,26 @@ def test_training_refuses_best_on_a_set_the_sampling_has_no_val_chunks_of(tmp_pa
     with pytest.raises(ValueError, match=r"mixed.json: train.best_on is 'gen', but this sampling has no val chunks"):
         train(validate_params(raw))
     assert not (tmp_path / "models" / "toy").exists()   # refused before any work
+
+
+@pytest.mark.slow
+def test_two_processes_sum_each_sets_losses_over_both(tmp_path):
+    """Under ``accelerate launch`` the per-set sums and counts are reduced over processes: the sampler shards
+    the 9 val chunks as 4 + 4 (the 9th, a chunk of mine, is the remainder), so 3 main and 5 mine chunks count."""
+    import subprocess
+    import sys
+
+    from test_train_run import REPO, _env, _free_port
+
+    params = make_mixed_world(tmp_path, {**RUN, "deepspeed": "zero2", "batch_size": 1, "best_on": "mine"})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "-m", "stages.train", "--params", str(params)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best val loss of set 'mine'" in proc.stdout
+    run = tmp_path / "models" / "toy"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    main, mine, overall = _column(run, "val/main/loss"), _column(run, "val/mine/loss"), _column(run, "val_loss")
+    assert overall == pytest.approx([(3 * a + 5 * b) / 8 for a, b in zip(main, mine)], rel=1e-5)
+    assert json.loads((run / "best.json").read_text())["step"] == _steps(run, "val_loss")[int(np.argmin(mine))]
