@@ -54,7 +54,8 @@ def _body(params: Params) -> None:
         write_json_atomic(run.metrics, headline.train(json.loads(run.dvclive_summary.read_text()), best))
     best = summary["best_val_loss"]
     best_text = "n/a (no val split)" if best is None else f"{best:.4f} at step {summary['best_step']}"
-    print(f"train: {summary['step']} steps, {summary['frames']} frames, best val loss {best_text}")
+    on = "" if params.train.best_on == "all" else f" of set {params.train.best_on!r}"
+    print(f"train: {summary['step']} steps, {summary['frames']} frames, best val loss{on} {best_text}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -264,5 +264,35 @@ def profile(
     typer.echo(f"{params}: {verb} {len(changed)} key(s): {', '.join(changed) or 'none'}")
 
 
+@app.command("fit-t")
+def fit_t(
+    params: Path = PARAMS_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="only print the T and what each set keeps"),
+) -> None:
+    """Set sample.T to the largest multiple of train.trunc_t (<= sample.T) at which every sampling set keeps
+    the usable episodes its splits need (run after import-set/embed-set; validated, comments kept)."""
+    from steve1.data.fit_t import FitError, fit_T, scan_sets
+    from steve1.layout import Layout
+    from steve1.params import ParamsError, load_params
+    from steve1.profiles import merge_into_params
+
+    try:
+        p = load_params(params)
+        layout = Layout.from_params(p)
+        dirs = {"main": (layout.episodes, layout.embeds), **layout.mix_dirs(m.name for m in p.sample.mix)}
+        sets = scan_sets(p, dirs)
+        fit = fit_T(sets, p.sample.T, p.train.trunc_t, p.sample.min_btwn_goals)
+        overlay = {"sample": {"T": fit.T}, **({"train": {"T": fit.T}} if p.train.T is not None else {})}
+        changed = merge_into_params(overlay, params, f"sample.T: {fit.T} (fit-t)", dry_run=dry_run)
+    except (ParamsError, FitError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    for line in fit.describe(sets):
+        typer.echo(line)
+    verb = "would set" if dry_run else "set"
+    what = f"{verb} sample.T: {fit.T}" if changed else f"sample.T: {fit.T} already fits; nothing to change"
+    typer.echo(f"{params}: {what} (episodes need >= {fit.min_frames(p.sample.min_btwn_goals)} frames)")
+
+
 if __name__ == "__main__":
     app()

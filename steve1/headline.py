@@ -7,7 +7,7 @@ four significant digits (they are read by people; the reports keep full precisio
 
 | stage | metrics file | keys |
 |---|---|---|
-| train | ``<models>/<run>/metrics.json`` | ``loss`` (last logged), ``val_loss`` (best), ``frames_per_s`` (last logged) |
+| train | ``<models>/<run>/metrics.json`` | ``loss`` (last logged), ``val_loss`` (best), ``frames_per_s`` (last logged); ``<set>_val_loss`` (at the best step) when two or more sampling sets have val chunks |
 | evaluate | ``<eval>/metrics.json`` | ``nll``, ``acc`` (joint top-1), ``goal_kl`` (KL true vs another episode's goal), ``best_scale`` (guidance scale of the lowest guided NLL); ``delta_nll`` with a baseline |
 | report | ``<reports>/summary.json`` | ``drift`` (detected in any comparison), ``drift_share`` (train vs val); ``reference_drift_share`` with a reference sampling |
 | prior | ``<models>/prior_metrics.json`` | ``val_loss`` (best); ``baseline_val_loss`` when ``prior.baseline`` (the official prior) is scored beside it |
@@ -34,9 +34,11 @@ def rounded(x: Any, digits: int = 4) -> Optional[float]:
 
 def train(dvclive_summary: Mapping[str, Any], best: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """From dvclive's summary (the last logged value of each scalar) and ``best.json``."""
+    per_set = (best or {}).get("val_losses") or {}
     return {"loss": rounded(dvclive_summary.get("loss")),
             "val_loss": rounded((best or {}).get("val_loss")),
-            "frames_per_s": rounded(dvclive_summary.get("frames_per_s"))}
+            "frames_per_s": rounded(dvclive_summary.get("frames_per_s")),
+            **{f"{name}_val_loss": rounded(loss) for name, loss in per_set.items()}}
 
 
 def evaluate(metrics: Mapping[str, Any], sweep: Sequence[tuple[float, float]]) -> dict[str, Any]:

@@ -371,6 +371,7 @@ class ReportParams(Section):
 
 
 GUIDE_GRAD_NORM = (0.5, 5.0)   # the fine-tuning guide's normal range, for a per-step mean loss
+BEST_ON_ALL = "all"            # train.best_on: the val loss over every set's val chunks
 
 
 class AugmentParams(Section):
@@ -421,6 +422,7 @@ class TrainParams(Section):
     mineclip_embed_dim: int = Field(512, ge=1, le=65536, description="goal embedding width of the goal fusion layer; must equal the embeds files' embed_dim (512 = MineCLIP)")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="colour augmentation of the training frames")
     tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/dvclive/tensorboard/ (needs the tensorboard package)")
+    best_on: str = Field(BEST_ON_ALL, pattern=SET_NAME, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainParams":
@@ -439,6 +441,13 @@ class TrainParams(Section):
             return self.grad_norm_range
         scale = self.trunc_t if self.loss_reduction == "official" else 1
         return (GUIDE_GRAD_NORM[0] * scale, GUIDE_GRAD_NORM[1] * scale)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_best_on(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.best_on == BEST_ON_ALL:  # the default dumps (config.json, the run fingerprint) exactly as before
+            data.pop("best_on", None)
+        return data
 
 
 class EvaluateParams(Section):
@@ -508,6 +517,23 @@ class Params(Section):
             raise ValueError(f"sample.mix names {unknown}, which are not custom sets (custom has "
                              f"{sorted(self.custom) or 'none'}) nor '{GENERATED_SET}'; add them under custom: with "
                              f"their source folder")
+        return self
+
+    @model_validator(mode="after")
+    def _best_on_is_a_set(self) -> "Params":
+        """train.best_on names a sampling set (with val chunks, unless val_from may bring some)."""
+        best_on, sample = self.train.best_on, self.sample
+        if best_on == BEST_ON_ALL:
+            return self
+        val_frames = {"main": sample.val_frames, **{m.name: m.val_frames for m in sample.mix}}
+        choices = [BEST_ON_ALL, *val_frames] if sample.mix else [BEST_ON_ALL]
+        if best_on not in choices:
+            why = ("sample.mix is empty, so the one set's val loss is the 'all' one" if not sample.mix else
+                   "'main' is paths.episodes' set, the others are sample.mix names")
+            raise ValueError(f"train.best_on is {best_on!r}, expected one of {choices} ({why})")
+        if val_frames[best_on] == 0 and not sample.val_from:
+            raise ValueError(f"train.best_on is {best_on!r}, but that set has val_frames: 0 (no val chunks to choose "
+                             f"best.weights by); give it val_frames or pick another of {choices}")
         return self
 
     @property

@@ -181,7 +181,8 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
 def too_short_hint(T: int, min_btwn_goals: int) -> str:
     """What to change when episodes are too short for the chunk length."""
     return (f"each needs >= {min_episode_frames(T, min_btwn_goals)} frames = max(T={T}, min_btwn_goals="
-            f"{min_btwn_goals}) + {F.NONE_EMBED_OFFSET}; lower sample.T (train.trunc_t must divide it) or "
+            f"{min_btwn_goals}) + {F.NONE_EMBED_OFFSET}; lower sample.T (train.trunc_t must divide it; "
+            f"`steve1 fit-t` picks the largest T the episodes allow and writes it to params.yaml) or "
             f"use longer recordings")
 
 

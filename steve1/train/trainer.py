@@ -52,7 +52,7 @@ from steve1.models.policy import behavioural_cloning_loss
 from steve1.models.transformer import BlockState
 from steve1.models.vpt import AgentPolicy
 from steve1.layout import Layout, RunLayout
-from steve1.params import AugmentParams, Params, TrainParams
+from steve1.params import BEST_ON_ALL, AugmentParams, Params, TrainParams
 from steve1.train import checkpoint as ckpt
 from steve1.train.accelerator import build_accelerator, mixed_precision
 from steve1.train.augment import augment_frames
@@ -60,10 +60,12 @@ from steve1.train.freeze import apply_freeze
 from steve1.train.optim import lr_at, make_optimizer, set_lr
 from steve1.train.process import RunFolderLock
 from steve1.train.run_state import RunState
+from steve1.train.val_sets import ValSets, best_criterion, improves, val_subset
 
 log = logging.getLogger(__name__)
 
-# Fields that change what is trained; a checkpoint made with different values is not resumed.
+# Fields that change what is trained; a checkpoint made with different values is not resumed. best_on stays
+# in (best.weights depends on it); its default is left out of dumps, so default fingerprints are unchanged.
 _NOT_FINGERPRINTED = {"run", "num_workers", "log_every_steps", "val_freq", "val_freq_begin", "val_freq_switch_steps",
                       "val_every_nth", "checkpoint_every_steps", "snapshot_every_frames", "grad_norm_range",
                       "tensorboard"}
@@ -175,14 +177,17 @@ class BCModule(nn.Module):
         self.net, self.pi_head = policy.net, policy.pi_head
         self.reduction, self.autocast = reduction, autocast
 
-    def forward(self, call: Mapping[str, torch.Tensor], state: list[BlockState]):
+    def forward(self, call: Mapping[str, torch.Tensor], state: list[BlockState], per_row: bool = False):
+        """(loss, new state); ``per_row``: the loss of each row [B] instead (its mean is the call's loss)."""
         obs = {"img": call["img"], "mineclip_embed": call["mineclip_embed"]}
         with torch.autocast(call["img"].device.type, dtype=torch.bfloat16, enabled=self.autocast):
             latent, new_state = self.net(obs, call["first"], state)  # [B,t,H]
             pd = {k: head(latent).float() for k, head in self.pi_head.items()}  # [B,t,1,N]
-        loss = behavioural_cloning_loss(pd, {"buttons": call["buttons"], "camera": call["camera"]},
-                                        reduction=self.reduction)
-        return loss, new_state
+        action = {"buttons": call["buttons"], "camera": call["camera"]}
+        if per_row:
+            nll = behavioural_cloning_loss(pd, action, reduction="none")  # [B,t]
+            return (nll.sum(dim=1) if self.reduction == "official" else nll.mean(dim=1)), new_state  # [B]
+        return behavioural_cloning_loss(pd, action, reduction=self.reduction), new_state
 
 
 def _log_data(params: Params, sampling: Mapping[str, Any]) -> None:
@@ -242,22 +247,42 @@ def train_step(model, optimizer, accelerator, call: Mapping[str, torch.Tensor], 
 
 
 @torch.no_grad()
-def validate(model, accelerator, loader: ChunkLoader, trunc_t: int, device) -> float:
-    """Mean loss per call over the fixed val subset (epoch 0 every time), averaged over processes."""
+def validate(model, accelerator, loader: ChunkLoader, trunc_t: int, device,
+             sets: Optional[ValSets] = None) -> dict[str, float]:
+    """Val losses over the fixed val subset (epoch 0 every time), all processes together.
+
+    ``all``: the mean loss per call (averaged over processes); with ``sets`` (two or more sets with
+    val chunks, :mod:`steve1.train.val_sets`) it is the mean per chunk and call, and each set's
+    name maps to the same mean over its own chunks.
+    """
     model.eval()
     loader.load_state_dict({**loader.state_dict(), "epoch": 0, "step": 0})
     total, n, state = torch.zeros((), device=device), 0, None
+    n_sets = len(sets.names) if sets is not None else 0
+    set_sum, set_n = torch.zeros(n_sets, device=device), torch.zeros(n_sets, device=device)
     for batch in loader:
         inputs = to_model_inputs(batch, device)
-        if state is None:
-            state = _unwrap(model).net.recurrent_layer.initial_state(inputs["img"].shape[0], device)
+        B = inputs["img"].shape[0]
+        if state is None or state[0][1][0].shape[0] != B:  # a mixed validation's last batch may be partial
+            state = _unwrap(model).net.recurrent_layer.initial_state(B, device)
+        rows = None if sets is None else torch.as_tensor(sets.chunk_set[batch["index"].numpy()], device=device)
         for i in range(inputs["img"].shape[1] // trunc_t):
             call = call_slice(inputs, i, trunc_t)
-            loss, state = model(call, reset_memory(state, call["first"][:, 0]))
-            total, n = total + loss.float(), n + 1
+            if rows is None:
+                loss, state = model(call, reset_memory(state, call["first"][:, 0]))
+                total, n = total + loss.float(), n + 1
+            else:
+                row_loss, state = model(call, reset_memory(state, call["first"][:, 0]), per_row=True)
+                set_sum.index_add_(0, rows, row_loss.float())
+                set_n.index_add_(0, rows, torch.ones_like(row_loss, dtype=torch.float32))
     model.train()
-    mean = accelerator.gather(total.reshape(1) / max(n, 1)).mean()
-    return float(mean.item())  # host sync: once per validation
+    if sets is None:
+        mean = accelerator.gather(total.reshape(1) / max(n, 1)).mean()
+        return {BEST_ON_ALL: float(mean.item())}  # host sync: once per validation
+    sums = accelerator.reduce(torch.stack([set_sum, set_n]), reduction="sum").cpu()  # host sync: once
+    out = {BEST_ON_ALL: float(sums[0].sum() / sums[1].sum().clamp(min=1))}
+    out.update({name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(sets.names) if sums[1, i] > 0})
+    return out
 
 
 def _unwrap(model) -> BCModule:
@@ -279,6 +304,8 @@ class Run:
     val_loader: Optional[ChunkLoader]       # None when the sampling has no val chunks
     paths: RunLayout
     augment: AugmentParams                  # train.augment
+    val_sets: Optional[ValSets] = None      # the val subset's sets when two or more have val chunks
+    best_on: str = BEST_ON_ALL              # the validation loss that chooses best.weights (val_sets.best_criterion)
     live: Any = None                        # dvclive, main process only
     board: Any = None                       # TensorBoard writer, main process only and when train.tensorboard
 
@@ -339,6 +366,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     tp, layout = params.train, Layout.from_params(params)
     check_writable(layout.run.dir)
     sampling = load_sampling(layout.sampling)
+    best_criterion(tp.best_on, sampling, layout.sampling)  # before any work
     check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
     # one trainer per run folder: the main process holds the lock until it exits (before any write)
     lock = RunFolderLock(layout.run.dir) if int(os.environ.get("RANK", "0")) == 0 else None
@@ -408,13 +436,14 @@ def setup_run(params: Params, sampling: Mapping[str, Any]) -> Run:
                          rank=rank, world_size=world)
     loader = make_dataloader(sampling, "train", batch_size=tp.batch_size, seed=tp.seed, num_workers=tp.num_workers,
                              **loader_kwargs)
-    val_sampling = {**sampling, "chunks": {**sampling["chunks"], "val": sampling["chunks"]["val"][::tp.val_every_nth]}}
+    val_chunks, val_sets = val_subset(sampling, tp.val_every_nth)
+    val_sampling = {**sampling, "chunks": {**sampling["chunks"], "val": val_chunks}}
     val_loader = None
     if val_sampling["chunks"]["val"]:
         val_loader = make_dataloader(val_sampling, "val", batch_size=tp.batch_size, seed=tp.seed, shuffle=False,
-                                     **loader_kwargs)
+                                     drop_last=val_sets is None, **loader_kwargs)
     return Run(params, accelerator, model, optimizer, policy, loader, val_loader,
-               layout.run, tp.augment)
+               layout.run, tp.augment, val_sets, best_criterion(tp.best_on, sampling, layout.sampling))
 
 
 def start_or_resume(run: Run, fingerprint: str) -> tuple[RunState, list[BlockState], bool]:
@@ -534,19 +563,26 @@ def log_metrics(run: Run, rs: RunState, window: LogWindow) -> LogWindow:
 
 
 def validate_and_keep_best(run: Run, rs: RunState) -> None:
-    """Validation loss logged; a non-finite one stops the run; a new best writes ``best.weights`` + ``best.json``."""
+    """Validation losses logged (``val_loss``, and ``val/<set>/loss`` per set); a non-finite one stops the run;
+    a new best of ``run.best_on``'s loss (``rs.best_val_loss``) writes ``best.weights`` + ``best.json``."""
     step = rs.step
-    val_loss = validate(run.model, run.accelerator, run.val_loader, run.tp.trunc_t, run.device)
+    losses = validate(run.model, run.accelerator, run.val_loader, run.tp.trunc_t, run.device, run.val_sets)
     rs.last_val_step = step
-    _log(run.live, run.board, step, {"val_loss": val_loss})
-    if not math.isfinite(val_loss):
-        raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}; {_resume_hint(run.paths)}")
-    if rs.best_val_loss is None or val_loss < rs.best_val_loss:
-        rs.best_val_loss, rs.best_step = val_loss, step
+    val_loss = losses[BEST_ON_ALL]
+    per_set = {name: loss for name, loss in losses.items() if name != BEST_ON_ALL}
+    _log(run.live, run.board, step, {"val_loss": val_loss, **{f"val/{name}/loss": v for name, v in per_set.items()}})
+    for name, loss in losses.items():
+        if not math.isfinite(loss):
+            of = "" if name == BEST_ON_ALL else f" on set {name!r}"
+            raise NonFiniteLossError(f"validation loss{of} is {loss} at step {step}; {_resume_hint(run.paths)}")
+    score = improves(losses, run.best_on, rs.best_val_loss)
+    if score is not None:
+        rs.best_val_loss, rs.best_step = score, step
         sd = policy_state_dict(run.accelerator, run.model, run.policy)
         if run.accelerator.is_main_process:
             save_policy_weights(sd, run.paths.best)
-            write_json_atomic(run.paths.best_json, {"val_loss": val_loss, "step": step, "frames": rs.frames})
+            extra = {"best_on": run.best_on, "val_losses": per_set} if per_set else {}
+            write_json_atomic(run.paths.best_json, {"val_loss": val_loss, "step": step, "frames": rs.frames, **extra})
 
 
 def write_snapshot(run: Run, rs: RunState) -> None:

@@ -293,7 +293,7 @@ def test_sets_embedded_by_different_mineclips_are_refused_naming_both(episode_fa
 
 def test_too_short_episodes_say_how_to_fix_it(episode_factory, tmp_path):
     episode_factory("short", 60)
-    with pytest.raises(SamplingError, match=r"needs >= 79 frames = max\(T=64.*lower sample.T .*longer recordings"):
+    with pytest.raises(SamplingError, match=r"needs >= 79 frames = max\(T=64.*lower sample.T .*`steve1 fit-t` picks .*longer recordings"):
         run_sampling(SampleParams(T=64), episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s.json")
 
 

@@ -145,3 +145,9 @@ def test_grad_norm_out_of_range_is_a_dvclive_metric(augmented):
     assert (low, high) == (0.5 * train_params["trunc_t"], 5.0 * train_params["trunc_t"])
     expected = [float(not low <= float(r.split("\t")[-1]) <= high) for r in norms]
     assert flags == expected and set(flags) <= {0.0, 1.0}
+
+
+def test_a_single_set_run_logs_no_per_set_val_losses(augmented):
+    reference, _ = augmented   # validation of one set is the one val_loss, as before sample.mix existed
+    assert not (reference / "dvclive" / "plots" / "metrics" / "val").exists()
+    assert set(json.loads((reference / "best.json").read_text())) == {"val_loss", "step", "frames"}

@@ -1,7 +1,8 @@
 """A tiny training world for the train tests: synthetic episodes + embeds, a sampling JSON, a params.yaml.
 
 ``make_world(root, train_overrides)`` returns the params path; the default trains the tiny preset
-for a few calls of 8 frames (T=16, trunc_t=8, batch 2) in seconds. A module of its own (not a
+for a few calls of 8 frames (T=16, trunc_t=8, batch 2) in seconds. ``make_mixed_world`` adds a
+second set, ``mine`` (``sample.mix``), with val chunks of its own. A module of its own (not a
 conftest) so the subprocess runs of the tests can import it too.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from steve1.data import formats as F
-from steve1.data.sampling import make_sampling
+from steve1.data.sampling import MAIN_SET, SetSpec, make_mixed_sampling, make_sampling
 from steve1.io import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,5 +49,36 @@ def make_world(root: Path, train_overrides: dict | None = None, top: dict | None
               "sample": {"name": "toy", "T": T, "min_btwn_goals": 15, "max_btwn_goals": 30},
               "train": train, **(top or {})}
     path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+MINE = {"mine-a": 70, "mine-b": 52, "mine-v": 66, "mine-w": 40}   # mine-v and mine-w are its val episodes
+
+
+def make_mixed_world(root: Path, train_overrides: dict | None = None) -> Path:
+    """``make_world`` with a mixed sampling: main (val ep-v: 3 chunks) and ``mine`` (val mine-v, mine-w: 6 chunks)."""
+    root = Path(root)
+    data = root / "data"
+    mine_dir = data / "custom" / "mine"
+    if not (data / "samplings" / "mixed.json").exists():
+        main, mine = EpisodeFactory(data), EpisodeFactory(mine_dir)
+        for eid, n in EPISODES.items():
+            main(eid, n)
+        for i, (eid, n) in enumerate(MINE.items()):
+            mine(eid, n, tag=100 + i)
+        specs = [SetSpec(MAIN_SET, dict(EPISODES), 10_000, 1), SetSpec("mine", dict(MINE), 32, 1)]
+        body = make_mixed_sampling(specs, seed=0, T=T, val_episodes={MAIN_SET: ["ep-v"], "mine": ["mine-v", "mine-w"]})
+        folders = {MAIN_SET: data, "mine": mine_dir}
+        for name, folder in folders.items():
+            body["sets"][name] = {"episodes": str(folder / "episodes"), "embeds": str(folder / "embeds"),
+                                  **body["sets"][name]}
+        sample = {"name": "mixed", "train_frames": 10_000, "val_frames": 1, "seed": 0, "T": T, "min_btwn_goals": 15,
+                  "max_btwn_goals": 30, "mix": [{"name": "mine", "train_frames": 32, "val_frames": 1}]}
+        write_json_atomic(data / "samplings" / "mixed.json",
+                          {"format_version": F.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
+    path = make_world(root, train_overrides, top={"custom": {"mine": {"source": str(root / "recordings")}}})
+    params = yaml.safe_load(path.read_text())
+    params["sample"].update(name="mixed", mix=[{"name": "mine", "train_frames": 32, "val_frames": 1}])
     path.write_text(yaml.safe_dump(params))
     return path
