@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.project import commit, copy_project, init_git, project_env, run as _run
+from fixtures.project import commit, copy_project, project_env, run as _run
 
 RATES = ("1e-4", "3e-4")
 
@@ -54,12 +54,13 @@ def test_queued_learning_rate_sweep_shows_both_experiments(tmp_path):
     copy_project(root)
     _toy_params(root)
     env = {**project_env("sweep"), "OMP_NUM_THREADS": "1"}
-    init_git(root, env)  # dvclive reads HEAD during the train stage
-    _run(["dvc", "repro", "train"], root, env)
+    _run(["git", "init", "-q"], root, env)
     _run(["dvc", "add", "recordings"], root, env)   # as the README says: else queued runs lack the source
+    commit(root, env, "project")    # dvclive reads HEAD during the train stage
+    _run(["dvc", "repro", "train"], root, env)
     commit(root, env, "baseline")   # with dvc.lock, as the README says
-    tracked = _run(["git", "ls-files", "recordings"], root, env).split()
-    assert tracked and all(not name.endswith(".png") for name in tracked), tracked   # DVC holds the frames
+    tracked = _run(["git", "ls-files"], root, env).split()
+    assert "recordings.dvc" in tracked and not [n for n in tracked if n.startswith("recordings/")]  # DVC holds them
 
     for lr in RATES:
         _run(["dvc", "exp", "run", "--queue", "-S", f"learning_rate={lr}"], root, env)
