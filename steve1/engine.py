@@ -8,7 +8,9 @@ arguments, so the engine changes where work runs, never what is written.
 
 * :class:`LocalExecutor`: in this process, or a pool of ``workers`` threads or processes.
 * :class:`RayExecutor`: one Ray task per item (``ray.<task>`` resources), or, with ``setup``, a set
-  of actors that each build the state once (one MineCLIP, later one environment) and take items.
+  of actors that each build the state once (one MineCLIP; one environment and its agents) and take
+  items. A state with a ``close()`` method (an environment) is closed when the map ends, by either
+  executor: a MineRL left open keeps its Minecraft process running.
   A worker that dies mid-episode (a crash, the OOM killer, a lost node) leaves only a temp file,
   which the driver removes at the end; Ray runs the episode again elsewhere, up to
   ``ray.max_retries`` times, after which the item comes back as :class:`Lost` with a reason
@@ -44,6 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]     # the folder holding this
 IN_FLIGHT_PER_SLOT = 2          # tasks queued per free slot: workers never wait on the driver, and a
                                 # 10^5-episode run does not hold 10^5 pending tasks in the driver
 CALLS_PER_ACTOR = 2             # one running, one queued
+CLOSE_WAIT_S = 60.0             # an actor's state gets this long to close (a MineRL env) before the actor is killed
 PASSED_ENV = ("MALLOC_",)       # driver environment variables workers get (glibc tuning of embed)
 
 
@@ -72,6 +75,13 @@ def _with_state(fn: Callable[[Any, T], Any], item: T) -> Any:
     return fn(_STATE, item)
 
 
+def close_state(state: Any) -> None:
+    """Close a ``setup()`` result that has a ``close()`` (an environment); the map is over."""
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
+
+
 class LocalExecutor:
     """This machine: inline for one worker, else a pool of threads (I/O-bound work) or processes."""
 
@@ -85,16 +95,22 @@ class LocalExecutor:
         comes back :class:`Lost` here (a crashed process pool fails the stage).
         """
         workers = max(1, min(workers, len(items)))
+        if not items:
+            return
+        state = None
         if workers == 1:
             state = setup() if setup is not None else None
-            for item in items:
-                yield item, (fn(state, item) if setup is not None else fn(item))
+            try:
+                for item in items:
+                    yield item, (fn(state, item) if setup is not None else fn(item))
+            finally:
+                close_state(state)
             return
         if threads:
             state = setup() if setup is not None else None
             call = functools.partial(fn, state) if setup is not None else fn
             pool: cf.Executor = cf.ThreadPoolExecutor(workers, thread_name_prefix=task)
-        else:   # spawn: cv2/FFmpeg threads and fork do not mix
+        else:   # spawn: cv2/FFmpeg threads and fork do not mix (a worker's state ends with its process)
             init = dict(initializer=_init_worker, initargs=(setup,)) if setup is not None else {}
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **init)
             call = functools.partial(_with_state, fn) if setup is not None else fn
@@ -104,6 +120,7 @@ class LocalExecutor:
                 yield futures[future], future.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)   # on an error or Ctrl-C: finish what runs, start no more
+            close_state(state)
 
 
 # ---------------------------------------------------------------------------------------------- ray
@@ -144,6 +161,9 @@ class _Holder:
         if self.error is not None:
             raise self.error
         return fn(self.state, item)
+
+    def close(self) -> None:
+        close_state(self.state)
 
 
 def _import_ray() -> Any:
@@ -316,6 +336,7 @@ class RayExecutor:
                     pending[ref] = (item, i)
                     load[i] += 1
 
+        finished = False
         try:
             submit()
             while pending:
@@ -325,7 +346,11 @@ class RayExecutor:
                     load[i] -= 1
                     yield item, self._outcome(ref, lost)
                 submit()
+            finished = True
         finally:
+            if finished:      # idle actors close their state (an env); on an error or Ctrl-C they are killed at once
+                closing = [actor.close.remote() for actor in actors]
+                ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
             for actor in actors:
                 ray.kill(actor)
 
@@ -342,6 +367,17 @@ def _take(it: Iterator[T], n: int) -> Iterable[T]:
 
 
 Executor = LocalExecutor | RayExecutor
+
+
+def worker_device(executor: Executor, task: str, device: str, key: str) -> str:
+    """The device param ``key`` (``auto``/``cpu``/``cuda``) as ``task``'s workers must see it: as given
+    locally and for Ray workers that reserve GPUs (``auto`` is resolved where the worker runs), else ``cpu``."""
+    if executor.name == "local" or executor.reserves_gpus(task):
+        return device
+    if device == "cuda":
+        raise EngineError(f"{key} is 'cuda' but the Ray workers of {task} get no GPU (ray.{task}.num_gpus is 0 or "
+                          f"the cluster has none); use 'auto' or 'cpu'")
+    return "cpu"
 
 
 @contextlib.contextmanager

@@ -34,6 +34,9 @@ class ScriptedAgent:
     def reset(self):
         self.resets.append(self.clock())
 
+    def reseed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
     def act(self, frame):
         assert frame.shape == (128, 128, 3) and frame.dtype == np.uint8
         self.acts.append(self.clock())
