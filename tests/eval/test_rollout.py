@@ -32,9 +32,11 @@ class RecordingAgent:
     def __init__(self):
         self.calls: list[tuple[np.ndarray, float, tuple]] = []
         self.resets = 0
+        self.seeds: list[int] = []
 
-    def reset(self):
+    def reset(self, seed=None):
         self.resets += 1
+        self.seeds.append(seed)
 
     def act(self, pov, goal_embed, cond_scale):
         self.calls.append((np.array(goal_embed), cond_scale, pov.shape))
@@ -77,7 +79,8 @@ def test_goals_and_guidance_scales_reach_the_agent(tmp_path):
     assert all(np.array_equal(g, np.arange(512)) for g, _, _ in visual_calls)
     assert all(shape == (360, 640, 3) for _, _, shape in agent.calls)
     assert factory.made[0].seeds_used == [10, 11, 10, 11]     # one env reused; episode i -> seed + i
-    assert res["envs_created"] == 1 and res["crashes"] == [] and res["n_failed"] == 0
+    assert agent.seeds == [10, 11, 10, 11]                     # the agent's sampler too: nothing carries over
+    assert len(factory.made) == 1 and res["crashes"] == [] and res["n_failed"] == 0
 
 
 def test_paper_prompts_are_the_eleven_of_the_paper():
@@ -96,9 +99,10 @@ def test_crash_closes_recreates_and_retries_the_episode(tmp_path):
     assert ep["status"] == "ok" and ep["attempts"] == 3 and ep["steps"] == 6
     assert [(c["phase"], c["step"], c["attempt"]) for c in res["crashes"]] == [("step", 3, 1), ("reset", None, 2)]
     assert "scripted crash at step 3" in res["crashes"][0]["error"]
-    assert res["envs_created"] == 3 and all(e.closed for e in factory.made)
+    assert len(factory.made) == 3 and all(e.closed for e in factory.made)
     assert ep["metrics"]["travel_dist"] == pytest.approx(6 * 0.25)   # the retried episode starts from spawn
     assert agent.resets == 2                                          # reset failed before the agent was reset
+    assert agent.seeds == [10, 10]                                    # each attempt starts the episode afresh
     assert [p.name for p in (tmp_path / "videos").iterdir()] == ["text-go-ep000.mp4"]   # no temp left behind
 
 
@@ -107,6 +111,7 @@ def test_episode_failing_every_retry_is_recorded_and_left_out_of_the_aggregate(t
     res = run_rollouts(text_prompts({"go": "go"}, _goal_of), RecordingAgent(), factory,
                        _cfg(n_episodes=2, max_retries=1), tmp_path)
     assert [e["status"] for e in res["episodes"]] == ["failed", "ok"]
+    assert res["episodes"][0]["reason"] == "the env crashed on each of 2 attempts (rollout.max_retries)"
     assert res["n_failed"] == 1 and len(res["crashes"]) == 2
     assert res["aggregate"]["text:go"]["travel_dist"]["n"] == 1
 
@@ -150,13 +155,13 @@ def test_results_json_schema(tmp_path):
 
     res = json.loads((tmp_path / "o" / RESULTS_FILE).read_text(), parse_constant=no_nan)
     assert set(res) == {"format_version", "env", "config", "metrics", "prompts", "episodes", "aggregate", "crashes",
-                        "n_failed", "envs_created"}
+                        "n_failed"}        # no count of envs made: it depends on where episodes ran
     assert res["env"]["kind"] == "standin" and res["env"]["label"] == "stand-in env" and "not Minecraft" in res["env"]["note"]
     assert res["metrics"] == list(METRICS)
     assert res["prompts"] == [{"name": "a", "kind": "text", "text": "x", "cond_scale": 6.0},
                               {"name": "v", "kind": "visual", "text": str(tmp_path / "v.npy"), "cond_scale": 7.0}]
     ep = res["episodes"][0]
-    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "attempts", "steps", "metrics",
+    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "reason", "attempts", "steps", "metrics",
                        "video", "crashes"}                  # no timings: the cached results hold only what params determine
     assert set(ep["metrics"]) == set(METRICS)
     agg = res["aggregate"]["visual:v"]["log"]
