@@ -410,3 +410,56 @@ def test_cli_rollout_is_the_stage_code(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rollout (stand-in env): 2 prompts, 2 episodes" in result.output
     assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3
+
+
+# ---------------------------------------------------------------- engine: ray
+
+@pytest.fixture(scope="module")
+def rollout_on_local(tmp_path_factory):
+    """The stage with engine: local (2 prompts x 2 episodes, videos on): the folder and its bytes."""
+    from stages.rollout import main
+
+    root = tmp_path_factory.mktemp("rollout-engines")
+    params = _project(root)
+    assert main(["--params", str(params)]) == 0
+    out = root / "eval" / "rollouts" / "default"
+    return params, out, _digests(out)
+
+
+def _on_ray(params: Path, **rollout) -> None:
+    import shutil
+
+    import yaml
+
+    p = yaml.safe_load(params.read_text())
+    p["engine"] = "ray"
+    p["ray"] = {"max_retries": 2, "rollout": {"num_cpus": 1, "num_gpus": 0, **rollout}}
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    shutil.rmtree(params.parent / "eval")      # the same folder as the local run: results name no folder, but be sure
+
+
+def test_ray_engine_plays_the_bytes_the_local_engine_plays(ray_local, rollout_on_local, capsys):
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=2)                 # two actors, each one env + one policy, episodes spread over both
+    assert main(["--params", str(params)]) == 0
+    assert "rollout (stand-in env): 2 prompts, 4 episodes, 0 failed" in capsys.readouterr().out
+    got = _digests(out)
+    assert sorted(got) == sorted(expected) and len(got) > 4      # results, metrics, plots and four videos
+    assert [k for k in expected if got[k] != expected[k]] == []
+
+
+def test_a_rollout_actor_killed_mid_episode_is_restarted_and_the_episode_replayed(ray_local, rollout_on_local):
+    from fixtures.ray_kill import Killer
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=1)
+    killer = Killer("rollout:text:explore:0")
+    killer.start()
+    assert main(["--params", str(params)]) == 0
+    killer.stop.set()
+    assert len(killer.killed) == 1, "the episode was never seen running in its actor"
+    got = _digests(out)
+    assert [k for k in expected if got.get(k) != expected[k]] == [] and sorted(got) == sorted(expected)
