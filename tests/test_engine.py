@@ -3,6 +3,7 @@ own errors come back as themselves, and a Ray worker that dies on every try come
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -42,6 +43,20 @@ def _with_state(state: dict, x: int) -> tuple[int, int]:
 
 def _setup_fails() -> dict:
     raise FileNotFoundError("attn.pth: not found")
+
+
+class _Env:
+    """A state with a close(), as an environment: leaves ``<pid>.closed`` in ``folder`` when closed."""
+
+    def __init__(self, folder: str):
+        self.folder, self.pid = folder, os.getpid()
+
+    def close(self) -> None:
+        Path(self.folder, f"{self.pid}.closed").touch()
+
+
+def _with_env(env: _Env, x: int) -> tuple[int, int]:
+    return env.pid, x
 
 
 def _ray_settings(**kw) -> RayParams:
@@ -117,3 +132,18 @@ def test_a_worker_dying_on_every_try_comes_back_lost_with_a_reason(ray_local, by
     assert isinstance(got[3], Lost)
     assert got[3].reason.startswith("its Ray worker died on each of 2 tries") and "WorkerCrashedError" in got[3].reason
     assert str(os.getpid()) not in got[3].reason                       # no PIDs or hosts: it goes into a manifest
+
+
+def test_a_state_with_close_is_closed_once_the_map_ends_by_either_executor(ray_local, by_value, tmp_path):
+    setup = functools.partial(_Env, str(tmp_path))
+    got = dict(LocalExecutor().map(_with_env, ITEMS, task="rollout", setup=setup))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}.closed"]     # one env, closed after the last
+    (tmp_path / f"{os.getpid()}.closed").unlink()
+    with pytest.raises(ValueError):                          # closed on an error too
+        list(LocalExecutor().map(lambda env, x: _fails_on_3(x), ITEMS, task="rollout", setup=setup))
+    assert len(list(tmp_path.iterdir())) == 1
+    (tmp_path / f"{os.getpid()}.closed").unlink()
+    ex = RayExecutor(_ray_settings(rollout=RayResources(num_cpus=1, workers=2)))
+    got = dict(ex.map(_with_env, ITEMS, task="rollout", setup=setup))
+    pids = {pid for pid, _ in got.values()}
+    assert len(pids) == 2 and sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{pid}.closed" for pid in pids)
