@@ -25,6 +25,7 @@ node (a shared filesystem); a worker that finds otherwise refuses with a sentenc
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import functools
@@ -162,6 +163,10 @@ class _Holder:
             raise self.error
         return fn(self.state, item)
 
+    def ready(self) -> bool:
+        """Answers once ``setup()`` has run: the actor has a place on the cluster."""
+        return True
+
     def close(self) -> None:
         close_state(self.state)
 
@@ -248,8 +253,11 @@ class RayExecutor:
         return getattr(self.settings, task).workers
 
     def _slots(self, cpus: float, gpus: float) -> int:
+        """Workers of ``cpus`` CPUs (and ``gpus`` GPUs) the cluster's totals hold."""
         res = self.ray.cluster_resources()
-        n = res.get("GPU", 0) / gpus if gpus else res.get("CPU", 0) / cpus
+        n = res.get("CPU", 0) / cpus
+        if gpus:
+            n = min(n, res.get("GPU", 0) / gpus)
         return max(1, math.floor(n + 1e-9))
 
     def _outcome(self, ref: Any, lost: tuple[type[BaseException], ...]) -> Any:
@@ -321,35 +329,40 @@ class RayExecutor:
         log.info("%s: %d actor(s), %g CPU and %g GPU each", task, n, cpus, gpus)
         actors = [cls.remote(self.cwd, str(PROJECT_ROOT), setup) for _ in range(n)]
         fn_ref = ray.put(fn)
-        load = {i: 0 for i in range(n)}
-        todo = iter(items)
+        # Items go only to actors that are set up: one the cluster has no room for (its nodes' free CPUs and
+        # GPUs are split so that it fits nowhere) would otherwise hold its items for ever.
+        starting = {actor.ready.remote(): i for i, actor in enumerate(actors)}
+        load: dict[int, int] = {}           # calls in flight per started actor
+        todo = collections.deque(items)
         pending: dict[Any, tuple[T, int]] = {}
         lost = _lost_errors(ray)
 
         def submit() -> None:
             for i in sorted(load, key=load.get):
-                while load[i] < CALLS_PER_ACTOR:
-                    item = next(todo, _END)
-                    if item is _END:
-                        return
+                while load[i] < CALLS_PER_ACTOR and todo:
+                    item = todo.popleft()
                     ref = actors[i].call.options(name=f"{task}:{key(item)}").remote(fn_ref, item)
                     pending[ref] = (item, i)
                     load[i] += 1
 
         finished = False
         try:
-            submit()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+            while pending or todo:
+                ready, _ = ray.wait([*pending, *starting], num_returns=1)
                 for ref in ready:
+                    if ref in starting:         # set up (or failed to: its calls raise that error)
+                        load[starting.pop(ref)] = 0
+                        continue
                     item, i = pending.pop(ref)
                     load[i] -= 1
                     yield item, self._outcome(ref, lost)
                 submit()
             finished = True
+            if starting:
+                log.info("%s: %d actor(s) never started (no room on the cluster's nodes)", task, len(starting))
         finally:
             if finished:      # idle actors close their state (an env); on an error or Ctrl-C they are killed at once
-                closing = [actor.close.remote() for actor in actors]
+                closing = [actors[i].close.remote() for i in load]
                 ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
             for actor in actors:
                 ray.kill(actor)

@@ -135,7 +135,7 @@ class RayResources(Section):
 
     num_cpus: float = Field(1.0, gt=0.0, le=1024.0, description="CPUs reserved per task or actor")
     num_gpus: float = Field(0.0, ge=0.0, le=64.0, description="GPUs per task or actor (fractions share a GPU); taken only where the cluster has GPUs")
-    workers: Optional[int] = Field(None, ge=1, le=1_000_000, description="tasks at once, or actors (embed, generate, rollout); null = as many as the cluster's CPUs (GPUs, where reserved) hold")
+    workers: Optional[int] = Field(None, ge=1, le=1_000_000, description="tasks at once, or actors (embed, generate, rollout); null = as many as the cluster's CPUs and GPUs hold")
 
 
 class RayParams(Section):

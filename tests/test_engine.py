@@ -111,7 +111,8 @@ def test_ray_tasks_and_actors_return_what_the_function_returns(ray_local, by_val
     assert dict(ex.map(_square, ITEMS, task="decode")) == {x: x * x for x in ITEMS}
     got = dict(ex.map(_with_state, ITEMS, task="embed", setup=_pid_state))
     assert {x: sq for x, (_, sq) in got.items()} == {x: x * x for x in ITEMS}
-    assert len({pid for pid, _ in got.values()}) == 2                  # ray.embed.workers actors, each set up once
+    assert 1 <= len({pid for pid, _ in got.values()}) <= 2             # ray.embed.workers actors, each set up once
+                                                                       # (items go to those set up first)
     assert not ex.reserves_gpus("embed")                               # num_gpus 1, but no GPU here: CPU actors
     ex.close()
     assert ray_local.is_initialized()                                  # a Ray it did not start is left running
@@ -146,4 +147,15 @@ def test_a_state_with_close_is_closed_once_the_map_ends_by_either_executor(ray_l
     ex = RayExecutor(_ray_settings(rollout=RayResources(num_cpus=1, workers=2)))
     got = dict(ex.map(_with_env, ITEMS, task="rollout", setup=setup))
     pids = {pid for pid, _ in got.values()}
-    assert len(pids) == 2 and sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{pid}.closed" for pid in pids)
+    closed = {p.name for p in tmp_path.iterdir()}
+    assert {f"{pid}.closed" for pid in pids} <= closed and len(closed) <= 2    # every actor that was set up
+
+
+@pytest.mark.timeout(180)
+def test_actors_the_cluster_has_no_room_for_get_no_items(ray_local, by_value):
+    """Three 1-CPU actors on a 2-CPU Ray: the third never starts, and the items it would have held
+    go to the two that did (before, they waited on it for ever)."""
+    ex = RayExecutor(_ray_settings(rollout=RayResources(num_cpus=1, workers=3)))
+    got = dict(ex.map(_with_state, ITEMS, task="rollout", setup=_pid_state))
+    assert {x: sq for x, (_, sq) in got.items()} == {x: x * x for x in ITEMS}
+    assert 1 <= len({pid for pid, _ in got.values()}) <= 2
