@@ -159,3 +159,13 @@ def test_actors_the_cluster_has_no_room_for_get_no_items(ray_local, by_value):
     got = dict(ex.map(_with_state, ITEMS, task="rollout", setup=_pid_state))
     assert {x: sq for x, (_, sq) in got.items()} == {x: x * x for x in ITEMS}
     assert 1 <= len({pid for pid, _ in got.values()}) <= 2
+
+
+def test_worker_device_keeps_the_param_locally_and_falls_back_to_cpu_on_ray_without_gpus(ray_local):
+    from steve1.engine import worker_device
+
+    assert worker_device(LocalExecutor(), "rollout", "cuda", "rollout.device") == "cuda"
+    ex = RayExecutor(_ray_settings(rollout=RayResources(num_cpus=1, num_gpus=0.25)))    # no GPU on this Ray
+    assert worker_device(ex, "rollout", "auto", "rollout.device") == "cpu"
+    with pytest.raises(EngineError, match=r"^rollout.device is 'cuda' but the Ray workers of rollout get no GPU"):
+        worker_device(ex, "rollout", "cuda", "rollout.device")

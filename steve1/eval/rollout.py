@@ -358,7 +358,8 @@ def run_rollouts(prompts: Sequence[Prompt], agent: Agent | Callable[[], Agent], 
     n_written = 0                 # prompts whose episodes are all in the written results
     results: dict[str, Any] = {}
     work = functools.partial(play_one, cfg=cfg, out=out)
-    for (prompt, i), rec in executor.map(work, items, task="rollout", setup=setup, key=lambda it: f"{it[0].key}:{it[1]}"):
+    for (prompt, i), rec in executor.map(work, items, task="rollout", setup=setup,
+                                         key=lambda it: f"{it[0].key}:{it[1]}"):
         if isinstance(rec, Lost):
             rec = _lost_record(prompt, i, cfg, rec)
             log.warning("%s episode %d: %s", prompt.key, i, rec["reason"])
@@ -479,6 +480,14 @@ class PolicyAgent:
         return to_env_actions(res.action)[0]
 
 
+def require_weights(weights: str | Path) -> Path:
+    """The policy weights file, or a :class:`RolloutError` saying how to make it."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise RolloutError(f"{weights}: policy weights not found (run the train stage, or set rollout.policy_weights)")
+    return weights
+
+
 def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None, train: Any = None) -> Any:
     """The goal-conditioned policy to play, with ``weights`` loaded strictly.
 
@@ -489,9 +498,7 @@ def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None,
     from steve1.models.checkpoints import GOAL_KEYS, load_policy_weights, load_state_dict_file, read_policy_kwargs
     from steve1.models.vpt import build_policy
 
-    weights = Path(weights)
-    if not weights.is_file():
-        raise RolloutError(f"{weights}: policy weights not found (run the train stage, or set rollout.policy_weights)")
+    weights = require_weights(weights)
     sd = load_state_dict_file(weights)
     if policy_model:
         goal = next((sd[k] for k in GOAL_KEYS if k in sd and sd[k].ndim == 2), None)
@@ -554,8 +561,8 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
             player_agent = agent
         elif local:
             player_agent = agent = policy_agent(weights, rp.policy_model, params.train, device, rp.seed)
-        else:
-            player_agent = functools.partial(policy_agent, weights, rp.policy_model, params.train,
+        else:       # loaded by each actor; missing weights stop the stage here, before any actor starts
+            player_agent = functools.partial(policy_agent, require_weights(weights), rp.policy_model, params.train,
                                              worker_device(executor, "rollout", wanted, "rollout.device"), rp.seed)
         dim = getattr(agent, "goal_dim", None)            # unknown on a Ray driver: each actor checks the goals
         prompts: list[Prompt] = []
