@@ -348,3 +348,13 @@ def test_an_episode_whose_actor_always_dies_is_dropped_with_the_reason(ray_local
     assert sorted(p.name for p in layout.generated_videos.iterdir()) == [f"{episode_id(0, 0)}.mp4"]
     assert sorted(p.name for p in layout.generated_episodes.iterdir()) == sorted([f"{episode_id(0, 0)}.h5",
                                                                                   "manifest.json"])
+
+
+@pytest.mark.slow
+def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, tmp_path):
+    from stages.generate import main
+
+    _, local = generated
+    params = _on_ray(tmp_path, workers=2)              # one actor per node
+    assert main(["--params", str(params)]) == 0
+    _same_files(local, Layout.from_params(load_params(params)))

@@ -463,3 +463,13 @@ def test_a_rollout_actor_killed_mid_episode_is_restarted_and_the_episode_replaye
     assert len(killer.killed) == 1, "the episode was never seen running in its actor"
     got = _digests(out)
     assert [k for k in expected if got.get(k) != expected[k]] == [] and sorted(got) == sorted(expected)
+
+
+@pytest.mark.slow
+def test_on_two_nodes_the_rollout_writes_the_local_bytes(ray_two_nodes, rollout_on_local):
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=2)                 # one actor per node
+    assert main(["--params", str(params)]) == 0
+    assert _digests(out) == expected
