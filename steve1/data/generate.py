@@ -17,6 +17,9 @@ What STEVE-1's ``gen_mixed_agents.py`` does, and so what this does (facts read f
 Where we differ: every draw is seeded from ``(generate.seed, episode)`` (STEVE-1 used the global
 ``random`` state and an unseeded world by default); episode ``i`` plays world seed ``seed + i``; the
 spin action is a full 24-key MineRL action (STEVE-1's dropped three keys the env fills with 0).
+Episodes run through the engine (``engine: local | ray``): each worker (this process, or a Ray actor)
+builds one env and the two agents once and reseeds the agents' samplers for every episode, so an
+episode's bytes do not depend on which worker played it or what it played before.
 
 Output, in the project's episode format (``steve1.data.episodes``): the agent's 128x128 input
 frame before each step, the env action taken (``env_actions/*``) and its VPT agent-space indices

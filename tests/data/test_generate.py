@@ -329,6 +329,7 @@ def test_a_generate_actor_killed_mid_episode_is_restarted_and_the_episode_replay
     _same_files(local, Layout.from_params(load_params(params)))
 
 
+@pytest.mark.slow      # two actor restarts, each loading the agents again
 def test_an_episode_whose_actor_always_dies_is_dropped_with_the_reason(ray_local, generated, tmp_path):
     from fixtures.ray_kill import Killer
     from stages.generate import main
