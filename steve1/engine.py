@@ -96,8 +96,6 @@ class LocalExecutor:
         comes back :class:`Lost` here (a crashed process pool fails the stage).
         """
         workers = max(1, min(workers, len(items)))
-        if not items:
-            return
         state = None
         if workers == 1:
             state = setup() if setup is not None else None
