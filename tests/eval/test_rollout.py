@@ -116,6 +116,33 @@ def test_episode_failing_every_retry_is_recorded_and_left_out_of_the_aggregate(t
     assert res["aggregate"]["text:go"]["travel_dist"]["n"] == 1
 
 
+class LosesOne:
+    """An executor that runs items here, in reverse order, except one whose (Ray) worker always died."""
+
+    name = "local"
+
+    def __init__(self, lost_key):
+        self.lost_key = lost_key
+
+    def map(self, fn, items, *, task, setup=None, key=str):
+        from steve1.engine import LocalExecutor, Lost
+
+        for item, result in LocalExecutor().map(fn, list(reversed(items)), task=task, setup=setup):
+            yield item, (Lost("its Ray worker died on each of 3 tries (test)") if key(item) == self.lost_key else result)
+
+
+def test_an_episode_lost_with_its_worker_is_recorded_as_failed_with_the_reason_in_prompt_order(tmp_path):
+    prompts = text_prompts({"a": "x", "b": "y"}, _goal_of)
+    res = run_rollouts(prompts, RecordingAgent(), Factory(), _cfg(n_episodes=2), tmp_path,
+                       executor=LosesOne("text:b:0"))
+    assert [(e["prompt"], e["episode"], e["status"]) for e in res["episodes"]] == [
+        ("a", 0, "ok"), ("a", 1, "ok"), ("b", 0, "failed"), ("b", 1, "ok")]      # completion order does not matter
+    lost = res["episodes"][2]
+    assert lost["reason"] == "its Ray worker died on each of 3 tries (test)" and lost["metrics"] is None
+    assert res["n_failed"] == 1 and res["aggregate"]["text:b"]["travel_dist"]["n"] == 1
+    assert json.loads((tmp_path / RESULTS_FILE).read_text()) == res
+
+
 def test_agent_errors_are_not_retried(tmp_path):
     class Broken(RecordingAgent):
         def act(self, pov, goal_embed, cond_scale):
