@@ -3,7 +3,8 @@ the manifest) and ``Layout.generated_videos`` (lossless companion videos for the
 
 ``generate.env: minerl`` plays MineRL (stops before any work when MineRL cannot start, saying what to
 install); ``standin`` plays the deterministic stand-in world. ``generate.n_episodes: 0`` writes empty
-folders and an empty manifest.
+folders and an empty manifest. ``engine: ray`` plays the episodes in Ray actors, each holding one env and
+the two agents (``ray.generate``); the files are the same bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
 from steve1.data.generate import GenerateError, generate_all, resolve_device
+from steve1.engine import EngineError, open_executor
 from steve1.envs import EnvError, env_factory, start_env
 from steve1.layout import Layout
 from steve1.models.checkpoints import CheckpointMismatchError
@@ -34,11 +36,14 @@ def _body(params: Params) -> None:
     g, layout = params.generate, Layout.from_params(params)
     factory = env_factory(g.env)
     try:
-        first = start_env(g.env, factory) if g.n_episodes else None     # before any agent: MineRL missing stops here
-        report = generate_all(g, layout.generated_episodes, layout.generated_videos, layout.generated_manifest,
-                              params.weights.dir, params.decode, factory, first_env=first,
-                              device=resolve_device(g.device))
-    except (EnvError, GenerateError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
+        with open_executor(params) as executor:
+            local = executor.name == "local"
+            # locally, the env before any agent: MineRL missing stops here; on Ray each actor's env comes first
+            first = start_env(g.env, factory) if g.n_episodes and local else None
+            report = generate_all(g, layout.generated_episodes, layout.generated_videos, layout.generated_manifest,
+                                  params.weights.dir, params.decode, factory, first_env=first,
+                                  device=resolve_device(g.device) if local else g.device, executor=executor)
+    except (EnvError, GenerateError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
     print(f"generate ({g.env}): {report.summary()}; manifest {report.manifest}")
     if g.n_episodes and report.n_ok == 0:

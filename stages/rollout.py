@@ -3,7 +3,8 @@ metrics.json with each targeted prompt's mean, plots/<metric>.json).
 
 ``rollout.env: minerl`` plays MineRL's HumanSurvival: with MineRL, JDK 8 or a display missing the
 stage stops before any work, saying what to install. ``rollout.env: standin`` (the embedded
-default) plays the deterministic stand-in world, and every output says so.
+default) plays the deterministic stand-in world, and every output says so. ``engine: ray`` plays the
+episodes in Ray actors, each holding one env and the policy (``ray.rollout``); the files are the same bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
+from steve1.engine import EngineError, open_executor
 from steve1.envs import EnvError
 from steve1.eval.programmatic import METRICS
 from steve1.eval.rollout import RolloutError, rollouts_from_params
@@ -28,8 +30,9 @@ def check(params: Params) -> None:
 def run(params: Params, out_dir: Optional[str] = None, device: Optional[str] = None) -> dict:
     """The stage's work, shared with ``steve1 rollout`` (which may override the folder and device)."""
     try:
-        res = rollouts_from_params(params, out_dir, device=device)
-    except (EnvError, RolloutError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
+        with open_executor(params) as executor:
+            res = rollouts_from_params(params, out_dir, device=device, executor=executor)
+    except (EnvError, RolloutError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
     print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
           f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")

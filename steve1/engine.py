@@ -8,7 +8,9 @@ arguments, so the engine changes where work runs, never what is written.
 
 * :class:`LocalExecutor`: in this process, or a pool of ``workers`` threads or processes.
 * :class:`RayExecutor`: one Ray task per item (``ray.<task>`` resources), or, with ``setup``, a set
-  of actors that each build the state once (one MineCLIP, later one environment) and take items.
+  of actors that each build the state once (one MineCLIP; one environment and its agents) and take
+  items. A state with a ``close()`` method (an environment) is closed when the map ends, by either
+  executor: a MineRL left open keeps its Minecraft process running.
   A worker that dies mid-episode (a crash, the OOM killer, a lost node) leaves only a temp file,
   which the driver removes at the end; Ray runs the episode again elsewhere, up to
   ``ray.max_retries`` times, after which the item comes back as :class:`Lost` with a reason
@@ -23,6 +25,7 @@ node (a shared filesystem); a worker that finds otherwise refuses with a sentenc
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import functools
@@ -44,6 +47,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]     # the folder holding this
 IN_FLIGHT_PER_SLOT = 2          # tasks queued per free slot: workers never wait on the driver, and a
                                 # 10^5-episode run does not hold 10^5 pending tasks in the driver
 CALLS_PER_ACTOR = 2             # one running, one queued
+CLOSE_WAIT_S = 60.0             # an actor's state gets this long to close (a MineRL env) before the actor is killed
 PASSED_ENV = ("MALLOC_",)       # driver environment variables workers get (glibc tuning of embed)
 
 
@@ -72,6 +76,13 @@ def _with_state(fn: Callable[[Any, T], Any], item: T) -> Any:
     return fn(_STATE, item)
 
 
+def close_state(state: Any) -> None:
+    """Close a ``setup()`` result that has a ``close()`` (an environment); the map is over."""
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
+
+
 class LocalExecutor:
     """This machine: inline for one worker, else a pool of threads (I/O-bound work) or processes."""
 
@@ -85,16 +96,20 @@ class LocalExecutor:
         comes back :class:`Lost` here (a crashed process pool fails the stage).
         """
         workers = max(1, min(workers, len(items)))
+        state = None
         if workers == 1:
             state = setup() if setup is not None else None
-            for item in items:
-                yield item, (fn(state, item) if setup is not None else fn(item))
+            try:
+                for item in items:
+                    yield item, (fn(state, item) if setup is not None else fn(item))
+            finally:
+                close_state(state)
             return
         if threads:
             state = setup() if setup is not None else None
             call = functools.partial(fn, state) if setup is not None else fn
             pool: cf.Executor = cf.ThreadPoolExecutor(workers, thread_name_prefix=task)
-        else:   # spawn: cv2/FFmpeg threads and fork do not mix
+        else:   # spawn: cv2/FFmpeg threads and fork do not mix (a worker's state ends with its process)
             init = dict(initializer=_init_worker, initargs=(setup,)) if setup is not None else {}
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **init)
             call = functools.partial(_with_state, fn) if setup is not None else fn
@@ -104,6 +119,7 @@ class LocalExecutor:
                 yield futures[future], future.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)   # on an error or Ctrl-C: finish what runs, start no more
+            close_state(state)
 
 
 # ---------------------------------------------------------------------------------------------- ray
@@ -144,6 +160,13 @@ class _Holder:
         if self.error is not None:
             raise self.error
         return fn(self.state, item)
+
+    def ready(self) -> bool:
+        """Answers once ``setup()`` has run: the actor has a place on the cluster."""
+        return True
+
+    def close(self) -> None:
+        close_state(self.state)
 
 
 def _import_ray() -> Any:
@@ -228,8 +251,11 @@ class RayExecutor:
         return getattr(self.settings, task).workers
 
     def _slots(self, cpus: float, gpus: float) -> int:
+        """Workers of ``cpus`` CPUs (and ``gpus`` GPUs) the cluster's totals hold."""
         res = self.ray.cluster_resources()
-        n = res.get("GPU", 0) / gpus if gpus else res.get("CPU", 0) / cpus
+        n = res.get("CPU", 0) / cpus
+        if gpus:
+            n = min(n, res.get("GPU", 0) / gpus)
         return max(1, math.floor(n + 1e-9))
 
     def _outcome(self, ref: Any, lost: tuple[type[BaseException], ...]) -> Any:
@@ -301,31 +327,41 @@ class RayExecutor:
         log.info("%s: %d actor(s), %g CPU and %g GPU each", task, n, cpus, gpus)
         actors = [cls.remote(self.cwd, str(PROJECT_ROOT), setup) for _ in range(n)]
         fn_ref = ray.put(fn)
-        load = {i: 0 for i in range(n)}
-        todo = iter(items)
+        # Items go only to actors that are set up: one the cluster has no room for (its nodes' free CPUs and
+        # GPUs are split so that it fits nowhere) would otherwise hold its items for ever.
+        starting = {actor.ready.remote(): i for i, actor in enumerate(actors)}
+        load: dict[int, int] = {}           # calls in flight per started actor
+        todo = collections.deque(items)
         pending: dict[Any, tuple[T, int]] = {}
         lost = _lost_errors(ray)
 
         def submit() -> None:
             for i in sorted(load, key=load.get):
-                while load[i] < CALLS_PER_ACTOR:
-                    item = next(todo, _END)
-                    if item is _END:
-                        return
+                while load[i] < CALLS_PER_ACTOR and todo:
+                    item = todo.popleft()
                     ref = actors[i].call.options(name=f"{task}:{key(item)}").remote(fn_ref, item)
                     pending[ref] = (item, i)
                     load[i] += 1
 
+        finished = False
         try:
-            submit()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+            while pending or todo:
+                ready, _ = ray.wait([*pending, *starting], num_returns=1)
                 for ref in ready:
+                    if ref in starting:         # set up (or failed to: its calls raise that error)
+                        load[starting.pop(ref)] = 0
+                        continue
                     item, i = pending.pop(ref)
                     load[i] -= 1
                     yield item, self._outcome(ref, lost)
                 submit()
+            finished = True
+            if starting:
+                log.info("%s: %d actor(s) never started (no room on the cluster's nodes)", task, len(starting))
         finally:
+            if finished:      # idle actors close their state (an env); on an error or Ctrl-C they are killed at once
+                closing = [actors[i].close.remote() for i in load]
+                ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
             for actor in actors:
                 ray.kill(actor)
 
@@ -342,6 +378,17 @@ def _take(it: Iterator[T], n: int) -> Iterable[T]:
 
 
 Executor = LocalExecutor | RayExecutor
+
+
+def worker_device(executor: Executor, task: str, device: str, key: str) -> str:
+    """The device param ``key`` (``auto``/``cpu``/``cuda``) as ``task``'s workers must see it: as given
+    locally and for Ray workers that reserve GPUs (``auto`` is resolved where the worker runs), else ``cpu``."""
+    if executor.name == "local" or executor.reserves_gpus(task):
+        return device
+    if device == "cuda":
+        raise EngineError(f"{key} is 'cuda' but the Ray workers of {task} get no GPU (ray.{task}.num_gpus is 0 or "
+                          f"the cluster has none); use 'auto' or 'cpu'")
+    return "cpu"
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ class RayResources(Section):
 
     num_cpus: float = Field(1.0, gt=0.0, le=1024.0, description="CPUs reserved per task or actor")
     num_gpus: float = Field(0.0, ge=0.0, le=64.0, description="GPUs per task or actor (fractions share a GPU); taken only where the cluster has GPUs")
-    workers: Optional[int] = Field(None, ge=1, le=1_000_000, description="tasks at once, or actors (embed); null = as many as the cluster's CPUs (GPUs, where reserved) hold")
+    workers: Optional[int] = Field(None, ge=1, le=1_000_000, description="tasks at once, or actors (embed, generate, rollout); null = as many as the cluster's CPUs and GPUs hold")
 
 
 class RayParams(Section):
@@ -146,6 +146,8 @@ class RayParams(Section):
     download: RayResources = Field(default_factory=lambda: RayResources(num_cpus=0.25), description="per download task (network-bound: a quarter CPU)")
     decode: RayResources = Field(default_factory=RayResources, description="per decode or import-set task")
     embed: RayResources = Field(default_factory=lambda: RayResources(num_cpus=1.0, num_gpus=1.0), description="per MineCLIP actor; CPU actors where the cluster has no GPU")
+    generate: RayResources = Field(default_factory=lambda: RayResources(num_cpus=2.0, num_gpus=0.25), description="per generate actor: one environment (MineRL's Minecraft takes about two cores) and the two VPT agents; a quarter GPU each, CPU actors where the cluster has no GPU")
+    rollout: RayResources = Field(default_factory=lambda: RayResources(num_cpus=2.0, num_gpus=0.25), description="per rollout actor: one environment and the STEVE-1 policy; a quarter GPU each, CPU actors where the cluster has no GPU")
     local_num_cpus: Optional[int] = Field(None, ge=1, le=4096, description="CPUs of the local Ray started when RAY_ADDRESS is unset; null = this machine's")
     local_object_store_mb: int = Field(512, ge=80, le=1_000_000, description="object store of that local Ray (only small results travel through it)")
 
@@ -476,7 +478,7 @@ class Params(Section):
     no global seed: one would have to override or be overridden by each of them)."""
 
     learning_rate: float = Field(4e-5, gt=0.0, le=1.0, description="train stage learning rate (top level so `dvc exp run -S learning_rate=...` works)")
-    engine: Literal["local", "ray"] = Field("local", description="where per-episode work of download/decode/embed/import-set/embed-set runs: this machine, or the Ray cluster named by RAY_ADDRESS (a local Ray when unset); outputs are the same bytes")
+    engine: Literal["local", "ray"] = Field("local", description="where per-episode work of download/decode/embed/import-set/embed-set/generate/rollout runs: this machine, or the Ray cluster named by RAY_ADDRESS (a local Ray when unset); outputs are the same bytes")
     ray: RayParams = Field(default_factory=RayParams, description="the ray engine's resources and retries")
     paths: Paths = Field(default_factory=Paths)
     source: SourceParams = Field(default_factory=SourceParams)

@@ -17,6 +17,9 @@ What STEVE-1's ``gen_mixed_agents.py`` does, and so what this does (facts read f
 Where we differ: every draw is seeded from ``(generate.seed, episode)`` (STEVE-1 used the global
 ``random`` state and an unseeded world by default); episode ``i`` plays world seed ``seed + i``; the
 spin action is a full 24-key MineRL action (STEVE-1's dropped three keys the env fills with 0).
+Episodes run through the engine (``engine: local | ray``): each worker (this process, or a Ray actor)
+builds one env and the two agents once and reseeds the agents' samplers for every episode, so an
+episode's bytes do not depend on which worker played it or what it played before.
 
 Output, in the project's episode format (``steve1.data.episodes``): the agent's 128x128 input
 frame before each step, the env action taken (``env_actions/*``) and its VPT agent-space indices
@@ -32,6 +35,8 @@ with the reason.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -45,7 +50,8 @@ import numpy as np
 from steve1 import actions as A
 from steve1.data import formats as F
 from steve1.data.episodes import Episode, episode_path, list_episode_ids, write_episode
-from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label
+from steve1.engine import Executor, LocalExecutor, Lost, worker_device
+from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label, start_env
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.params import AgentSpec, DecodeParams, GenerateParams
 
@@ -68,6 +74,10 @@ class Agent(Protocol):
     """A VPT agent: memory reset, and one agent-space action per 128x128 RGB frame."""
 
     def reset(self) -> None: ...
+
+    def reseed(self, seed: int) -> None:
+        """A fresh sampler for the next episode: an episode's draws depend on its own seed only."""
+        ...
 
     def act(self, frame: np.ndarray) -> tuple[int, int]:
         """uint8 [H,W,3] RGB at the policy's input size -> (buttons index, camera index)."""
@@ -108,6 +118,9 @@ class VPTAgent:
 
     def reset(self) -> None:
         self.state = None
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
 
     def act(self, frame: np.ndarray) -> tuple[int, int]:
         import torch
@@ -275,15 +288,53 @@ def _settings(cfg: GenerateParams, specs: Sequence[AgentSpec], decode: DecodePar
             "codec_level": decode.codec_level, "chunk_frames": decode.chunk_frames}
 
 
-def generate_one(slot: EnvSlot, agents: Sequence[Agent], specs: Sequence[AgentSpec], cfg: GenerateParams, index: int,
+class Players:
+    """One environment and the two agents: what a worker (this process, or one Ray actor) plays
+    every episode it is given with; the agents' weights load once per worker."""
+
+    def __init__(self, slot: EnvSlot, agents: Sequence[Agent]):
+        self.slot, self.agents = slot, list(agents)
+
+    def close(self) -> None:
+        self.slot.discard()
+
+
+def make_players(env_factory: EnvFactory, specs: Sequence[AgentSpec], weights_dir: str | Path, device: str,
+                 first_env: Any = None, agents: Optional[Sequence[Agent]] = None, preflight: Optional[str] = None
+                 ) -> Players:
+    """A worker's :class:`Players`: the env first (``preflight`` = the env kind: made through
+    :func:`steve1.envs.start_env`, so a Ray node without MineRL says what to install before any agent
+    loads), then the VPT agents of ``specs`` (or ``agents``, tests) on ``device`` (``auto`` resolved here)."""
+    if first_env is None and preflight is not None:
+        first_env = start_env(preflight, env_factory)
+    try:
+        device = resolve_device(device)
+        played_by = list(agents) if agents is not None else [build_vpt_agent(s, weights_dir, device) for s in specs]
+    except BaseException:
+        if first_env is not None:
+            with contextlib.suppress(Exception):
+                first_env.close()
+        raise
+    return Players(EnvSlot(env_factory, first_env), played_by)
+
+
+def _base_row(cfg: GenerateParams, specs: Sequence[AgentSpec], index: int) -> dict[str, Any]:
+    return {"status": "dropped", "reason": None, "world_seed": cfg.seed + index,
+            "agents": [s.name for s in specs], "is_rl": [is_rl(s) for s in specs],
+            "agent_files": [[s.model or f"preset:{s.preset}", s.weights or f"random:seed={s.seed}"] for s in specs]}
+
+
+def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cfg: GenerateParams,
                  episodes_dir: Path, videos_dir: Path, decode: DecodeParams, settings: str) -> dict[str, Any]:
-    """Play episode ``index``; write its file and video when kept. Returns its manifest row."""
+    """Play episode ``index`` with a worker's ``players``; write its file and video when kept. Returns its
+    manifest row. Every draw (world, switches, spins, each agent's sampler) is seeded from
+    ``(cfg.seed, index)``, so the bytes do not depend on which worker plays it or what it played before."""
     eid, world_seed = episode_id(cfg.seed, index), cfg.seed + index
     rng = np.random.default_rng([cfg.seed, index])
-    row: dict[str, Any] = {"status": "dropped", "reason": None, "world_seed": world_seed,
-                           "agents": [s.name for s in specs], "is_rl": [is_rl(s) for s in specs],
-                           "agent_files": [[s.model or f"preset:{s.preset}", s.weights or f"random:seed={s.seed}"]
-                                           for s in specs]}
+    slot, agents = players.slot, players.agents
+    for k, agent in enumerate(agents):
+        agent.reseed(_agent_seed(cfg.seed, index, k))
+    row = _base_row(cfg, specs, index)
     video = videos_dir / f"{eid}{F.RAW_VIDEO_SUFFIX}"
     dest = episode_path(episodes_dir, eid)
     w, h = cfg.video_size
@@ -348,29 +399,42 @@ class GenerateReport:
 
 def generate_all(cfg: GenerateParams, episodes_dir: str | Path, videos_dir: str | Path, manifest: str | Path,
                  weights_dir: str | Path, decode: DecodeParams, env_factory: EnvFactory, first_env: Any = None,
-                 agents: Optional[Sequence[Agent]] = None, device: str = "cpu") -> GenerateReport:
+                 agents: Optional[Sequence[Agent]] = None, device: str = "cpu",
+                 executor: Optional[Executor] = None) -> GenerateReport:
     """Play ``cfg.n_episodes`` episodes into ``episodes_dir`` (+ videos) and write the manifest. Files of
     earlier params are removed, so the folders hold exactly this manifest's kept episodes.
+
+    Episodes run through ``executor`` (this process by default): each worker holds one env and the two
+    agents (:func:`make_players`); on Ray those are the actors' (``ray.generate``) and this process, the
+    driver, makes neither (``first_env`` must then be None; ``env_factory`` and ``agents`` travel to the
+    actors). An episode whose Ray worker died on every try gets a ``dropped`` row with the reason.
     ``agents`` replaces the VPT agents (tests)."""
     episodes_dir, videos_dir = Path(episodes_dir), Path(videos_dir)
     for d in (episodes_dir, videos_dir):
         d.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(d)
+    executor = executor or LocalExecutor()
     specs = list(cfg.agents)
     settings = json.dumps(_settings(cfg, specs, decode), sort_keys=True)
-    rows: dict[str, dict[str, Any]] = {}
-    slot = EnvSlot(env_factory, first_env)
-    try:
-        for i in range(cfg.n_episodes):
-            if agents is None:
-                # agent sampling seeded per (seed, episode, agent): an episode's bytes never depend on another
-                played_by = [build_vpt_agent(s, weights_dir, device, _agent_seed(cfg.seed, i, k)) for k, s in enumerate(specs)]
-            else:
-                played_by = list(agents)
-            rows[episode_id(cfg.seed, i)] = generate_one(slot, played_by, specs, cfg, i, episodes_dir, videos_dir,
-                                                         decode, settings)
-    finally:
-        slot.discard()
+    if executor.name == "local":
+        setup = functools.partial(make_players, env_factory, specs, weights_dir, device, first_env, agents)
+    else:
+        if first_env is not None:
+            raise GenerateError("engine: ray makes the environments in its actors: give no first_env")
+        setup = functools.partial(make_players, env_factory, specs, weights_dir,
+                                  worker_device(executor, "generate", device, "generate.device"), None, agents, cfg.env)
+    work = functools.partial(generate_one, specs=specs, cfg=cfg, episodes_dir=episodes_dir, videos_dir=videos_dir,
+                             decode=decode, settings=settings)
+    by_index: dict[int, dict[str, Any]] = {}
+    for i, result in executor.map(work, list(range(cfg.n_episodes)), task="generate", setup=setup,
+                                  key=lambda i: episode_id(cfg.seed, i)):
+        if isinstance(result, Lost):
+            result = {**_base_row(cfg, specs, i), "reason": result.reason}
+            log.warning("%s: %s", episode_id(cfg.seed, i), result["reason"])
+        by_index[i] = result
+    rows = {episode_id(cfg.seed, i): by_index[i] for i in sorted(by_index)}
+    for d in (episodes_dir, videos_dir):
+        remove_stale_temps(d)           # temps of workers that died mid-episode
     kept = {eid for eid, r in rows.items() if r["status"] == "ok"}
     for eid in list_episode_ids(episodes_dir):
         if eid not in kept:

@@ -13,10 +13,17 @@ made first, so a missing MineRL stops the stage before any model is loaded, and 
 the env (results, the metrics key, the video banner).
 
 MineRL dies unpredictably, mostly on repeated env creation (the official scripts restart the
-whole program in a shell loop). Here one env is reused across episodes; an exception from
-``make``/``seed``/``reset``/``step`` closes it, a new one is made and the episode is retried from
+whole program in a shell loop). Here a worker's one env is reused across its episodes; an exception
+from ``make``/``seed``/``reset``/``step`` closes it, a new one is made and the episode is retried from
 scratch, at most ``max_retries`` times; every crash is recorded in the results. Exceptions
 raised by the agent are bugs and propagate.
+
+Episodes run through the engine's executor (``engine: local | ray``, :mod:`steve1.engine`): one per
+unit of work, played by a worker holding one env and the agent (:class:`Player`; on Ray an actor per
+worker, ``ray.rollout``, loading the policy once). Nothing carries from one episode to the next: the
+world is seeded by the episode's seed before reset, and the agent's memory and sampler are reset with
+that same seed (retried attempts included), so which worker plays an episode, and what it played
+before, changes no byte. This process alone writes the results, metrics and plots, in prompt order.
 
 Outputs (:class:`steve1.layout.RolloutLayout`): ``results.json`` (per episode and per prompt with
 confidence intervals; only what params and inputs determine, timings go to the log), one mp4 per
@@ -27,6 +34,7 @@ episode, ``metrics.json`` (each targeted prompt's mean of its metric, under the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -40,11 +48,12 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import cv2
 import numpy as np
 
+from steve1.engine import Executor, LocalExecutor, Lost, worker_device
 from steve1.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, env_call, env_label, make_minerl_env,
                          start_env)
 from steve1.envs import env_factory as make_env_factory
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
-from steve1.io import atomic_path, write_json_atomic
+from steve1.io import atomic_path, remove_stale_temps, write_json_atomic
 from steve1.layout import Layout, RolloutLayout
 from steve1.params import Params, RolloutParams
 
@@ -52,7 +61,7 @@ __all__ = ["ENV_KWARGS", "PAPER_TEXT_PROMPTS", "make_minerl_env", "rollouts_from
 
 log = logging.getLogger(__name__)
 
-RESULTS_FORMAT_VERSION = 2
+RESULTS_FORMAT_VERSION = 3      # 3: per-episode agent seeds, a failed episode's reason, no envs_created
 
 # official steve1/run_agent/paper_prompts.py
 PAPER_TEXT_PROMPTS: dict[str, str] = {
@@ -77,9 +86,11 @@ class RolloutError(RuntimeError):
 
 
 class Agent(Protocol):
-    """What the loop needs from an agent: a memory reset per episode and one action per frame."""
+    """What the loop needs from an agent: a reset per episode and one action per frame."""
 
-    def reset(self) -> None: ...
+    def reset(self, seed: int) -> None:
+        """Forget the last episode: empty memory, and a sampler seeded with the episode's ``seed``."""
+        ...
 
     def act(self, pov: np.ndarray, goal_embed: np.ndarray, cond_scale: float) -> dict[str, Any]:
         """``pov`` uint8 [H,W,3] RGB (the env's), ``goal_embed`` float32 [D] -> a MineRL env action dict."""
@@ -230,7 +241,7 @@ def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed:
             env = slot.get()
             env_call("seed", None, env.seed, seed)
             obs = env_call("reset", None, env.reset)
-            agent.reset()
+            agent.reset(seed)
             tracker = ProgrammaticTracker(obs)
             n = 0
             with VideoSink(video_path, banner, fps) if video_path else contextlib.nullcontext() as sink:
@@ -245,7 +256,7 @@ def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed:
             log.info("%s episode %d: %d steps in %.1f s", prompt.key, episode, n, time.monotonic() - t0)
             return {
                 "prompt": prompt.name, "kind": prompt.kind, "episode": episode, "seed": seed,
-                "status": "ok", "attempts": attempt + 1, "steps": n,
+                "status": "ok", "reason": None, "attempts": attempt + 1, "steps": n,
                 "metrics": tracker.result(), "video": str(video_path) if video_path else None, "crashes": crashes,
             }
         except EnvCrash as crash:
@@ -258,8 +269,8 @@ def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed:
             slot.discard()
     return {
         "prompt": prompt.name, "kind": prompt.kind, "episode": episode, "seed": seed,
-        "status": "failed", "attempts": max_retries + 1, "steps": 0,
-        "metrics": None, "video": None, "crashes": crashes,
+        "status": "failed", "reason": f"the env crashed on each of {max_retries + 1} attempts (rollout.max_retries)",
+        "attempts": max_retries + 1, "steps": 0, "metrics": None, "video": None, "crashes": crashes,
     }
 
 
@@ -275,37 +286,96 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def run_rollouts(prompts: Sequence[Prompt], agent: Agent, env_factory: EnvFactory, cfg: RolloutParams,
-                 out_dir: str | Path | RolloutLayout, extra: Mapping[str, Any] = {},
-                 first_env: Any = None) -> dict[str, Any]:
-    """Every prompt x ``cfg.n_episodes`` episodes in ``cfg.env``; writes the results (after each prompt,
-    so a killed run keeps what it finished), the videos, then the metrics and plots.
-    ``first_env`` is an env already made (:func:`steve1.envs.start_env`); ``extra`` is recorded in
-    the results' config as given."""
-    out = out_dir if isinstance(out_dir, RolloutLayout) else RolloutLayout(Path(out_dir))
-    label = env_label(cfg.env)
-    slot = EnvSlot(env_factory, first_env)
-    episodes: list[dict[str, Any]] = []
-    results: dict[str, Any] = {}
+class Player:
+    """One env and the agent: what a worker (this process, or one Ray actor) plays its episodes with."""
+
+    def __init__(self, slot: EnvSlot, agent: Agent):
+        self.slot, self.agent = slot, agent
+
+    def close(self) -> None:
+        self.slot.discard()
+
+
+def make_player(env_factory: EnvFactory, agent: Agent | Callable[[], Agent], first_env: Any = None,
+                preflight: Optional[str] = None) -> Player:
+    """A worker's :class:`Player`. ``agent`` is one, or a function building one (a Ray actor loads the
+    policy once); ``preflight`` (the env kind) makes the first env through :func:`steve1.envs.start_env`
+    before the agent, so a Ray node without MineRL says what to install before any model loads."""
+    if first_env is None and preflight is not None:
+        first_env = start_env(preflight, env_factory)
     try:
-        for prompt in prompts:
-            for i in range(cfg.n_episodes):
-                video = out.video(prompt.kind, prompt.name, i) if cfg.video else None
-                rec = run_episode(slot, agent, prompt, i, cfg.seed + i, cfg.steps, video, cfg.video_fps,
-                                  cfg.max_retries, label)
-                if rec["video"]:
-                    rec["video"] = Path(rec["video"]).relative_to(out.dir).as_posix()
-                episodes.append(rec)
-                log.info("%s episode %d: %s %s", prompt.name, i, rec["status"], rec["metrics"])
-            results = _results(prompts, episodes, cfg, slot.created, extra)
+        built = agent if hasattr(agent, "act") else agent()     # type: ignore[operator]
+    except BaseException:
+        if first_env is not None:
+            with contextlib.suppress(Exception):
+                first_env.close()
+        raise
+    return Player(EnvSlot(env_factory, first_env), built)
+
+
+def play_one(player: Player, item: tuple[Prompt, int], *, cfg: RolloutParams, out: RolloutLayout) -> dict[str, Any]:
+    """Episode ``item = (prompt, i)`` on a worker's player (world and sampler seed ``cfg.seed + i``): the
+    one per-episode function of either engine. Writes the video (temp name + rename); returns the record."""
+    prompt, i = item
+    dim = getattr(player.agent, "goal_dim", None)
+    if dim is not None and prompt.goal.shape != (dim,):
+        raise RolloutError(f"goal embedding of {prompt.key} has {prompt.goal.size} values, expected {dim} "
+                           f"(the policy's goal width)")
+    video = out.video(prompt.kind, prompt.name, i) if cfg.video else None
+    rec = run_episode(player.slot, player.agent, prompt, i, cfg.seed + i, cfg.steps, video, cfg.video_fps,
+                      cfg.max_retries, env_label(cfg.env))
+    if rec["video"]:
+        rec["video"] = Path(rec["video"]).relative_to(out.dir).as_posix()
+    return rec
+
+
+def _lost_record(prompt: Prompt, i: int, cfg: RolloutParams, lost: Lost) -> dict[str, Any]:
+    """A failed episode whose Ray worker died on every try: recorded as an env failure is."""
+    return {"prompt": prompt.name, "kind": prompt.kind, "episode": i, "seed": cfg.seed + i, "status": "failed",
+            "reason": lost.reason, "attempts": None, "steps": 0, "metrics": None, "video": None, "crashes": []}
+
+
+def run_rollouts(prompts: Sequence[Prompt], agent: Agent | Callable[[], Agent], env_factory: EnvFactory,
+                 cfg: RolloutParams, out_dir: str | Path | RolloutLayout, extra: Mapping[str, Any] = {},
+                 first_env: Any = None, executor: Optional[Executor] = None) -> dict[str, Any]:
+    """Every prompt x ``cfg.n_episodes`` episodes in ``cfg.env`` through ``executor`` (this process by
+    default); writes the results (once each prompt is finished, in prompt order, so a killed run keeps
+    what it finished), the videos, then the metrics and plots.
+
+    ``agent`` is the agent, or a function building one (each Ray actor calls it once); ``first_env`` is an
+    env already made (:func:`steve1.envs.start_env`), for the local engine only: Ray actors make theirs,
+    checking MineRL first. ``extra`` is recorded in the results' config as given."""
+    out = out_dir if isinstance(out_dir, RolloutLayout) else RolloutLayout(Path(out_dir))
+    executor = executor or LocalExecutor()
+    if executor.name == "local":
+        setup = functools.partial(make_player, env_factory, agent, first_env)
+    else:
+        if first_env is not None:
+            raise RolloutError("engine: ray makes the environments in its actors: give no first_env")
+        setup = functools.partial(make_player, env_factory, agent, None, cfg.env)
+    items = [(p, i) for p in prompts for i in range(cfg.n_episodes)]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    n_written = 0                 # prompts whose episodes are all in the written results
+    results: dict[str, Any] = {}
+    work = functools.partial(play_one, cfg=cfg, out=out)
+    for (prompt, i), rec in executor.map(work, items, task="rollout", setup=setup,
+                                         key=lambda it: f"{it[0].key}:{it[1]}"):
+        if isinstance(rec, Lost):
+            rec = _lost_record(prompt, i, cfg, rec)
+            log.warning("%s episode %d: %s", prompt.key, i, rec["reason"])
+        done[(prompt.key, i)] = rec
+        log.info("%s episode %d: %s %s", prompt.name, i, rec["status"], rec["metrics"])
+        while n_written < len(prompts) and all((prompts[n_written].key, j) in done for j in range(cfg.n_episodes)):
+            n_written += 1
+            episodes = [done[(p.key, j)] for p in prompts[:n_written] for j in range(cfg.n_episodes)]
+            results = _results(prompts, episodes, cfg, extra)
             write_json_atomic(out.results, results)
-    finally:
-        slot.discard()
+    remove_stale_temps(out.videos)        # temps of workers that died mid-episode
     write_summaries(results, prompts, cfg, out)
     return results
 
 
-def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: RolloutParams, envs_created: int,
+def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: RolloutParams,
              extra: Mapping[str, Any]) -> dict[str, Any]:
     agg = {}
     for j, p in enumerate(prompts):
@@ -326,7 +396,6 @@ def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: Rol
         "aggregate": agg,
         "crashes": crashes,
         "n_failed": sum(e["status"] == "failed" for e in episodes),
-        "envs_created": envs_created,
     })
 
 
@@ -390,8 +459,10 @@ class PolicyAgent:
         self.frame_size = (int(w), int(h))                           # cv2's (W, H)
         self.goal_dim: Optional[int] = policy.cfg.mineclip_embed_dim
 
-    def reset(self) -> None:
+    def reset(self, seed: Optional[int] = None) -> None:
         self.state = None        # made on the first act, with the batch that cond_scale needs
+        if seed is not None:
+            self.generator.manual_seed(seed)
 
     def act(self, pov: np.ndarray, goal_embed: np.ndarray, cond_scale: float) -> dict[str, Any]:
         import torch
@@ -409,6 +480,14 @@ class PolicyAgent:
         return to_env_actions(res.action)[0]
 
 
+def require_weights(weights: str | Path) -> Path:
+    """The policy weights file, or a :class:`RolloutError` saying how to make it."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise RolloutError(f"{weights}: policy weights not found (run the train stage, or set rollout.policy_weights)")
+    return weights
+
+
 def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None, train: Any = None) -> Any:
     """The goal-conditioned policy to play, with ``weights`` loaded strictly.
 
@@ -419,9 +498,7 @@ def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None,
     from steve1.models.checkpoints import GOAL_KEYS, load_policy_weights, load_state_dict_file, read_policy_kwargs
     from steve1.models.vpt import build_policy
 
-    weights = Path(weights)
-    if not weights.is_file():
-        raise RolloutError(f"{weights}: policy weights not found (run the train stage, or set rollout.policy_weights)")
+    weights = require_weights(weights)
     sd = load_state_dict_file(weights)
     if policy_model:
         goal = next((sd[k] for k in GOAL_KEYS if k in sd and sd[k].ndim == 2), None)
@@ -448,29 +525,46 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def policy_agent(weights: str | Path, policy_model: Optional[str], train: Any, device: str, seed: int) -> PolicyAgent:
+    """The rollout's :class:`PolicyAgent` on ``device`` (``auto`` resolved where this runs: a Ray actor's GPU)."""
+    return PolicyAgent(load_rollout_policy(weights, policy_model, train), device=resolve_device(device), seed=seed)
+
+
 def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *, agent: Optional[Agent] = None,
                          env_factory: Optional[EnvFactory] = None, text_encoder: Optional[Callable] = None,
-                         device: Optional[str] = None) -> dict[str, Any]:
-    """Run the ``rollout`` section of validated params (the stage and ``steve1 rollout``). The env is
-    made first: with ``env: minerl`` a missing MineRL fails here, before any model is loaded. The
-    keyword arguments replace the real parts (policy agent, env, MineCLIP text tower), which is how
-    the tests drive it."""
+                         device: Optional[str] = None, executor: Optional[Executor] = None) -> dict[str, Any]:
+    """Run the ``rollout`` section of validated params (the stage and ``steve1 rollout``) through
+    ``executor`` (this process by default). Locally the env is made first: with ``env: minerl`` a
+    missing MineRL fails here, before any model is loaded; on Ray each actor makes its env, then loads
+    the policy, and this process (the driver) loads only what turns prompts into goals (MineCLIP's
+    text tower, the prior). The keyword arguments replace the real parts (policy agent, env, MineCLIP
+    text tower), which is how the tests drive it."""
     from steve1.eval.prompt import mineclip_text_encoder, prompt_to_goal
     from steve1.models.prior import load_prior
 
     rp = params.rollout
     layout = Layout.from_params(params)
     out = RolloutLayout(Path(out_dir)) if out_dir is not None else layout.rollouts
-    device = resolve_device(device or rp.device)
+    executor = executor or LocalExecutor()
+    local = executor.name == "local"
+    wanted = device or rp.device
+    device = resolve_device(wanted)                       # this process's: the text tower and the prior
     first_env = None
     if env_factory is None:
         env_factory = make_env_factory(rp.env)
-        first_env = start_env(rp.env, env_factory)          # before any model: a missing MineRL stops here
+        if local:
+            first_env = start_env(rp.env, env_factory)      # before any model: a missing MineRL stops here
     try:
-        if agent is None:
-            policy = load_rollout_policy(rp.policy_weights or layout.rollout_weights, rp.policy_model, params.train)
-            agent = PolicyAgent(policy, device=device, seed=rp.seed)
-        dim = getattr(agent, "goal_dim", None)
+        weights = rp.policy_weights or layout.rollout_weights
+        player_agent: Agent | Callable[[], Agent]
+        if agent is not None:
+            player_agent = agent
+        elif local:
+            player_agent = agent = policy_agent(weights, rp.policy_model, params.train, device, rp.seed)
+        else:       # loaded by each actor; missing weights stop the stage here, before any actor starts
+            player_agent = functools.partial(policy_agent, require_weights(weights), rp.policy_model, params.train,
+                                             worker_device(executor, "rollout", wanted, "rollout.device"), rp.seed)
+        dim = getattr(agent, "goal_dim", None)            # unknown on a Ray driver: each actor checks the goals
         prompts: list[Prompt] = []
         texts = rp.text_prompts or PAPER_TEXT_PROMPTS
         if texts:
@@ -492,5 +586,5 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
             with contextlib.suppress(Exception):
                 first_env.close()
         raise
-    return run_rollouts(prompts, agent, env_factory, rp, out, first_env=first_env,
+    return run_rollouts(prompts, player_agent, env_factory, rp, out, first_env=first_env, executor=executor,
                         extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})

@@ -8,20 +8,19 @@ session's (``ray.init(num_cpus=2)``); the slow tests use a simulated two-node cl
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fixtures.ray_kill import Killer
 from fixtures.recordings import write_png_recording
 from stages import decode as decode_stage
 from stages import download as download_stage
@@ -137,45 +136,6 @@ def test_ray_engine_writes_the_bytes_the_local_engine_writes(ray_local, shared, 
 
 
 # ------------------------------------------------------------------------------------------ killing
-
-
-def _titled(prefix: str) -> list[tuple[int, int]]:
-    """(pid, parent pid) of processes whose title starts with ``prefix`` (Ray titles a busy worker
-    ``ray::<task name>``; the engine names each task ``<stage>:<episode id>``)."""
-    found = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            title = Path(cmdline).read_bytes().split(b"\0")[0].decode(errors="replace")
-            if title.startswith(prefix):
-                pid = int(cmdline.split("/")[2])
-                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                found.append((pid, ppid))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-class Killer(threading.Thread):
-    """Kills (SIGKILL) the first process running ``ray::<task>`` the moment it shows, ``times`` times;
-    with ``parent``, only workers of that raylet."""
-
-    def __init__(self, task: str, times: int = 1, parent: int | None = None, action=None):
-        super().__init__(daemon=True)
-        self.task, self.times, self.parent, self.action = f"ray::{task}", times, parent, action
-        self.killed: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while len(self.killed) < self.times and not self.stop.is_set():
-            for pid, ppid in _titled(self.task):
-                if pid not in self.killed and (self.parent is None or ppid == self.parent):   # dying takes a while
-                    if self.action is not None:
-                        self.action()
-                    else:
-                        os.kill(pid, signal.SIGKILL)
-                    self.killed.append(pid)
-                    break
-            time.sleep(0.002)
 
 
 def test_a_worker_killed_mid_episode_leaves_no_partial_file_and_the_episode_is_retried(

@@ -34,6 +34,9 @@ class ScriptedAgent:
     def reset(self):
         self.resets.append(self.clock())
 
+    def reseed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
     def act(self, frame):
         assert frame.shape == (128, 128, 3) and frame.dtype == np.uint8
         self.acts.append(self.clock())
@@ -285,3 +288,74 @@ def test_generate_params_validate_the_pair_and_ranges():
     assert (d.max_steps, d.min_steps, d.switch_agent_prob, d.spin_prob) == (7200, 1000, 0.001, 0.00133)
     assert (d.switch_to_rl_prob, d.switch_from_rl_prob) == (1 / 3000, 1 / 1000)
     assert (d.spin_degrees, d.spin_step_degrees) == ((90, 360), (20, 30))
+
+
+# ---------------------------------------------------------------- engine: ray
+
+def _on_ray(tmp_path: Path, max_retries: int = 2, **generate_resources) -> Path:
+    params = _params(tmp_path)
+    p = yaml.safe_load(params.read_text())
+    p["engine"] = "ray"
+    p["ray"] = {"max_retries": max_retries, "generate": {"num_cpus": 1, "num_gpus": 0, **generate_resources}}
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    return params
+
+
+def _same_files(a: Layout, b: Layout) -> None:
+    for x, y in ((a.generated_episodes, b.generated_episodes), (a.generated_videos, b.generated_videos)):
+        assert _digests(x) == _digests(y)                  # episodes, manifest, videos; no temp left behind
+
+
+def test_ray_engine_generates_the_bytes_the_local_engine_generates(ray_local, generated, tmp_path):
+    from stages.generate import main
+
+    _, local = generated
+    params = _on_ray(tmp_path, workers=2)              # two actors, each one env + the two agents
+    assert main(["--params", str(params)]) == 0
+    _same_files(local, Layout.from_params(load_params(params)))
+
+
+def test_a_generate_actor_killed_mid_episode_is_restarted_and_the_episode_replayed(ray_local, generated, tmp_path):
+    from fixtures.ray_kill import Killer
+    from stages.generate import main
+
+    _, local = generated
+    params = _on_ray(tmp_path, workers=1)
+    killer = Killer(f"generate:{episode_id(0, 1)}")
+    killer.start()
+    assert main(["--params", str(params)]) == 0
+    killer.stop.set()
+    assert len(killer.killed) == 1, "the episode was never seen running in its actor"
+    _same_files(local, Layout.from_params(load_params(params)))
+
+
+@pytest.mark.slow      # two actor restarts, each loading the agents again
+def test_an_episode_whose_actor_always_dies_is_dropped_with_the_reason(ray_local, generated, tmp_path):
+    from fixtures.ray_kill import Killer
+    from stages.generate import main
+
+    _, local = generated
+    params = _on_ray(tmp_path, max_retries=1, workers=1)
+    killer = Killer(f"generate:{episode_id(0, 1)}", times=2)      # the first try and its one retry
+    killer.start()
+    assert main(["--params", str(params)]) == 0
+    killer.stop.set()
+    assert len(killer.killed) == 2
+    layout = Layout.from_params(load_params(params))
+    rows = json.loads(layout.generated_manifest.read_text())["episodes"]
+    assert rows[episode_id(0, 1)]["status"] == "dropped"
+    assert rows[episode_id(0, 1)]["reason"].startswith("its Ray worker died on each of 2 tries")
+    assert rows[episode_id(0, 0)] == json.loads(local.generated_manifest.read_text())["episodes"][episode_id(0, 0)]
+    assert sorted(p.name for p in layout.generated_videos.iterdir()) == [f"{episode_id(0, 0)}.mp4"]
+    assert sorted(p.name for p in layout.generated_episodes.iterdir()) == sorted([f"{episode_id(0, 0)}.h5",
+                                                                                  "manifest.json"])
+
+
+@pytest.mark.slow
+def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, tmp_path):
+    from stages.generate import main
+
+    _, local = generated
+    params = _on_ray(tmp_path, workers=2)              # one actor per node
+    assert main(["--params", str(params)]) == 0
+    _same_files(local, Layout.from_params(load_params(params)))

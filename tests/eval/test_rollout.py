@@ -32,9 +32,11 @@ class RecordingAgent:
     def __init__(self):
         self.calls: list[tuple[np.ndarray, float, tuple]] = []
         self.resets = 0
+        self.seeds: list[int] = []
 
-    def reset(self):
+    def reset(self, seed=None):
         self.resets += 1
+        self.seeds.append(seed)
 
     def act(self, pov, goal_embed, cond_scale):
         self.calls.append((np.array(goal_embed), cond_scale, pov.shape))
@@ -77,7 +79,8 @@ def test_goals_and_guidance_scales_reach_the_agent(tmp_path):
     assert all(np.array_equal(g, np.arange(512)) for g, _, _ in visual_calls)
     assert all(shape == (360, 640, 3) for _, _, shape in agent.calls)
     assert factory.made[0].seeds_used == [10, 11, 10, 11]     # one env reused; episode i -> seed + i
-    assert res["envs_created"] == 1 and res["crashes"] == [] and res["n_failed"] == 0
+    assert agent.seeds == [10, 11, 10, 11]                     # the agent's sampler too: nothing carries over
+    assert len(factory.made) == 1 and res["crashes"] == [] and res["n_failed"] == 0
 
 
 def test_paper_prompts_are_the_eleven_of_the_paper():
@@ -96,9 +99,10 @@ def test_crash_closes_recreates_and_retries_the_episode(tmp_path):
     assert ep["status"] == "ok" and ep["attempts"] == 3 and ep["steps"] == 6
     assert [(c["phase"], c["step"], c["attempt"]) for c in res["crashes"]] == [("step", 3, 1), ("reset", None, 2)]
     assert "scripted crash at step 3" in res["crashes"][0]["error"]
-    assert res["envs_created"] == 3 and all(e.closed for e in factory.made)
+    assert len(factory.made) == 3 and all(e.closed for e in factory.made)
     assert ep["metrics"]["travel_dist"] == pytest.approx(6 * 0.25)   # the retried episode starts from spawn
     assert agent.resets == 2                                          # reset failed before the agent was reset
+    assert agent.seeds == [10, 10]                                    # each attempt starts the episode afresh
     assert [p.name for p in (tmp_path / "videos").iterdir()] == ["text-go-ep000.mp4"]   # no temp left behind
 
 
@@ -107,8 +111,36 @@ def test_episode_failing_every_retry_is_recorded_and_left_out_of_the_aggregate(t
     res = run_rollouts(text_prompts({"go": "go"}, _goal_of), RecordingAgent(), factory,
                        _cfg(n_episodes=2, max_retries=1), tmp_path)
     assert [e["status"] for e in res["episodes"]] == ["failed", "ok"]
+    assert res["episodes"][0]["reason"] == "the env crashed on each of 2 attempts (rollout.max_retries)"
     assert res["n_failed"] == 1 and len(res["crashes"]) == 2
     assert res["aggregate"]["text:go"]["travel_dist"]["n"] == 1
+
+
+class LosesOne:
+    """An executor that runs items here, in reverse order, except one whose (Ray) worker always died."""
+
+    name = "local"
+
+    def __init__(self, lost_key):
+        self.lost_key = lost_key
+
+    def map(self, fn, items, *, task, setup=None, key=str):
+        from steve1.engine import LocalExecutor, Lost
+
+        for item, result in LocalExecutor().map(fn, list(reversed(items)), task=task, setup=setup):
+            yield item, (Lost("its Ray worker died on each of 3 tries (test)") if key(item) == self.lost_key else result)
+
+
+def test_an_episode_lost_with_its_worker_is_recorded_as_failed_with_the_reason_in_prompt_order(tmp_path):
+    prompts = text_prompts({"a": "x", "b": "y"}, _goal_of)
+    res = run_rollouts(prompts, RecordingAgent(), Factory(), _cfg(n_episodes=2), tmp_path,
+                       executor=LosesOne("text:b:0"))
+    assert [(e["prompt"], e["episode"], e["status"]) for e in res["episodes"]] == [
+        ("a", 0, "ok"), ("a", 1, "ok"), ("b", 0, "failed"), ("b", 1, "ok")]      # completion order does not matter
+    lost = res["episodes"][2]
+    assert lost["reason"] == "its Ray worker died on each of 3 tries (test)" and lost["metrics"] is None
+    assert res["n_failed"] == 1 and res["aggregate"]["text:b"]["travel_dist"]["n"] == 1
+    assert json.loads((tmp_path / RESULTS_FILE).read_text()) == res
 
 
 def test_agent_errors_are_not_retried(tmp_path):
@@ -150,13 +182,13 @@ def test_results_json_schema(tmp_path):
 
     res = json.loads((tmp_path / "o" / RESULTS_FILE).read_text(), parse_constant=no_nan)
     assert set(res) == {"format_version", "env", "config", "metrics", "prompts", "episodes", "aggregate", "crashes",
-                        "n_failed", "envs_created"}
+                        "n_failed"}        # no count of envs made: it depends on where episodes ran
     assert res["env"]["kind"] == "standin" and res["env"]["label"] == "stand-in env" and "not Minecraft" in res["env"]["note"]
     assert res["metrics"] == list(METRICS)
     assert res["prompts"] == [{"name": "a", "kind": "text", "text": "x", "cond_scale": 6.0},
                               {"name": "v", "kind": "visual", "text": str(tmp_path / "v.npy"), "cond_scale": 7.0}]
     ep = res["episodes"][0]
-    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "attempts", "steps", "metrics",
+    assert set(ep) == {"prompt", "kind", "episode", "seed", "status", "reason", "attempts", "steps", "metrics",
                        "video", "crashes"}                  # no timings: the cached results hold only what params determine
     assert set(ep["metrics"]) == set(METRICS)
     agg = res["aggregate"]["visual:v"]["log"]
@@ -405,3 +437,66 @@ def test_cli_rollout_is_the_stage_code(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rollout (stand-in env): 2 prompts, 2 episodes" in result.output
     assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3
+
+
+# ---------------------------------------------------------------- engine: ray
+
+@pytest.fixture(scope="module")
+def rollout_on_local(tmp_path_factory):
+    """The stage with engine: local (2 prompts x 2 episodes, videos on): the folder and its bytes."""
+    from stages.rollout import main
+
+    root = tmp_path_factory.mktemp("rollout-engines")
+    params = _project(root)
+    assert main(["--params", str(params)]) == 0
+    out = root / "eval" / "rollouts" / "default"
+    return params, out, _digests(out)
+
+
+def _on_ray(params: Path, **rollout) -> None:
+    import shutil
+
+    import yaml
+
+    p = yaml.safe_load(params.read_text())
+    p["engine"] = "ray"
+    p["ray"] = {"max_retries": 2, "rollout": {"num_cpus": 1, "num_gpus": 0, **rollout}}
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    shutil.rmtree(params.parent / "eval")      # the same folder as the local run: results name no folder, but be sure
+
+
+def test_ray_engine_plays_the_bytes_the_local_engine_plays(ray_local, rollout_on_local, capsys):
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=2)                 # two actors, each one env + one policy, episodes spread over both
+    assert main(["--params", str(params)]) == 0
+    assert "rollout (stand-in env): 2 prompts, 4 episodes, 0 failed" in capsys.readouterr().out
+    got = _digests(out)
+    assert sorted(got) == sorted(expected) and len(got) > 4      # results, metrics, plots and four videos
+    assert [k for k in expected if got[k] != expected[k]] == []
+
+
+def test_a_rollout_actor_killed_mid_episode_is_restarted_and_the_episode_replayed(ray_local, rollout_on_local):
+    from fixtures.ray_kill import Killer
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=1)
+    killer = Killer("rollout:text:explore:0")
+    killer.start()
+    assert main(["--params", str(params)]) == 0
+    killer.stop.set()
+    assert len(killer.killed) == 1, "the episode was never seen running in its actor"
+    got = _digests(out)
+    assert [k for k in expected if got.get(k) != expected[k]] == [] and sorted(got) == sorted(expected)
+
+
+@pytest.mark.slow
+def test_on_two_nodes_the_rollout_writes_the_local_bytes(ray_two_nodes, rollout_on_local):
+    from stages.rollout import main
+
+    params, out, expected = rollout_on_local
+    _on_ray(params, workers=2)                 # one actor per node
+    assert main(["--params", str(params)]) == 0
+    assert _digests(out) == expected
