@@ -76,7 +76,10 @@ def build_accelerator(tp: TrainParams) -> Accelerator:
     """Accelerate with or without DeepSpeed, fp32 on CPU and bf16 on GPU, ``grad_accum`` steps."""
     precision = mixed_precision(tp)
     if tp.deepspeed == "none":
-        return Accelerator(gradient_accumulation_steps=tp.grad_accum, mixed_precision=precision)
+        # Without a GPU, Accelerate counts N launched processes as one world only when told it runs
+        # on the CPU (then DDP over gloo); otherwise each process trains alone, unaveraged.
+        return Accelerator(gradient_accumulation_steps=tp.grad_accum, mixed_precision=precision,
+                           cpu=not torch.cuda.is_available())
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     cfg = deepspeed_config(tp)
