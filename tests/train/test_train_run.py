@@ -143,37 +143,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_without_deepspeed_train_as_one_world(tmp_path):
-    """``train.deepspeed: none`` under ``accelerate launch`` on CPU: the two processes form one world (DDP
-    over gloo) and match one process with the doubled batch; each used to train alone as world size 1."""
-    one = make_world(tmp_path / "one", {**RUN, "deepspeed": "none"})
-    assert _stage(one).returncode == 0
-    two = make_world(tmp_path / "two", {**RUN, "deepspeed": "none", "batch_size": 1})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "configs" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), "-m", "stages.train", "--params", str(two)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ref_run, run = one.parent / "models" / "toy", two.parent / "models" / "toy"
-    assert json.loads((run / "config.json").read_text())["world_size"] == 2
-    ref, got = _weights(ref_run / "latest.weights"), _weights(run / "latest.weights")
-    init = build_start_policy(TrainParams(seed=0)).state_dict()
-    moved = sum(((ref[k] - init[k]).double() ** 2).sum() for k in ref) ** 0.5
-    apart = sum(((got[k] - ref[k]).double() ** 2).sum() for k in ref) ** 0.5
-    assert moved > 0 and apart / moved < 1e-2, f"2 processes are {apart / moved:.2%} of the update away from 1"
-    assert _column(run, "grad_norm")[:2] == pytest.approx(_column(ref_run, "grad_norm")[:2], rel=1e-5)
-
-
-def test_two_processes_match_one_process_with_the_doubled_batch(reference, tmp_path):
-    params = make_world(tmp_path, {**RUN, "batch_size": 1})
+def _two_processes(params: Path) -> Path:
+    """``accelerate launch`` of the train stage with 2 processes; its run folder, checked to be one world of 2."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "configs" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2",
            "--main_process_port", str(_free_port()), "-m", "stages.train", "--params", str(params)]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "models" / "toy"
+    run = params.parent / "models" / "toy"
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    return run
+
+
+def _assert_matches_one_process(run: Path, reference: Path) -> None:
     ref, got = _weights(reference / "latest.weights"), _weights(run / "latest.weights")
     init = build_start_policy(TrainParams(seed=0)).state_dict()
     # Same data in the same order; only the all-reduce's float rounding differs, which Adam's
@@ -181,8 +163,24 @@ def test_two_processes_match_one_process_with_the_doubled_batch(reference, tmp_p
     moved = sum(((ref[k] - init[k]).double() ** 2).sum() for k in ref) ** 0.5
     apart = sum(((got[k] - ref[k]).double() ** 2).sum() for k in ref) ** 0.5
     assert moved > 0 and apart / moved < 1e-2, f"2 processes are {apart / moved:.2%} of the update away from 1"
-    # the first steps see the same gradients; the logged loss is the mean over both processes' rows
+    # the first steps see the same gradients
     assert _column(run, "grad_norm")[:2] == pytest.approx(_column(reference, "grad_norm")[:2], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_without_deepspeed_train_as_one_world(tmp_path):
+    """``train.deepspeed: none`` under ``accelerate launch`` on CPU: the two processes form one world (DDP
+    over gloo) and match one process with the doubled batch; each used to train alone as world size 1."""
+    one = make_world(tmp_path / "one", {**RUN, "deepspeed": "none"})
+    assert _stage(one).returncode == 0
+    run = _two_processes(make_world(tmp_path / "two", {**RUN, "deepspeed": "none", "batch_size": 1}))
+    _assert_matches_one_process(run, one.parent / "models" / "toy")
+
+
+def test_two_processes_match_one_process_with_the_doubled_batch(reference, tmp_path):
+    run = _two_processes(make_world(tmp_path, {**RUN, "batch_size": 1}))
+    _assert_matches_one_process(run, reference)
+    # the logged loss is the mean over both processes' rows
     assert _column(run, "loss")[0] == pytest.approx(_column(reference, "loss")[0], rel=1e-6)
 
 
