@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 # VPT's ENV_KWARGS (official steve1/VPT/agent.py); frameskip is not a HumanSurvival argument
 ENV_KWARGS: dict[str, Any] = dict(
@@ -164,6 +164,34 @@ class EnvSlot:
             with contextlib.suppress(Exception):      # a dead MineRL often fails to close too
                 self.env.close()
             self.env = None
+
+
+@contextlib.contextmanager
+def closed_on_error(env: Any) -> Iterator[None]:
+    """Close ``env`` (when there is one) if the block raises, then re-raise: an env made before other
+    set-up work must not outlive that work's failure (a MineRL env holds a Java process)."""
+    try:
+        yield
+    except BaseException:
+        if env is not None:
+            with contextlib.suppress(Exception):      # a dead MineRL often fails to close too
+                env.close()
+        raise
+
+
+Built = TypeVar("Built")
+
+
+def worker_env(factory: EnvFactory, build: Callable[[], Built], first: Any = None, preflight: Optional[str] = None
+               ) -> tuple[EnvSlot, Built]:
+    """A worker's env slot and what ``build`` makes (its agents), the env first: ``preflight`` (the env
+    kind) makes it through :func:`start_env`, so a Ray node without MineRL says what to install before
+    any model loads; the env is closed if ``build`` fails."""
+    if first is None and preflight is not None:
+        first = start_env(preflight, factory)
+    with closed_on_error(first):
+        built = build()
+    return EnvSlot(factory, first), built
 
 
 def env_call(phase: str, step: Optional[int], fn: Callable[..., Any], *args: Any) -> Any:

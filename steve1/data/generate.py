@@ -35,7 +35,6 @@ with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -51,7 +50,7 @@ from steve1 import actions as A
 from steve1.data import formats as F
 from steve1.data.episodes import Episode, episode_path, list_episode_ids, write_episode
 from steve1.engine import Executor, LocalExecutor, Lost, worker_device
-from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label, start_env
+from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label, worker_env
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.params import AgentSpec, DecodeParams, GenerateParams
 
@@ -305,17 +304,11 @@ def make_players(env_factory: EnvFactory, specs: Sequence[AgentSpec], weights_di
     """A worker's :class:`Players`: the env first (``preflight`` = the env kind: made through
     :func:`steve1.envs.start_env`, so a Ray node without MineRL says what to install before any agent
     loads), then the VPT agents of ``specs`` (or ``agents``, tests) on ``device`` (``auto`` resolved here)."""
-    if first_env is None and preflight is not None:
-        first_env = start_env(preflight, env_factory)
-    try:
-        device = resolve_device(device)
-        played_by = list(agents) if agents is not None else [build_vpt_agent(s, weights_dir, device) for s in specs]
-    except BaseException:
-        if first_env is not None:
-            with contextlib.suppress(Exception):
-                first_env.close()
-        raise
-    return Players(EnvSlot(env_factory, first_env), played_by)
+    def build() -> list[Agent]:
+        on = resolve_device(device)
+        return list(agents) if agents is not None else [build_vpt_agent(s, weights_dir, on) for s in specs]
+
+    return Players(*worker_env(env_factory, build, first_env, preflight))
 
 
 def _base_row(cfg: GenerateParams, specs: Sequence[AgentSpec], index: int) -> dict[str, Any]:

@@ -49,8 +49,8 @@ import cv2
 import numpy as np
 
 from steve1.engine import Executor, LocalExecutor, Lost, worker_device
-from steve1.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, env_call, env_label, make_minerl_env,
-                         start_env)
+from steve1.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, closed_on_error, env_call, env_label,
+                         make_minerl_env, start_env, worker_env)
 from steve1.envs import env_factory as make_env_factory
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
 from steve1.io import atomic_path, remove_stale_temps, write_json_atomic
@@ -301,16 +301,8 @@ def make_player(env_factory: EnvFactory, agent: Agent | Callable[[], Agent], fir
     """A worker's :class:`Player`. ``agent`` is one, or a function building one (a Ray actor loads the
     policy once); ``preflight`` (the env kind) makes the first env through :func:`steve1.envs.start_env`
     before the agent, so a Ray node without MineRL says what to install before any model loads."""
-    if first_env is None and preflight is not None:
-        first_env = start_env(preflight, env_factory)
-    try:
-        built = agent if hasattr(agent, "act") else agent()     # type: ignore[operator]
-    except BaseException:
-        if first_env is not None:
-            with contextlib.suppress(Exception):
-                first_env.close()
-        raise
-    return Player(EnvSlot(env_factory, first_env), built)
+    return Player(*worker_env(env_factory, lambda: agent if hasattr(agent, "act") else agent(),  # type: ignore[operator]
+                              first_env, preflight))
 
 
 def play_one(player: Player, item: tuple[Prompt, int], *, cfg: RolloutParams, out: RolloutLayout) -> dict[str, Any]:
@@ -554,7 +546,7 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
         env_factory = make_env_factory(rp.env)
         if local:
             first_env = start_env(rp.env, env_factory)      # before any model: a missing MineRL stops here
-    try:
+    with closed_on_error(first_env):
         weights = rp.policy_weights or layout.rollout_weights
         player_agent: Agent | Callable[[], Agent]
         if agent is not None:
@@ -581,10 +573,5 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
         prompts += visual_prompts(rp.visual_prompts, rp.visual_cond_scale, dim)
         if rp.visual_prompts_from:
             prompts += visual_prompts_from(rp.visual_prompts_from, rp.visual_cond_scale, dim)
-    except BaseException:
-        if first_env is not None:
-            with contextlib.suppress(Exception):
-                first_env.close()
-        raise
     return run_rollouts(prompts, player_agent, env_factory, rp, out, first_env=first_env, executor=executor,
                         extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})
