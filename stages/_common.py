@@ -8,6 +8,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from steve1.io import DiskFullError, NotWritableError
+from steve1.numerics import BlasModeError, require_reproducible_blas
 from steve1.params import Params, ParamsError, describe_invalid, load_params
 
 
@@ -35,8 +36,10 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         print(RECOVERY_HINT, file=sys.stderr)
         return 2
     try:
+        if "torch" in sys.modules:           # a stage that computes: same bits whatever the thread count
+            require_reproducible_blas()
         body(params)
-    except (StageError, DiskFullError, NotWritableError) as exc:   # sentences naming the path: no traceback
+    except (StageError, DiskFullError, NotWritableError, BlasModeError) as exc:   # sentences naming the path: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

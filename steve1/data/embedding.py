@@ -33,6 +33,7 @@ from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.models.mineclip import MineCLIP, build_mineclip
 from steve1.models.mineclip_files import WeightsInfo, load_attn_pth, random_weights_info
+from steve1.numerics import require_reproducible_blas
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def make_embedder(weights: Optional[str], preset: str = "tiny", seed: int = 0, batch_size: int = 64,
                   device: str = "auto", compute_dtype: str = "float32", local_rank: int = 0) -> Embedder:
     """The official MineCLIP from ``weights`` (attn.pth), else a seeded random ``preset`` model."""
+    require_reproducible_blas()
     dev = resolve_device(device, local_rank)
     if weights:
         model, info = load_attn_pth(weights, "full", device=dev)

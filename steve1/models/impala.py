@@ -25,6 +25,24 @@ def fan_in_init_(layer: nn.Conv2d | nn.Linear, init_scale: float) -> None:
             layer.bias.zero_()
 
 
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with the same bits for any thread count.
+
+    With fewer frames x groups than threads, torch's channels-last GroupNorm splits each group's
+    statistics across threads (the sum's order, so its last bits, then depend on the thread count);
+    with at least as many it gives each group to one thread. Few frames (one env step of a rollout)
+    are therefore normalised on one thread: the bits every thread count gives with many frames.
+    """
+    threads = torch.get_num_threads()
+    if x.shape[0] * norm.num_groups >= threads:
+        return norm(x)
+    torch.set_num_threads(1)
+    try:
+        return norm(x)
+    finally:
+        torch.set_num_threads(threads)
+
+
 class FanInConv(nn.Module):
     """Optional GroupNorm(1) on the input -> 3x3 conv (bias only without norm) -> ReLU."""
 
@@ -36,7 +54,7 @@ class FanInConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
-            x = self.norm(x)
+            x = group_norm(self.norm, x)
         return F.relu(self.layer(x))
 
 
@@ -87,7 +105,7 @@ class ImpalaStack(nn.Module):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.firstconv(x)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # [N,C,H,W] -> [N,C,ceil(H/2),ceil(W/2)]
-        return self.n(x)
+        return group_norm(self.n, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ckpt = self.gradient_checkpointing and torch.is_grad_enabled()

@@ -35,3 +35,21 @@ def test_fan_in_init_sets_unit_norms():
     norms = layer.weight.reshape(5, -1).norm(dim=1)
     torch.testing.assert_close(norms, torch.full((5,), 1.4))
     assert (layer.bias == 0).all()
+
+
+def test_one_env_step_gives_the_same_bits_on_one_and_two_threads():
+    """A rollout's single frame: channels-last GroupNorm would split its statistics across threads."""
+    torch.manual_seed(0)
+    proc = ImgObsProcess((128, 128, 3), [8, 16, 16], hidsize=32).eval()
+    img = torch.randint(0, 256, (1, 1, 128, 128, 3), dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                out.append(proc(img))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(out[0], out[1])
