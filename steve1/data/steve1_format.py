@@ -104,6 +104,8 @@ def load_pickle(path: Path) -> Any:
 
 
 def _button(value: Any, where: str) -> int:
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
+        value = value.reshape(()).item()      # an agent's action keeps its batch axis: array([1])
     if isinstance(value, (bool, int, np.integer, np.bool_)) and value in (0, 1):
         return int(value)
     if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
@@ -113,6 +115,8 @@ def _button(value: Any, where: str) -> int:
 
 def _camera(value: Any, where: str) -> tuple[float, float]:
     arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+    if arr.shape == (1, 2):                   # an agent's action keeps its batch axis: [[pitch, yaw]]
+        arr = arr[0]
     ok = arr.shape == (2,) and (arr.dtype.kind in "iuf" or all(
         isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in arr))
     if ok:

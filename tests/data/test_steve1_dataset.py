@@ -149,6 +149,21 @@ def _copy(dataset: Path, root: Path, name: str) -> Path:
     return Path(shutil.copytree(dataset / SMALL, root / name))
 
 
+def _short_copy(dataset: Path, root: Path, name: str, n: int) -> Path:
+    """The small reference episode cut to its first ``n`` steps (video re-encoded as the official writer does)."""
+    folder = _copy(dataset, root, name)
+    w = cv2.VideoWriter(str(folder / "frames.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 20, (128, 128))
+    cap = cv2.VideoCapture(str(dataset / SMALL / "frames.mp4"))
+    for _ in range(n):
+        w.write(cap.read()[1])
+    cap.release()
+    w.release()
+    for pkl in ("actions.pkl", "embeds_attn.pkl"):
+        (folder / pkl).write_bytes(pickle.dumps(_load(folder / pkl)[:n], protocol=4))
+    (folder / "len.txt").write_text(str(n))
+    return folder
+
+
 def _write_video(path: Path, frames: int, size: tuple[int, int]) -> None:
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20, size)
     for i in range(frames):
@@ -379,3 +394,40 @@ def test_a_mixed_sampling_with_the_imported_set_trains(dataset, tmp_path, capsys
     assert (run / "latest.weights").is_file()
     losses = (run / "dvclive" / "plots" / "metrics" / "val" / "old" / "loss.tsv").read_text().splitlines()
     assert len(losses) > 1 and all(np.isfinite(float(r.split("\t")[-1])) for r in losses[1:])
+
+
+def test_embeddings_mineclip_recomputes_from_the_copied_video_and_auto_reuses(dataset, goldens, tmp_path):
+    _, arrays = goldens
+    src = tmp_path / "src"
+    _short_copy(dataset, src, SMALL, 40)
+    embeds = episode_path(tmp_path / "custom" / "old" / "embeds", SMALL)
+    params = _project(tmp_path, src, format="steve1")
+    assert import_set_stage.main(["old", "--params", str(params)]) == 0
+    assert embed_set_stage.main(["old", "--params", str(params)]) == 0       # auto: reused
+    emb, _, attrs = read_embeds(embeds)
+    assert attrs[F.A_WEIGHTS] == "dataset:unverified@custom.old"
+    np.testing.assert_array_equal(emb, arrays[f"{SMALL}__embeds"][:40])
+    params = _project(tmp_path, src, format="steve1", embeddings="mineclip")
+    raw = yaml.safe_load(params.read_text())
+    raw["embed"] = {"batch_size": 32, "device": "cpu"}
+    params.write_text(yaml.safe_dump(raw))
+    assert embed_set_stage.main(["old", "--params", str(params)]) == 0       # the tiny random MineCLIP
+    emb, valid, attrs = read_embeds(embeds)
+    assert attrs[F.A_WEIGHTS] == "random-tiny:seed=0" and emb.shape == (40, 512) and valid[15:].all()
+    assert not np.allclose(emb[15:], arrays[f"{SMALL}__embeds"][15:40])
+    manifest = json.loads((embeds.parent / MANIFEST).read_text())
+    assert manifest["weights"] == "random-tiny:seed=0"
+
+
+def test_agent_written_actions_with_a_batch_axis_read_the_same(dataset, goldens, tmp_path):
+    """gen_mixed_agents.py saves the VPT agent's env actions, which keep a batch axis ([1] buttons, [1,2] camera)."""
+    episodes, _ = goldens
+    src = tmp_path / "src"
+    folder = _copy(dataset, src, SMALL)
+    actions = [{k: (np.array([v], np.int64) if k != "camera" else np.asarray(v, np.float64)[None]) for k, v in a.items()}
+               for a in _load(folder / "actions.pkl")]
+    (folder / "actions.pkl").write_bytes(pickle.dumps(actions, protocol=4))
+    assert import_all(src, tmp_path / "ep", _settings(), "steve1", progress=False).n_ok == 1
+    with EpisodeReader(episode_path(tmp_path / "ep", SMALL)) as ep:
+        assert ep.array(F.BUTTONS).tolist() == episodes[SMALL]["buttons"]
+        assert ep.array(F.CAMERA).tolist() == episodes[SMALL]["camera"]
