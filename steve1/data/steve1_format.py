@@ -103,6 +103,12 @@ def load_pickle(path: Path) -> Any:
         raise DecodeSkip(f"{path}: not a readable pickle: nested too deeply") from None
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one short line (a hostile pickle may hold anything)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _button(value: Any, where: str) -> int:
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
         value = value.reshape(()).item()      # an agent's action keeps its batch axis: array([1])
@@ -110,7 +116,7 @@ def _button(value: Any, where: str) -> int:
         return int(value)
     if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
         return int(value)
-    raise DecodeSkip(f"{where}: value {value!r}, expected 0 or 1")
+    raise DecodeSkip(f"{where}: value {_shown(value)}, expected 0 or 1")
 
 
 def _camera(value: Any, where: str) -> tuple[float, float]:
@@ -123,7 +129,7 @@ def _camera(value: Any, where: str) -> tuple[float, float]:
         pitch, yaw = float(arr[0]), float(arr[1])
         if math.isfinite(pitch) and math.isfinite(yaw):
             return pitch, yaw
-    raise DecodeSkip(f"{where}: value {value!r}, expected [pitch, yaw] in degrees (two finite numbers)")
+    raise DecodeSkip(f"{where}: value {_shown(value)}, expected [pitch, yaw] in degrees (two finite numbers)")
 
 
 def env_actions(actions: Any, path: Path) -> RecordingActions:
@@ -144,7 +150,7 @@ def env_actions(actions: Any, path: Path) -> RecordingActions:
             elif key in col:
                 buttons[i, col[key]] = _button(value, f"{where}, key {key!r}")
             else:
-                raise DecodeSkip(f"{where}: unknown key {key!r}; expected MineRL action keys "
+                raise DecodeSkip(f"{where}: unknown key {_shown(key)}; expected MineRL action keys "
                                  f"({', '.join((*A.ENV_BUTTON_KEYS, A.CAMERA_KEY))})")
     env = {key: buttons[:, j] for j, key in enumerate(A.ENV_BUTTON_KEYS)}
     env[A.CAMERA_KEY] = camera

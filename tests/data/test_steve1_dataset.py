@@ -219,6 +219,16 @@ def _inf_camera(folder: Path) -> None:
     (folder / "actions.pkl").write_bytes(pickle.dumps(actions, protocol=4))
 
 
+def _unknown_key(folder: Path) -> None:
+    actions = _load(folder / "actions.pkl")
+    actions[5]["teleport" * 30] = 1
+    (folder / "actions.pkl").write_bytes(pickle.dumps(actions, protocol=4))
+
+
+def _not_a_list(folder: Path) -> None:
+    (folder / "embeds_attn.pkl").write_bytes(pickle.dumps({"rows": 3}, protocol=4))
+
+
 def _short_embeds(folder: Path) -> None:
     _rewrite_embeds(folder, lambda rows: rows.pop())
 
@@ -233,6 +243,8 @@ BAD = {
     "width": (_width, r"embeds_attn.pkl: row 40 is float32 \[1, 256\], expected float \[1,512\]"),
     "none-late": (_none_late, r"embeds_attn.pkl: row 15 is None; rows from 15 on must be \[1,512\] arrays"),
     "nan": (_nan, r"embeds_attn.pkl: row 100 holds non-finite values"),
+    "unknown-key": (_unknown_key, r"actions.pkl: action 5: unknown key 'teleportteleport.*\.\.\.; expected MineRL"),
+    "not-a-list": (_not_a_list, r"embeds_attn.pkl: holds a dict, expected a list"),
     "inf-camera": (_inf_camera, r"actions.pkl: action 3, key 'camera': value .*expected \[pitch, yaw\]"),
 }
 
