@@ -104,7 +104,7 @@ def decode_one(
 def import_recordings(
     src_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="one folder per episode"),
     out_dir: Path = typer.Argument(..., help="episodes folder of its own: <OUT_DIR>/<id>.h5 + manifest.json"),
-    fmt: str = typer.Option("auto", "--format", help="auto, frames (frames/*.png + actions.jsonl) or minerl (MineRL v0.4)"),
+    fmt: str = typer.Option("auto", "--format", help="auto, frames (frames/*.png + actions.jsonl), minerl (MineRL v0.4) or steve1 (a STEVE-1 dataset)"),
     codec: str = typer.Option(_default(DecodeParams, "frame_codec"), "--codec",
                               help="frame codec: none, lzf, gzip, blosc-lz4, blosc-zstd, jpeg (decode.frame_codec)"),
     quality: int = typer.Option(_default(DecodeParams, "frame_quality"), "--quality", min=1, max=100,
@@ -116,7 +116,7 @@ def import_recordings(
     min_kept_steps: int = typer.Option(_default(DecodeParams, "min_kept_steps"), "--min-kept-steps", min=1,
                                        help="skip episodes with fewer non-null steps"),
 ) -> None:
-    """Import custom recordings (PNG frames + actions.jsonl, or MineRL v0.4 trajectories) as HDF5 episodes;
+    """Import custom recordings (PNG frames + actions.jsonl, MineRL v0.4 trajectories, STEVE-1 datasets) as HDF5 episodes;
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
     from steve1.data import formats as F
     from steve1.data.custom import FORMATS, import_all

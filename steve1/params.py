@@ -159,9 +159,30 @@ class CustomSet(Section):
     """A folder of your own recordings; the ``import-set`` and ``embed-set`` stages turn it into
     episodes and embeds under ``<paths.custom>/<name>/`` (DVC outputs, like the main set's)."""
 
-    source: str = Field(..., min_length=1, description="folder of recordings, one sub-folder per episode: frames/*.png + actions.jsonl, or MineRL v0.4 (recording.mp4 + rendered.npz)")
-    format: Literal["auto", "frames", "minerl"] = Field("auto", description="recording format; auto tells them apart per folder")
+    source: str = Field(..., min_length=1, description="folder of recordings, one sub-folder per episode: frames/*.png + actions.jsonl, MineRL v0.4 (recording.mp4 + rendered.npz), or an official STEVE-1 dataset (frames.mp4 + actions.pkl + embeds_attn.pkl + len.txt)")
+    format: Literal["auto", "frames", "minerl", "steve1"] = Field("auto", description="recording format; auto tells them apart per folder")
     fps: float = Field(20.0, gt=0.0, le=1000.0, description="frame rate of PNG-frame recordings")
+    embeddings: Literal["auto", "dataset", "mineclip"] = Field("auto", description="embed-set: dataset reuses a STEVE-1 dataset's own MineCLIP embeddings, mineclip recomputes them with the embed params; auto reuses them when every episode brought its own")
+    dataset_mineclip: Optional[str] = Field(None, min_length=1, description="the MineCLIP that embedded the dataset, as embeds files name it (e.g. attn.pth:md5=<md5 of attn.pth>); lets reused embeddings mix with sets embedded by it; null: they mix with no other set")
+
+    @model_validator(mode="after")
+    def _embeddings_come_from_somewhere(self) -> "CustomSet":
+        if self.embeddings == "dataset" and self.format in ("frames", "minerl"):
+            raise ValueError(f"embeddings: dataset, but format {self.format} carries no embeddings; "
+                             f"use format steve1 (or auto) or embeddings: mineclip")
+        if self.dataset_mineclip is not None and (self.dataset_mineclip.startswith(("dataset:", "unverified@"))):
+            raise ValueError(f"dataset_mineclip {self.dataset_mineclip!r} must name a MineCLIP "
+                             f"(e.g. attn.pth:md5=...), not a dataset")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_embeddings(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)   # sets without the new keys dump exactly as before they existed
+        if self.embeddings == "auto":
+            data.pop("embeddings", None)
+        if self.dataset_mineclip is None:
+            data.pop("dataset_mineclip", None)
+        return data
 
 
 class MixSet(Section):

@@ -96,7 +96,7 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
               deps=(L.weights, L.raw, L.episodes), outs=(Out(L.embeds, persist=True),), env=EMBED_ENV),
         Stage("import-set", "stages.import_set", ("custom.${key}", "decode"), deps=(Path("${item.source}"),),
               outs=(Out(cs.episodes, persist=True), Out(cs.raw, persist=True)), args="${key}", foreach="${custom}"),
-        Stage("embed-set", "stages.embed_set", ("embed", "decode.cursor_png"), deps=(L.weights, cs.raw, cs.episodes),
+        Stage("embed-set", "stages.embed_set", ("embed", "decode.cursor_png", "custom.${key}"), deps=(L.weights, cs.raw, cs.episodes),
               outs=(Out(cs.embeds, persist=True),), env=EMBED_ENV, args="${key}", foreach="${custom}"),
         Stage("generate", "stages.generate", ("generate", "decode.frame_codec", "decode.codec_level",
                                               "decode.chunk_frames", "paths.generated"),

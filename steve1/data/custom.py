@@ -13,11 +13,15 @@ Two source layouts, one folder per episode (the folder name is the episode id):
   its end (``metadata.json``'s ``true_video_frame_count`` minus n+1 leading frames are skipped) and
   action t goes with state t. The v0.4 actions without a VPT key are mapped or dropped (see
   :data:`MINERL_PLACE_KEY`, :data:`MINERL_DROPPED_KEYS`), and counted in the episode's counts.
+* ``steve1``: an episode folder of the official STEVE-1 ``EpisodeStorage`` (``frames.mp4``,
+  ``actions.pkl``, ``embeds_attn.pkl``, ``len.txt``), read as the official training code reads it,
+  its MineCLIP embeddings kept for ``embed-set`` (:mod:`steve1.data.steve1_format`).
 
 MineDojo has no action-labelled recording format of its own (its YouTube data has no actions), so
 it is not supported; export such data to the ``frames`` layout.
 
-Steps with no action at all are dropped, as decode drops null jsonl lines. Frames take decode's
+Steps with no action at all are dropped, as decode drops null jsonl lines (not in ``steve1`` sets:
+the official conversion dropped them already and its training reads every frame). Frames take decode's
 path (cursor where the GUI is open, BGR -> RGB, 128x128 INTER_LINEAR). The embed stage reads
 MineCLIP frames from ``<raw>/<id>.mp4`` at ``source_step``; so every episode also gets a companion
 video in ``video_dir``: the MineRL ``recording.mp4`` copied, or the PNG frames written losslessly
@@ -44,6 +48,7 @@ from tqdm import tqdm
 
 from steve1 import actions as A
 from steve1.data import formats as F
+from steve1.data import steve1_format as S1
 from steve1.data.decode import AGENT_SIZE, DecodeReport, DecodeSkip, conversion_settings, write_or_reuse
 from steve1.data.episodes import Episode, episode_path
 from steve1.data.recording import RecordingActions, RecordingError, convert_recording
@@ -58,8 +63,8 @@ log = logging.getLogger(__name__)
 
 IMPORT_VERSION = 1
 IMPORTER = "steve1.data.custom"   # marks our manifest apart from the decode stage's
-SourceFormat = Literal["frames", "minerl"]
-FORMATS = ("auto", "frames", "minerl")
+SourceFormat = Literal["frames", "minerl", "steve1"]
+FORMATS = ("auto", "frames", "minerl", "steve1")
 
 FRAMES_DIR = "frames"
 ACTIONS_FILE = "actions.jsonl"
@@ -350,6 +355,8 @@ def detect_format(folder: Path) -> Optional[SourceFormat]:
         return "frames"
     if (folder / MINERL_VIDEO).is_file() or (folder / MINERL_NPZ).is_file():
         return "minerl"
+    if S1.is_steve1_folder(folder):
+        return "steve1"
     return None
 
 
@@ -365,7 +372,10 @@ def find_custom_sources(src_dir: str | Path, fmt: str = "auto") -> list[CustomSo
 
 
 def source_digests(src: CustomSource) -> tuple[str, str]:
-    """sha256 of the frames (PNG sequence or mp4) and of the actions (jsonl, or npz + metadata)."""
+    """sha256 of the frames (PNG sequence or mp4) and of the actions (jsonl, npz + metadata, or the
+    STEVE-1 pickles + len.txt)."""
+    if src.format == "steve1":
+        return S1.source_digests(src.folder)
     if src.format == "frames":
         h = hashlib.sha256()
         for p in list_frames(src.folder / FRAMES_DIR):
@@ -396,28 +406,34 @@ def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: Dec
     row = _skipped_row(src)
     reused = False
     dest, video_out = episode_path(out_dir, src.episode_id), video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}"
+    embeds_out = S1.embeds_companion(video_dir, src.episode_id)
     try:
         if src.format is None:
-            raise DecodeSkip(f"{src.folder}: not a recording; expected {FRAMES_DIR}/*.png + {ACTIONS_FILE} "
-                             f"or {MINERL_VIDEO} + {MINERL_NPZ}")
+            raise DecodeSkip(f"{src.folder}: not a recording; expected {FRAMES_DIR}/*.png + {ACTIONS_FILE}, "
+                             f"{MINERL_VIDEO} + {MINERL_NPZ}, or a STEVE-1 episode ({', '.join(S1.FILES)})")
         conversion = json.dumps({**base, "source_format": src.format,
                                  **({"fps": fps} if src.format == "frames" else {})}, sort_keys=True)
         frames_sha, actions_sha = source_digests(src)
         origin = {F.A_SOURCE_URL: str(src.folder), F.A_RECORDER_VERSION: f"import:{src.format}"}
 
         def make(attrs: dict[str, Any]) -> Episode:
+            if src.format == "steve1":
+                return S1.import_steve1_episode(src.folder, src.episode_id, video_out, embeds_out,
+                                                settings.min_kept_steps, {**origin, **attrs})
             if src.format == "frames":
                 return import_frames_episode(src.folder, src.episode_id, settings, video_out, fps, {**origin, **attrs})
             return import_minerl_episode(src.folder, src.episode_id, settings, video_out, {**origin, **attrs})
 
         counts, reused = write_or_reuse(dest, settings, conversion, frames_sha, actions_sha, make,
-                                        reusable=video_out.is_file())
+                                        reusable=video_out.is_file() and (src.format != "steve1"
+                                                                          or embeds_out.is_file()))
         row.update(status="ok", n_lines=counts["n_lines"], n_frames_video=counts["n_frames_video"],
                    n_kept=counts["n_kept"])
     except DecodeSkip as exc:
         row["reason"] = str(exc)
         dest.unlink(missing_ok=True)          # an old episode of a now-bad source is stale
         video_out.unlink(missing_ok=True)
+        embeds_out.unlink(missing_ok=True)
     return row, reused
 
 
@@ -466,6 +482,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
             row, reused = {**_skipped_row(src), "reason": result.reason}, False
             episode_path(out_dir, src.episode_id).unlink(missing_ok=True)
             (video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}").unlink(missing_ok=True)
+            S1.embeds_companion(video_dir, src.episode_id).unlink(missing_ok=True)
         else:
             row, reused = result
         report.rows[src.episode_id] = rows[src.episode_id] = row

@@ -97,6 +97,26 @@ A_WEIGHTS = "weights"                   # which MineCLIP made them: "random-tiny
 A_EMBED_DIM = "embed_dim"
 A_SOURCE_ID = "source_id"               # digest of the episode's sources + conversion: a changed episode is re-embedded
 
+# Embeddings reused from a dataset (a STEVE-1 EpisodeStorage set, custom.<name>.embeddings) record
+# weights "dataset:<W>", W the MineCLIP the user declares made them (custom.<name>.dataset_mineclip),
+# or "dataset:unverified@custom.<name>" when none is declared. The mixing rule: goals of two sets
+# live in one space only if one MineCLIP made them, so a sampling mixes sets only when their
+# mineclip_space is the same; an undeclared dataset is a space of its own and mixes with nothing.
+DATASET_WEIGHTS_PREFIX = "dataset:"
+UNVERIFIED_SPACE = "unverified@"
+STEVE1_RECORDER = "import:steve1"       # recorder_version of an episode imported from a STEVE-1 dataset
+STEVE1_EMBED_DIM = 512                  # its embeddings' width (STEVE-1's MineCLIP, attn.pth)
+DATASET_EMBEDS_SUFFIX = ".embeds.npy"   # <set>/raw/<id>.embeds.npy: the dataset's vectors, float32 [N,512],
+                                        # zero rows before NONE_EMBED_OFFSET (import-set writes, embed-set reads)
+
+
+def mineclip_space(weights_id: str) -> str:
+    """The MineCLIP whose space an embeds file's ``weights`` puts its vectors in (the mixing rule above)."""
+    if weights_id.startswith(DATASET_WEIGHTS_PREFIX):
+        return weights_id[len(DATASET_WEIGHTS_PREFIX):]
+    return weights_id
+
+
 # ---------------------------------------------------------------- samplings: data/samplings/<name>.json
 SAMPLING_FORMAT_VERSION = 1
 

@@ -390,6 +390,29 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
     return out
 
 
+def check_one_mineclip_space(weights: Mapping[str, str]) -> None:
+    """The mixing rule (``steve1.data.formats``): goals from two MineCLIPs live in two different spaces,
+    so every set of a sampling must be embedded by one MineCLIP, or reuse a dataset's embeddings that
+    its ``custom.<name>.dataset_mineclip`` declares were made by that MineCLIP. ``weights`` maps each
+    ``weights`` id found to where (a set and its embeds folder)."""
+    spaces = {F.mineclip_space(w) for w in weights}
+    if len(spaces) <= 1:
+        for w, where in weights.items():
+            if w.startswith(F.DATASET_WEIGHTS_PREFIX) and len(weights) > 1:
+                log.info("%s reuses a dataset's embeddings, mixed as %r by its declared dataset_mineclip",
+                         where, F.mineclip_space(w))
+        return
+    undeclared = [where for w, where in weights.items()
+                  if F.mineclip_space(w).startswith(F.UNVERIFIED_SPACE)]
+    hint = "; embed every set with the same embed params (dvc repro embed-set@<name>)"
+    if undeclared:
+        hint += (f"; {', '.join(undeclared)} reuse(s) a dataset's embeddings from an undeclared MineCLIP: set "
+                 f"custom.<name>.dataset_mineclip to the weights id of the MineCLIP that made them (if it is the "
+                 f"one the other sets use), or custom.<name>.embeddings: mineclip to recompute them")
+    raise SamplingError("the sets were embedded by different MineCLIP weights: " +
+                        "; ".join(f"{w!r} in {where}" for w, where in weights.items()) + hint)
+
+
 def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path, out: Path,
                         mix_dirs: Mapping[str, tuple[str | Path, str | Path]]) -> Path:
     """:func:`run_sampling` with ``p.mix``: scan and split every set, record each set's folders once."""
@@ -417,10 +440,7 @@ def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: s
                                 f"({len(scan.invalid)} rejected; {too_short_hint(p.T, p.min_btwn_goals)})")
         specs.append(SetSpec(name, scan.lengths, train_frames, val_frames))
         weights.update({w: f"set {name!r} ({em_dir})" for w in scan.weights if w not in weights})
-    if len(weights) > 1:  # goals from two MineCLIPs live in two different spaces
-        raise SamplingError("the sets were embedded by different MineCLIP weights: " +
-                            "; ".join(f"{w!r} in {where}" for w, where in weights.items()) +
-                            "; embed every set with the same embed params (dvc repro embed-set@<name>)")
+    check_one_mineclip_space(weights)
     val_episodes = None
     if p.val_from:
         earlier = load_sampling(p.val_from)
