@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -60,6 +61,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", REPO.parent / "shared" / "reference"))
 CAPACITY_ASSUMED_EMBED_FPS = 10_000.0    # docs/capacity.md: MineCLIP full size, one H100, bf16 (assumed)
+MFU_GOAL = 0.45                          # issue 29: STEVE-1's 100M frames in under 4 hours on one H100
 CARD_24GB = 24 * 2**30                   # a "24 GB" card (RTX 3090/4090, A10G, L4): 24 GiB
 CARD_24GB_USABLE = CARD_24GB - 1.5 * 2**30   # less the CUDA context and allocator slack
 
@@ -128,9 +130,9 @@ def sizes(dry_run: bool) -> Sizes:
     paper, finetune = _profile("paper"), _profile("finetune")
     if dry_run:
         return Sizes(preset="tiny", mineclip="tiny", train_batches=(1,), T=8, trunc_t=4, grad_accum=1, ft_T=8,
-                     ft_trunc_t=4, ft_batches=(1,), timed_s=0.1, min_batches=1, numerics_bt=(1, 4), mineclip_clips=1,
+                     ft_trunc_t=4, ft_batches=(2,), timed_s=0.1, min_batches=1, numerics_bt=(1, 4), mineclip_clips=1,
                      golden_rows=1,
-                     embed_frames=32, embed_batch=16, loader_bt=(1, 32), loader_epochs=1,
+                     embed_frames=32, embed_batch=16, loader_bt=(1, 32), loader_epochs=3,
                      caps={"env": 20, "numerics": 30, "train": 40, "finetune": 30, "embed": 20, "loader": 30})
     b = int(paper["train"]["batch_size"])
     halvings = tuple(dict.fromkeys(max(1, b >> i) for i in range(5)))      # 12, 6, 3, 1
@@ -140,7 +142,7 @@ def sizes(dry_run: bool) -> Sizes:
                  numerics_bt=(2, 64), mineclip_clips=4, golden_rows=None,
                  embed_frames=4096, embed_batch=int(paper["embed"]["batch_size"]), loader_bt=(12, 640),
                  loader_epochs=2,
-                 caps={"env": 20, "numerics": 50, "train": 170, "finetune": 70, "embed": 50, "loader": 50})
+                 caps={"env": 20, "numerics": 50, "train": 170, "finetune": 80, "embed": 50, "loader": 50})
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -179,14 +181,22 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def spec_peak_tflops(gpu_name: str) -> Optional[tuple[float, str]]:
+    """(dense bf16 TFLOP/s, label) of :data:`PEAK_BF16_TFLOPS` for a ``torch.cuda.get_device_name``; None off the table."""
+    name = gpu_name.lower()
+    for key, label, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops, label
+    return None
+
+
 def peak_tflops(device: torch.device) -> tuple[float, str]:
     """The device's dense bf16 peak (TFLOP/s) and where it comes from. Off the table (the CPU of a dry run,
     an unlisted GPU) it is a same-run matmul's achieved rate, and the source says so."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device).lower()
-        for key, label, tflops in PEAK_BF16_TFLOPS:
-            if key in name:
-                return tflops, f"spec table: {label} dense bf16"
+        spec = spec_peak_tflops(torch.cuda.get_device_name(device))
+        if spec is not None:
+            return spec[0], f"spec table: {spec[1]} dense bf16"
     n = 1024 if device.type == "cpu" else 8192
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -383,7 +393,23 @@ def _random_call(B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
             "buttons": torch.randint(0, 8641, (B, T), generator=g), "camera": torch.randint(0, 121, (B, T), generator=g)}
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """float32 references in true float32: cuDNN convolutions default to TF32 on Ampere and later."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def section_numerics(ctx: "Context") -> dict[str, Any]:
+    with _no_tf32():
+        return _numerics(ctx)
+
+
+def _numerics(ctx: "Context") -> dict[str, Any]:
     from steve1.models.mineclip import build_mineclip
     from steve1.models.mineclip_files import canonical_key
     from steve1.models.vpt import build_policy, build_policy_from_preset
@@ -510,6 +536,7 @@ def measure_trainer(params, timed_s: float, device: torch.device, min_batches: i
     tp, T = params.train, params.train_T
     _reset_accelerate()
     _reset_peak(device)
+    at_start = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     t_setup = time.perf_counter()
     run = setup_run(params, _sampling(T, tp.batch_size))
     try:
@@ -537,6 +564,7 @@ def measure_trainer(params, timed_s: float, device: torch.device, min_batches: i
                 "frames_per_s": frames / seconds, "setup_s": setup_s, "warmup_batch_s": warmup_s,
                 "optimizer_steps": rs.step, "mean_loss": loss, "loss_finite": math.isfinite(loss),
                 "trained_params": sum(p.numel() for p in run.policy.parameters() if p.requires_grad),
+                "allocated_at_start_gib": at_start,   # left over from an earlier configuration (should be ~0)
                 **_peak(run.device)}
     finally:
         with contextlib.suppress(Exception):
@@ -556,7 +584,9 @@ def train_with_backoff(make_params: Callable[[int], Any], batches: tuple[int, ..
             if not _is_oom(exc):
                 raise
             tried.append(b)
-            _free(device)
+            result = None
+        if result is None:
+            _free(device)   # here the exception and its traceback (the failed attempt's tensors) are gone
             continue
         return {**result, "batch_sizes_out_of_memory": tried}
     raise RuntimeError(f"out of memory at every batch size tried {list(batches)}")
@@ -588,9 +618,11 @@ def section_train(ctx: "Context") -> dict[str, Any]:
         r["hours_per_100M_frames"] = 1e8 / r["frames_per_s"] / 3600
         out[name] = r
     fps = [out[k]["frames_per_s"] for k in ("plain", "checkpointed") if "frames_per_s" in out.get(k, {})]
+    out["mfu_goal"] = MFU_GOAL
     if fps:
         out["best_frames_per_s"] = max(fps)
         out["best_mfu"] = fpf * max(fps) / (peak * 1e12)
+        out["best_hours_per_100M_frames"] = 1e8 / max(fps) / 3600
     ctx.train_fps = out.get("best_frames_per_s")
     return out
 
@@ -604,12 +636,22 @@ def section_finetune(ctx: "Context") -> dict[str, Any]:
         return train_params(root, preset=s.preset, batch_size=b, T=s.ft_T, trunc_t=s.ft_trunc_t, grad_accum=1,
                             gradient_checkpointing=True, freeze=freeze)
 
-    r = train_with_backoff(make, s.ft_batches, s.timed_s, device, s.min_batches)
+    r = train_with_backoff(make, s.ft_batches, s.timed_s / 2, device, s.min_batches)
     reserved = r["peak_reserved_gib"] * 2**30
     r.update({"card_gib": CARD_24GB / 2**30, "usable_gib": CARD_24GB_USABLE / 2**30,
               "fits_24gb": bool(reserved <= CARD_24GB_USABLE),
-              "peak_share_of_24gb": reserved / CARD_24GB})
+              "peak_share_of_24gb": reserved / CARD_24GB, "max_batch_in_24gb": None})
     ctx.finetune_fps = r["frames_per_s"]
+    # a second, small batch (one timed batch) gives peak memory as a line in B: the largest batch a 24 GB card holds
+    b, small = r["batch_size"], max(1, r["batch_size"] // 6)
+    if small != b:
+        probe = measure_trainer(make(small), 0.0, device, 1)
+        slope = (r["peak_reserved_gib"] - probe["peak_reserved_gib"]) / (b - small)
+        base = probe["peak_reserved_gib"] - slope * small
+        r.update({"probe_batch_size": small, "probe_peak_reserved_gib": probe["peak_reserved_gib"],
+                  "probe_frames_per_s": probe["frames_per_s"], "gib_per_batch_row": slope})
+        if device.type == "cuda" and slope > 0:   # the CPU's peak is the process's whole-life RSS: no line there
+            r["max_batch_in_24gb"] = max(0, math.floor((CARD_24GB_USABLE / 2**30 - base) / slope))
     return r
 
 
@@ -655,7 +697,7 @@ def section_embed(ctx: "Context") -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- 6 loader
 
 def section_loader(ctx: "Context") -> dict[str, Any]:
-    from benchmarks.test_dataloader import REAL, _cpu_seconds, _epoch
+    from benchmarks.test_dataloader import REAL, _epoch
     from steve1.data import formats as F
     from steve1.data.dataset import make_dataloader
     from steve1.data.decode import decode_recording
@@ -683,10 +725,10 @@ def section_loader(ctx: "Context") -> dict[str, Any]:
     loader = make_dataloader(sampling, "train", root / "episodes", root / "embeds", batch_size=B, seed=0, T=T,
                              p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
     _epoch(loader)                                       # opens files, allocates buffers
-    c0, t0 = _cpu_seconds([os.getpid()]), time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()   # 0 workers: this process (all threads) is the loader
     for _ in range(s.loader_epochs):
         _epoch(loader)
-    cpu, wall = _cpu_seconds([os.getpid()]) - c0, time.perf_counter() - t0
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     frames = s.loader_epochs * len(loader) * B * T
     per_core = frames / max(cpu, 1e-9)
     out = {"codec": "jpeg", "B": B, "T": T, "workers": 0, "decode_threads": 1, "frames": frames,
@@ -816,6 +858,26 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HEADLINE = ["env.gpu_name", "env.peak_bf16_tflops", "numerics.all_ok", "numerics.policy_tiny.logp_max_abs_diff",
+            "numerics.policy_tiny.grad_cosine", "numerics.policy_2x.logp_rel_err", "numerics.policy_2x.grad_cosine",
+            "numerics.mineclip_full.image_cosine_min", "train.flops_per_frame",
+            "train.plain.batch_size", "train.plain.frames_per_s", "train.plain.mfu", "train.plain.peak_allocated_gib",
+            "train.checkpointed.batch_size", "train.checkpointed.frames_per_s", "train.checkpointed.mfu",
+            "train.checkpointed.peak_allocated_gib", "train.best_hours_per_100M_frames",
+            "finetune.batch_size", "finetune.frames_per_s", "finetune.peak_reserved_gib", "finetune.fits_24gb",
+            "finetune.max_batch_in_24gb", "embed.frames_per_s", "embed.image_tower_frames_per_s", "embed.vs_assumed",
+            "loader.frames_per_cpu_s", "loader.cores_per_gpu"]
+
+
+def headline(doc: dict[str, Any]) -> str:
+    """The key figures, one per line (what a session reading only the command's output needs)."""
+    lines = []
+    for key in HEADLINE:
+        value = lookup(doc, key)
+        lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    return "\n".join(lines)
+
+
 def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for k, v in doc.items():
@@ -833,13 +895,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = ap.parse_args(argv)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    if args.dry_run:   # before anything asks torch about CUDA: on a GPU node the dry run stays on the CPU too
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     device = torch.device("cpu") if args.dry_run else _device()
     if not args.dry_run and device.type != "cuda":
         print("gpu_check: no CUDA device here; running on the CPU at full size would take hours. "
               "Use --dry-run to check the script on the CPU.", file=sys.stderr)
         return 2
-    if args.dry_run and torch.cuda.is_available():
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""   # too late for torch, but the dry run never asks for cuda
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)   # its per-engine INFO lines would bury the results
     s = sizes(args.dry_run)
     doc: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_model()}",
                            "started": started.isoformat(timespec="seconds"), "dry_run": args.dry_run}
@@ -855,6 +918,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json_atomic(args.out / "gpu_check.json", doc)
     write_text_atomic(args.out / "gpu_check.md", summary_markdown(doc))
     failed = [n for n in args.sections if "error" in doc[n]]
+    print(headline(doc))
     print(f"gpu_check: {doc['seconds']:.0f} s; wrote {args.out / 'gpu_check.json'} and gpu_check.md"
           f"{'; failed: ' + ', '.join(failed) if failed else ''}")
     return 1 if failed else 0
