@@ -66,3 +66,35 @@ def test_a_failing_section_is_recorded_and_the_next_runs(tmp_path):
 def test_peak_flops_come_from_the_spec_table(name, tflops):
     assert G.spec_peak_tflops(name)[0] == tflops
     assert G.spec_peak_tflops("NVIDIA GeForce GTX 1080") is None
+
+
+def test_out_of_memory_tries_the_next_batch_size_and_other_errors_stop(monkeypatch):
+    import torch
+
+    tried = []
+
+    def fake_measure(params, timed_s, device, min_batches):
+        tried.append(params)
+        if params > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"batch_size": params, "frames_per_s": 1.0}
+
+    monkeypatch.setattr(G, "measure_trainer", fake_measure)
+    result = G.train_with_backoff(lambda b: b, (12, 6, 3, 1), 1.0, torch.device("cpu"))
+    assert tried == [12, 6, 3] and result["batch_size"] == 3 and result["batch_sizes_out_of_memory"] == [12, 6]
+    with pytest.raises(RuntimeError, match="out of memory at every batch size"):
+        G.train_with_backoff(lambda b: b, (12, 6), 1.0, torch.device("cpu"))
+
+    def broken(params, timed_s, device, min_batches):
+        raise ValueError("bad shapes")
+
+    monkeypatch.setattr(G, "measure_trainer", broken)
+    with pytest.raises(ValueError, match="bad shapes"):
+        G.train_with_backoff(lambda b: b, (12, 6), 1.0, torch.device("cpu"))
+
+
+def test_the_gpu_run_takes_the_paper_and_finetune_shapes_within_eight_minutes():
+    full = G.sizes(dry_run=False)
+    assert (full.preset, full.T, full.trunc_t, full.train_batches[0]) == ("2x", 640, 128, 12)
+    assert full.ft_T == 320 and full.mineclip == "full"
+    assert sum(full.caps.values()) + 60 <= 8 * 60   # start-up included
