@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", REPO.parent / "shared" / "reference"))
 CAPACITY_ASSUMED_EMBED_FPS = 10_000.0    # docs/capacity.md: MineCLIP full size, one H100, bf16 (assumed)
+WATCHDOG_GRACE_S = 30                    # past the sections' caps, the watchdog ends a run stuck in C code
 MFU_GOAL = 0.45                          # issue 29: STEVE-1's 100M frames in under 4 hours on one H100
 CARD_24GB = 24 * 2**30                   # a "24 GB" card (RTX 3090/4090, A10G, L4): 24 GiB
 CARD_24GB_USABLE = CARD_24GB - 1.5 * 2**30   # less the CUDA context and allocator slack
@@ -530,6 +532,7 @@ def flops_per_frame(tp, trunc_t: int, device: torch.device) -> float:
 
 def measure_trainer(params, timed_s: float, device: torch.device, min_batches: int = 2) -> dict[str, Any]:
     """Frames/s and peak memory of ``params``' run through the trainer's own set-up and batch loop."""
+    from steve1.train.accelerator import mixed_precision
     from steve1.train.run_state import RunState
     from steve1.train.trainer import LogWindow, setup_run, train_batch
 
@@ -559,7 +562,7 @@ def measure_trainer(params, timed_s: float, device: torch.device, min_batches: i
         frames = n * tp.batch_size * T
         return {"batch_size": tp.batch_size, "T": T, "trunc_t": tp.trunc_t, "grad_accum": tp.grad_accum,
                 "gradient_checkpointing": tp.gradient_checkpointing, "freeze": list(tp.freeze),
-                "mixed_precision": "bf16" if device.type == "cuda" else "no (CPU fp32)",
+                "mixed_precision": mixed_precision(tp),   # the trainer's: bf16 autocast on GPU, fp32 ("no") on CPU
                 "deepspeed": tp.deepspeed, "batches_timed": n, "frames_timed": frames, "seconds": seconds,
                 "frames_per_s": frames / seconds, "setup_s": setup_s, "warmup_batch_s": warmup_s,
                 "optimizer_steps": rs.step, "mean_loss": loss, "loss_finite": math.isfinite(loss),
@@ -843,7 +846,10 @@ def summary_markdown(doc: dict[str, Any]) -> str:
         if key in env:
             lines.append(f"| {key} | {num(env[key])} |")
     for name in SECTIONS:
-        sec = doc.get(name, {})
+        if name not in doc:
+            lines += ["", f"## {name}", "", "not run"]
+            continue
+        sec = doc[name]
         lines += ["", f"## {name} ({sec.get('section_seconds', 0):.0f} s of a {sec.get('cap_seconds', 0):.0f} s cap)", ""]
         if "error" in sec:
             lines += [f"**failed**: `{sec['error'].splitlines()[0]}`"]
@@ -906,22 +912,47 @@ def main(argv: Optional[list[str]] = None) -> int:
     s = sizes(args.dry_run)
     doc: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_model()}",
                            "started": started.isoformat(timespec="seconds"), "dry_run": args.dry_run}
+    args.out.mkdir(parents=True, exist_ok=True)
+    running: list[str] = []
+    # A section stuck inside C code (an NCCL or CUDA call) never sees its alarm: past the whole run's budget
+    # the watchdog records that, writes what the run has, and ends the process.
+    budget = sum(s.caps[n] for n in args.sections) + WATCHDOG_GRACE_S
+
+    def on_hang() -> None:
+        name = running[-1] if running else "?"
+        doc[name] = {"error": f"Hung: section {name!r} was still running when the whole run's budget of {budget} s "
+                              f"ran out (stuck in C code: its own cap could not interrupt it); the watchdog ended the run"}
+        _write(args.out, doc, t0)
+        print(f"gpu_check: {doc[name]['error']}", flush=True)
+        os._exit(3)
+
+    watchdog = threading.Timer(budget, on_hang)
+    watchdog.daemon = True
+    watchdog.start()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         ctx = Context(device=device, sizes=s, tmp=Path(tmp))
         for name in args.sections:
+            running.append(name)
             doc[name] = run_section(name, SECTIONS[name], ctx, s.caps[name])
-    doc["seconds"] = time.perf_counter() - t0
-    doc = _finite(doc)
-    from steve1.io import write_json_atomic, write_text_atomic
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "gpu_check.json", doc)
-    write_text_atomic(args.out / "gpu_check.md", summary_markdown(doc))
+            _write(args.out, doc, t0)      # results so far survive a kill from outside
+    watchdog.cancel()
+    doc = _write(args.out, doc, t0)
     failed = [n for n in args.sections if "error" in doc[n]]
     print(headline(doc))
     print(f"gpu_check: {doc['seconds']:.0f} s; wrote {args.out / 'gpu_check.json'} and gpu_check.md"
-          f"{'; failed: ' + ', '.join(failed) if failed else ''}")
+          f"{'; failed: ' + ', '.join(failed) if failed else ''}", flush=True)
     return 1 if failed else 0
+
+
+def _write(out: Path, doc: dict[str, Any], t0: float) -> dict[str, Any]:
+    """``gpu_check.json`` and ``gpu_check.md`` of the sections run so far (atomic: a reader never sees half)."""
+    from steve1.io import write_json_atomic, write_text_atomic
+
+    doc["seconds"] = time.perf_counter() - t0
+    clean = _finite(json.loads(json.dumps(doc, default=str)))
+    write_json_atomic(out / "gpu_check.json", clean)
+    write_text_atomic(out / "gpu_check.md", summary_markdown(clean))
+    return clean
 
 
 if __name__ == "__main__":

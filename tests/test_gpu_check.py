@@ -98,3 +98,34 @@ def test_the_gpu_run_takes_the_paper_and_finetune_shapes_within_eight_minutes():
     assert (full.preset, full.T, full.trunc_t, full.train_batches[0]) == ("2x", 640, 128, 12)
     assert full.ft_T == 320 and full.mineclip == "full"
     assert sum(full.caps.values()) + 60 <= 8 * 60   # start-up included
+
+
+STUCK = """
+import dataclasses, sys, time
+from benchmarks import gpu_check as G
+
+def stuck(ctx):   # a section its alarm cannot stop (as one blocked in an NCCL or CUDA call)
+    while True:
+        try:
+            time.sleep(5)
+        except G.SectionTimeout:
+            pass
+
+G.SECTIONS["loader"] = stuck
+G.WATCHDOG_GRACE_S = 1
+dry = G.sizes
+G.sizes = lambda dry_run: dataclasses.replace(dry(dry_run), caps={**dry(dry_run).caps, "env": 5, "loader": 0.5})
+sys.exit(G.main(["--dry-run", "--out", sys.argv[1], "--sections", "env", "loader"]))
+"""
+
+
+@pytest.mark.slow   # a subprocess that waits out a budget (~15 s)
+def test_a_section_stuck_past_the_budget_is_recorded_by_the_watchdog(tmp_path, repo_root):
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", STUCK, str(tmp_path)], cwd=repo_root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert doc["env"]["gpu_name"] == "none (CPU)"                    # the section before it was kept
+    assert doc["loader"]["error"].startswith("Hung: section 'loader'")
+    assert "**failed**: `Hung: section 'loader'" in (tmp_path / "gpu_check.md").read_text()
