@@ -185,7 +185,8 @@ def _free(device: torch.device) -> None:
 
 
 def spec_peak_tflops(gpu_name: str) -> Optional[tuple[float, str]]:
-    """(dense bf16 TFLOP/s, label) of :data:`PEAK_BF16_TFLOPS` for a ``torch.cuda.get_device_name``; None off the table."""
+    """(dense bf16 TFLOP/s, label) of :data:`PEAK_BF16_TFLOPS` for a ``torch.cuda.get_device_name``;
+    None off the table."""
     name = gpu_name.lower()
     for key, label, tflops in PEAK_BF16_TFLOPS:
         if key in name:
@@ -211,7 +212,8 @@ def peak_tflops(device: torch.device) -> tuple[float, str]:
         a @ b
         _sync(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e12, f"measured {str(dtype).removeprefix('torch.')} {n}x{n} matmul (no spec for this device)"
+    kind = str(dtype).removeprefix("torch.")
+    return 2 * n**3 / best / 1e12, f"measured {kind} {n}x{n} matmul (no spec for this device)"
 
 
 def _reset_accelerate() -> None:
@@ -270,6 +272,19 @@ def _nvidia_smi(field: str) -> Optional[str]:
         proc = subprocess.run([exe, f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True, text=True,
                               timeout=10)
         return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _commit() -> Optional[str]:
+    """This tree's git commit (``+dirty`` with uncommitted changes); None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -393,7 +408,8 @@ def _random_call(B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
     first[:, 0] = True
     return {"img": torch.randint(0, 256, (B, T, 128, 128, 3), dtype=torch.uint8, generator=g),
             "mineclip_embed": torch.randn(B, T, 512, generator=g), "first": first,
-            "buttons": torch.randint(0, 8641, (B, T), generator=g), "camera": torch.randint(0, 121, (B, T), generator=g)}
+            "buttons": torch.randint(0, 8641, (B, T), generator=g),
+            "camera": torch.randint(0, 121, (B, T), generator=g)}
 
 
 @contextlib.contextmanager
@@ -456,7 +472,8 @@ def _numerics(ctx: "Context") -> dict[str, Any]:
         model = build_mineclip("tiny", seed=0)
         out["mineclip_tiny"] = _mineclip_check(model, *_mineclip_inputs(model, 2), device, None)
     big = build_mineclip(s.mineclip, seed=0)
-    out["mineclip_full"] = {"preset": s.mineclip, **_mineclip_check(big, *_mineclip_inputs(big, s.mineclip_clips), device, None)}
+    video, tokens = _mineclip_inputs(big, s.mineclip_clips)
+    out["mineclip_full"] = {"preset": s.mineclip, **_mineclip_check(big, video, tokens, device, None)}
     del big, model
     _free(device)
     out["all_ok"] = all(v["ok"] for v in out.values() if isinstance(v, dict) and "ok" in v)
@@ -839,7 +856,8 @@ def summary_markdown(doc: dict[str, Any]) -> str:
 
     env = doc.get("env", {})
     lines = [f"# GPU check: {doc['device']}, {doc['started'][:10]}", "",
-             f"`python -m benchmarks.gpu_check{' --dry-run' if doc['dry_run'] else ''}`; {doc['seconds']:.0f} s "
+             f"`{doc.get('command', 'python -m benchmarks.gpu_check')}` at commit {doc.get('commit')}; "
+             f"{doc['seconds']:.0f} s "
              f"in all.{' DRY RUN: CPU, tiny sizes; the figures only show the script works.' if doc['dry_run'] else ''}",
              "", "| environment | |", "|---|---|"]
     for key in ("gpu_name", "gpu_memory_gib", "driver", "cuda", "cudnn", "nccl", "torch", "deepspeed", "accelerate",
@@ -851,7 +869,8 @@ def summary_markdown(doc: dict[str, Any]) -> str:
             lines += ["", f"## {name}", "", "not run"]
             continue
         sec = doc[name]
-        lines += ["", f"## {name} ({sec.get('section_seconds', 0):.0f} s of a {sec.get('cap_seconds', 0):.0f} s cap)", ""]
+        took = f"{sec.get('section_seconds', 0):.0f} s of a {sec.get('cap_seconds', 0):.0f} s cap"
+        lines += ["", f"## {name} ({took})", ""]
         if "error" in sec:
             lines += [f"**failed**: `{sec['error'].splitlines()[0]}`"]
             continue
@@ -911,8 +930,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)   # its per-engine INFO lines would bury the results
     s = sizes(args.dry_run)
-    doc: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_model()}",
-                           "started": started.isoformat(timespec="seconds"), "dry_run": args.dry_run}
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_model()}"
+    command = " ".join(["python -m benchmarks.gpu_check", *(argv if argv is not None else sys.argv[1:])])
+    doc: dict[str, Any] = {"device": gpu, "started": started.isoformat(timespec="seconds"), "dry_run": args.dry_run,
+                           "commit": _commit(), "command": command}
     args.out.mkdir(parents=True, exist_ok=True)
     running: list[str] = []
     # A section stuck inside C code (an NCCL or CUDA call) never sees its alarm: past the whole run's budget
@@ -922,7 +943,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     def on_hang() -> None:
         name = running[-1] if running else "?"
         doc[name] = {"error": f"Hung: section {name!r} was still running when the whole run's budget of {budget} s "
-                              f"ran out (stuck in C code: its own cap could not interrupt it); the watchdog ended the run"}
+                              f"ran out (stuck in C code: its own cap could not interrupt it); the watchdog ended "
+                              f"the run"}
         _write(args.out, doc, t0)
         print(f"gpu_check: {doc[name]['error']}", flush=True)
         os._exit(3)
