@@ -24,7 +24,8 @@ error and the run goes on):
    the finetune profile's trunc_t, gradient checkpointing): peak memory against a 24 GB card, frames/s.
 5. ``embed``: full-size MineCLIP through the embed stage's own code
    (:func:`steve1.data.embedding.make_embedder` + ``embed_frames``, ``compute_dtype: bfloat16``):
-   frames/s against ``docs/capacity.md``'s assumed 10,000 per H100.
+   frames/s against ``docs/capacity.md``'s assumed 10,000 per H100; the image tower alone on frames already
+   on the GPU, with its FLOPs per frame (FlopCounterMode) and share of the device's peak.
 6. ``loader``: the training loader (jpeg frames of the shipped real recording, 0 workers, one decode
    thread) in frames per CPU-second on this node, and the cores one GPU needs at section 3's rate.
 
@@ -705,9 +706,17 @@ def section_embed(ctx: "Context") -> dict[str, Any]:
             n += 1
     _sync(device)
     tower = n * s.embed_batch / (time.perf_counter() - t0)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        embedder.model.encode_image_frames(x[:1])
+    tower_flops = float(counter.get_total_flops())
+    peak, source = ctx.peak()
     out = {"preset": s.mineclip, "compute_dtype": "bfloat16" if device.type == "cuda" else "float32 (CPU)",
            "batch_size": s.embed_batch, "frames": int(len(frames)), "frames_per_s": whole,
-           "image_tower_frames_per_s": tower, "assumed_frames_per_s": CAPACITY_ASSUMED_EMBED_FPS,
+           "image_tower_frames_per_s": tower, "image_tower_flops_per_frame": tower_flops,
+           "image_tower_share_of_peak": tower_flops * tower / (peak * 1e12), "peak_source": source,
+           "assumed_frames_per_s": CAPACITY_ASSUMED_EMBED_FPS,
            "vs_assumed": whole / CAPACITY_ASSUMED_EMBED_FPS, "finite": bool(np.isfinite(embeds[valid]).all()),
            **_peak(device)}
     del embedder
@@ -794,7 +803,7 @@ FIGURES: dict[str, list[str]] = {
     "train": ["flops_per_frame", "plain.frames_per_s", "plain.mfu", "plain.peak_allocated_gib",
               "checkpointed.frames_per_s", "checkpointed.mfu", "checkpointed.peak_allocated_gib"],
     "finetune": ["frames_per_s", "peak_allocated_gib", "peak_reserved_gib", "peak_share_of_24gb"],
-    "embed": ["frames_per_s", "image_tower_frames_per_s", "vs_assumed"],
+    "embed": ["frames_per_s", "image_tower_frames_per_s", "image_tower_flops_per_frame", "vs_assumed"],
     "loader": ["frames_per_cpu_s", "cores_per_gpu", "cores_per_gpu_finetune"],
 }
 
