@@ -59,6 +59,13 @@ def test_a_failing_section_is_recorded_and_the_next_runs(tmp_path):
     assert timed_out["error"].startswith("SectionTimeout") and timed_out["section_seconds"] < 10
     assert G.run_section("fine", lambda _ctx: {"x": 1.0}, ctx, cap=10)["x"] == 1.0
 
+    def half_done(ctx):   # one configuration measured, the next overruns: the first one's figures stay
+        ctx.partial["plain"] = {"frames_per_s": 5.0}
+        time.sleep(30)
+
+    kept = G.run_section("half", half_done, ctx, cap=0.2)
+    assert kept["error"].startswith("SectionTimeout") and kept["plain"] == {"frames_per_s": 5.0}
+
 
 @pytest.mark.parametrize("name,tflops", [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0),
                                          ("NVIDIA H100 NVL", 835.0), ("NVIDIA H200", 989.4),
