@@ -9,8 +9,8 @@ error and the run goes on):
    MineCLIP image and text towers against the official float32 goldens (``../shared/reference``
    or ``$STEVE1_REFERENCE``; without them, against float32 on the same device, and it says so);
    a seeded random 2x policy and a full-size MineCLIP in bf16 against float32 on the same device.
-   Max abs log-prob / feature difference, argmax agreement, gradient relative error, each against
-   the tolerance stated in :data:`TOL`.
+   Max abs and relative log-prob / feature differences, argmax agreement, gradient cosine and relative
+   error, against the tolerances stated in :data:`TOL` (fixed before any GPU run).
 3. ``train``: frames/s, MFU and peak memory of the 2x policy through the real trainer
    (:func:`steve1.train.trainer.setup_run` + :func:`~steve1.train.trainer.train_batch`: Accelerate,
    DeepSpeed ZeRO-2 from ``configs/deepspeed/zero2.json``, one process, bf16 autocast) at T 640,
@@ -715,7 +715,8 @@ def section_embed(ctx: "Context") -> dict[str, Any]:
         embedder.model.encode_image_frames(x[:1])
     tower_flops = float(counter.get_total_flops())
     peak, source = ctx.peak()
-    out = {"preset": s.mineclip, "compute_dtype": "bfloat16" if device.type == "cuda" else "float32 (CPU)",
+    dtype = str(embedder.autocast_dtype).removeprefix("torch.") if embedder.autocast_dtype else "float32"
+    out = {"preset": s.mineclip, "compute_dtype": dtype,   # the embedder's own: bf16 autocast on GPU, fp32 on CPU
            "batch_size": s.embed_batch, "frames": int(len(frames)), "frames_per_s": whole,
            "image_tower_frames_per_s": tower, "image_tower_flops_per_frame": tower_flops,
            "image_tower_share_of_peak": tower_flops * tower / (peak * 1e12), "peak_source": source,
@@ -746,7 +747,7 @@ def section_loader(ctx: "Context") -> dict[str, Any]:
     loop = np.concatenate([real, real[::-1]])
     n = F.NONE_EMBED_OFFSET + T
     lengths = {}
-    for i in range(B):                                   # one chunk per episode: an epoch is one batch
+    for i in range(B):                                   # one chunk per episode, listed twice: two batches an epoch
         ep = make_episode(f"ep-{i}", n, tag=i + 1, seed=i + 1)
         ep.frames = loop[(np.arange(n) + 97 * i) % len(loop)]
         write_episode(episode_path(root / "episodes", ep.episode_id), ep, codec="jpeg")
