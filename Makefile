@@ -39,6 +39,13 @@ bench-gate: $(STAMP)
 	mkdir -p .benchmarks
 	$(BIN)/python -m benchmarks.gate --json .benchmarks/gate.json
 
+# Every GPU figure in one run on one GPU node, <= 8 min (benchmarks/gpu_check.py): gpu_check.json + gpu_check.md
+# in benchmarks/results/gpu_check_<date>/. GPU_CHECK_FLAGS=--dry-run checks the script on the CPU (under a minute).
+.PHONY: gpu-check
+GPU_CHECK_OUT ?= benchmarks/results/gpu_check_$(shell date -u +%Y-%m-%d)
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_FLAGS)
+
 # Build docker/Dockerfile's smoke target with podman on a debootstrap base (root; minutes).
 docker-test:
 	docker/build_test.sh
