@@ -80,15 +80,16 @@ class RaySession:
             self.kind = "local"
         return ray
 
-    def two_nodes(self):
-        """A head and a worker node of one CPU each, in this machine's processes."""
+    def two_nodes(self, worker_gpus: int = 0):
+        """A head and a worker node of one CPU each, in this machine's processes; ``worker_gpus``
+        (declared, not real) on the worker node only."""
         import ray
         from ray.cluster_utils import Cluster
 
         self.stop()
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "object_store_memory": RAY_OBJECT_STORE // 2, "include_dashboard": False})
-        self.cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE // 2)
+        self.cluster.add_node(num_cpus=1, num_gpus=worker_gpus, object_store_memory=RAY_OBJECT_STORE // 2)
         ray.init(address=self.cluster.address)
         self.kind = "cluster"
         return self.cluster
@@ -121,5 +122,13 @@ def ray_local(ray_session):
 def ray_two_nodes(ray_session):
     """A simulated two-node cluster (ray.cluster_utils.Cluster) for the test's life."""
     cluster = ray_session.two_nodes()
+    yield cluster
+    ray_session.stop()
+
+
+@pytest.fixture
+def ray_gpu_node(ray_session):
+    """As ``ray_two_nodes``, the worker node alone having a (declared) GPU."""
+    cluster = ray_session.two_nodes(worker_gpus=1)
     yield cluster
     ray_session.stop()

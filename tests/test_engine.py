@@ -220,3 +220,25 @@ def test_retries_after_a_lost_worker_are_logged(ray_local, by_value, caplog):
     assert "decode: 3: its worker was lost (WorkerCrashedError); retry 1 of 1 on another worker" in caplog.text
     assert "decode: 3: its worker died on each of 2 tries" in caplog.text
     assert "decode: 1 retry after a lost worker" in caplog.text
+
+
+def _slow_square(state: dict, x: int) -> int:
+    import time
+
+    time.sleep(0.5)
+    return x * x
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_when_the_only_node_that_fits_is_lost_the_map_fails_with_one_line(ray_gpu_node, by_value, tmp_path):
+    """Actors of one GPU: only the worker node has one. It is lost mid-episode: no node is left that
+    can take the work, and the map says so (before, it waited for ever or failed every try on the dead actor)."""
+    from fixtures.ray_kill import NodeLoss
+
+    ex = RayExecutor(_ray_settings(max_retries=3, actors=1))
+    with NodeLoss(ray_gpu_node, "embed:", tmp_path) as loss:
+        with pytest.raises(EngineError, match=r"^embed: no live Ray node can take the work: it needs 1 CPU\(s\) "
+                                              r"and 1 GPU\(s\) per worker"):
+            list(ex.map(_slow_square, ITEMS, task="embed", setup=_pid_state))
+    assert len(loss.killed) == 1
