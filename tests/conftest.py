@@ -65,19 +65,31 @@ def pytest_configure(config) -> None:
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class RaySession:
     def __init__(self) -> None:
         self.kind: str | None = None
         self.cluster = None
 
-    def local(self):
+    def local(self, dashboard: bool = False):
+        """The local Ray; with ``dashboard``, one whose dashboard serves Ray's state API (ray.util.state)."""
         import ray
 
-        if self.kind != "local":
+        kind = "local+dashboard" if dashboard else "local"
+        if self.kind != kind:
             self.stop()
             # address="local": a new Ray of our own, never a cluster another user started on this machine
-            ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
-            self.kind = "local"
+            extra = dict(dashboard_port=_free_port()) if dashboard else {}
+            ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=dashboard,
+                     **extra)
+            self.kind = kind
         return ray
 
     def two_nodes(self, worker_gpus: int = 0):
@@ -116,6 +128,12 @@ def ray_session():
 def ray_local(ray_session):
     """The session's local Ray (num_cpus=2), started on first use."""
     return ray_session.local()
+
+
+@pytest.fixture
+def ray_state_api(ray_session):
+    """The session's local Ray with its dashboard (for ray.util.state), started on first use (slow tests)."""
+    return ray_session.local(dashboard=True)
 
 
 @pytest.fixture

@@ -213,6 +213,44 @@ def test_a_killed_driver_rerun_keeps_the_finished_episodes(ray_local, shared, lo
     _assert_same_outputs(local_decoded, root)
 
 
+def _alive_actors(ray, address: str) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(address=address, filters=[("state", "!=", "DEAD")])
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_embed_leaves_no_actor_holding_the_cluster_and_a_rerun_gives_the_bytes(
+        ray_state_api, shared, local_all):
+    """The embed stage runs as its own process against a running Ray (RAY_ADDRESS) and is killed
+    (SIGKILL) while its MineCLIP actor embeds an episode: its actor goes, the cluster's CPUs are all free
+    again (Ray's state API), and a rerun writes the local bytes."""
+    ray = ray_state_api
+    address = ray.get_runtime_context().gcs_address
+    assert _alive_actors(ray, address) == []
+    root = _workspace(shared)
+    _run(["download", "decode", "import-set", "embed-set"], _params(root, shared, "local", SYNTHETIC))
+    params = _params(root, shared, "ray", SYNTHETIC, embed={"num_cpus": 1, "num_gpus": 0, "workers": 1})
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    killer = Killer("embed:", action=lambda: None)       # only notes the moment an episode is being embedded
+    killer.start()
+    driver = _stage("embed", params, env)
+    deadline = time.monotonic() + 300
+    while not killer.killed:
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-3000:]
+        time.sleep(0.01)
+    assert [a.class_name for a in _alive_actors(ray, address)] == ["_Holder"]
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    total = ray.cluster_resources()["CPU"]
+    while _alive_actors(ray, address) or ray.available_resources().get("CPU", 0) < total:
+        assert time.monotonic() < deadline, (_alive_actors(ray, address), ray.available_resources())
+        time.sleep(0.2)
+    assert not (root / "embeds" / MANIFEST).exists()
+    _run(["embed"], params)
+    _assert_same_outputs(local_all, root)
+
+
 # ------------------------------------------------------------------------------------------ two nodes
 
 
