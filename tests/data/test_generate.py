@@ -264,6 +264,20 @@ def test_stage_refuses_agent_files_the_weights_stage_does_not_manage(tmp_path, c
     assert not (tmp_path / "generated").exists()
 
 
+def test_a_malicious_agent_model_is_refused_with_one_line_naming_it(tmp_path, capsys):
+    """A .model that would run code when unpickled: the stage exits 1 with one line naming the file
+    (before, the restricted unpickler's refusal came out as a raw traceback), and nothing ran."""
+    from stages.generate import main
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.model"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    params = _params(tmp_path, agents=[{"name": "a", "model": str(evil)}, {"name": "b"}])
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {evil}: refusing to load global os.system") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not marker.exists()
+
+
 def test_minerl_missing_stops_generate_before_any_work(tmp_path, capsys, monkeypatch):
     import steve1.envs as envs
     from stages.generate import main
