@@ -41,6 +41,7 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
+Path("/tmp/i26").mkdir(exist_ok=True)
 work = Path(tempfile.mkdtemp(prefix="w", dir="/tmp/i26"))
 tmp = tempfile.mkdtemp(prefix="r", dir="/tmp/i26")
 port = free_port()
