@@ -289,7 +289,8 @@ class RayExecutor:
 
     def _feasible(self, task: str, cpus: float, gpus: float, avoid: set[str]) -> list[dict]:
         """The live nodes, other than ``avoid``, that can hold one worker of ``task``; raises
-        :class:`EngineError` when no live node can (the work cannot run anywhere)."""
+        :class:`EngineError` when no live node can (the work cannot run anywhere). Nodes count as the
+        cluster has them now: nodes an autoscaler would add on demand are not waited for."""
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         fits = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) + 1e-9 >= cpus
                 and n.get("Resources", {}).get("GPU", 0) + 1e-9 >= gpus]
