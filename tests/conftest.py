@@ -65,30 +65,43 @@ def pytest_configure(config) -> None:
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class RaySession:
     def __init__(self) -> None:
         self.kind: str | None = None
         self.cluster = None
 
-    def local(self):
+    def local(self, dashboard: bool = False):
+        """The local Ray; with ``dashboard``, one whose dashboard serves Ray's state API (ray.util.state)."""
         import ray
 
-        if self.kind != "local":
+        kind = "local+dashboard" if dashboard else "local"
+        if self.kind != kind:
             self.stop()
             # address="local": a new Ray of our own, never a cluster another user started on this machine
-            ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False)
-            self.kind = "local"
+            extra = dict(dashboard_port=_free_port()) if dashboard else {}
+            ray.init(address="local", num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=dashboard,
+                     **extra)
+            self.kind = kind
         return ray
 
-    def two_nodes(self):
-        """A head and a worker node of one CPU each, in this machine's processes."""
+    def two_nodes(self, worker_gpus: int = 0):
+        """A head and a worker node of one CPU each, in this machine's processes; ``worker_gpus``
+        (declared, not real) on the worker node only."""
         import ray
         from ray.cluster_utils import Cluster
 
         self.stop()
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "object_store_memory": RAY_OBJECT_STORE // 2, "include_dashboard": False})
-        self.cluster.add_node(num_cpus=1, object_store_memory=RAY_OBJECT_STORE // 2)
+        self.cluster.add_node(num_cpus=1, num_gpus=worker_gpus, object_store_memory=RAY_OBJECT_STORE // 2)
         ray.init(address=self.cluster.address)
         self.kind = "cluster"
         return self.cluster
@@ -118,8 +131,22 @@ def ray_local(ray_session):
 
 
 @pytest.fixture
+def ray_state_api(ray_session):
+    """The session's local Ray with its dashboard (for ray.util.state), started on first use (slow tests)."""
+    return ray_session.local(dashboard=True)
+
+
+@pytest.fixture
 def ray_two_nodes(ray_session):
     """A simulated two-node cluster (ray.cluster_utils.Cluster) for the test's life."""
     cluster = ray_session.two_nodes()
+    yield cluster
+    ray_session.stop()
+
+
+@pytest.fixture
+def ray_gpu_node(ray_session):
+    """As ``ray_two_nodes``, the worker node alone having a (declared) GPU."""
+    cluster = ray_session.two_nodes(worker_gpus=1)
     yield cluster
     ray_session.stop()

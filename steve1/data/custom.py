@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -394,6 +395,17 @@ def source_digests(src: CustomSource) -> tuple[str, str]:
     return sha256_file(video), h.hexdigest()
 
 
+def _refuse_outside_links(src: CustomSource) -> None:
+    """A symbolic link in the episode's folder (or the folder itself) that leads out of the source
+    folder is refused, naming it: the import reads only what lies inside the folder the set names."""
+    root = src.folder.parent.resolve()
+    links = [src.folder] + [Path(d, n) for d, dirs, files in os.walk(src.folder) for n in dirs + files]
+    for link in links:
+        if link.is_symlink() and not link.resolve().is_relative_to(root):
+            raise DecodeSkip(f"{link}: a symbolic link to {link.resolve()}, outside the source folder {root}; "
+                             f"copy the file in (links out of the source folder are not followed)")
+
+
 def _skipped_row(src: CustomSource) -> dict[str, Any]:
     return {"status": "skipped", "reason": None, "format": src.format, "n_lines": None, "n_frames_video": None,
             "n_kept": None}
@@ -411,6 +423,7 @@ def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: Dec
         if src.format is None:
             raise DecodeSkip(f"{src.folder}: not a recording; expected {FRAMES_DIR}/*.png + {ACTIONS_FILE}, "
                              f"{MINERL_VIDEO} + {MINERL_NPZ}, or a STEVE-1 episode ({', '.join(S1.FILES)})")
+        _refuse_outside_links(src)
         conversion = json.dumps({**base, "source_format": src.format,
                                  **({"fps": fps} if src.format == "frames" else {})}, sort_keys=True)
         frames_sha, actions_sha = source_digests(src)

@@ -5,7 +5,7 @@ staging folder ``<raw>.partial/`` beside the raw folder (``<id>.mp4.part``, sha2
 way), a broken transfer resumes with an HTTP ``Range`` request, and an episode moves into the raw
 folder only once both files are complete and verified. A body shorter than the size the server
 declared is refused; a body without a declared size is confirmed by a ``Range`` request past its
-end where the server supports it. An episode is ``ok`` once every jsonl line parses and the mp4
+end where the server supports it, else (a jsonl) by a line for every frame of the video. An episode is ``ok`` once every jsonl line parses and the mp4
 is as long as its container says, with its first and last frames decodable; anything else is
 ``failed`` with a reason. ``<raw>/manifest.json`` records every selected episode and is rewritten
 (atomically) as episodes finish, so a killed run loses little and a rerun re-hashes ``ok`` files
@@ -247,8 +247,8 @@ def verify_jsonl(path: Path, size_known: bool = True) -> int:
     """Every non-blank line parses as JSON; return the number of lines.
 
     Without a known size the file must also end with a newline (a body cut inside its last line
-    may still parse). A cut exactly at a line boundary cannot be seen in the jsonl alone: decode's
-    line/frame count check (``decode.max_frame_mismatch``) is the guard left, and a warning says so.
+    may still parse). A cut exactly at a line boundary cannot be seen in the jsonl alone: the
+    episode then needs a line for every frame of its video (:func:`verify_unsized_jsonl`).
     """
     if not size_known:
         with open(path, "rb") as f:
@@ -256,8 +256,8 @@ def verify_jsonl(path: Path, size_known: bool = True) -> int:
             if f.read(1) != b"\n":
                 raise VerifyError(f"{path.name}: the server declared no size and the file does not end with a "
                                   f"newline: the transfer was probably cut; run the download again")
-        log.warning("%s: the server declared no size and does not answer Range requests: a transfer cut at "
-                    "a line boundary cannot be ruled out", path.name)
+        log.warning("%s: the server declared no size and does not answer Range requests: the file is checked "
+                    "against its video's frame count instead", path.name)
     n = 0
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
@@ -273,12 +273,22 @@ def verify_jsonl(path: Path, size_known: bool = True) -> int:
     return n
 
 
-def verify_mp4(path: Path) -> None:
-    """Opens, is as long as its boxes declare, and its first and last declared frames decode."""
+def verify_mp4(path: Path) -> int:
+    """Opens, is as long as its boxes declare, and its first and last declared frames decode; returns
+    the frame count its container declares."""
     try:
-        probe_video(path, check_end=True)
+        return probe_video(path, check_end=True).n_frames
     except VideoError as exc:
         raise VerifyError(str(exc)) from None
+
+
+def verify_unsized_jsonl(path: Path, n_lines: int, n_frames: int) -> None:
+    """A jsonl whose size neither the server declared nor a ``Range`` request confirmed holds a line
+    for every video frame, or is refused: a body cut at a line boundary is never taken as whole."""
+    if n_lines < n_frames:
+        raise VerifyError(f"{path.name}: {n_lines} lines for the {n_frames} frames of the video, and the server "
+                          f"declared no size and ignores Range requests: the transfer was probably cut at a line "
+                          f"boundary; run the download again (or serve the file with a Content-Length)")
 
 
 # ------------------------------------------------------------------------------------ episodes
@@ -336,8 +346,10 @@ def fetch_episode(
         with requests.Session() as session:
             for kind in ("mp4", "jsonl"):
                 results[kind] = fetch_file(urls[kind], staged[kind], policy, session, on_bytes)
-        verify_jsonl(staged["jsonl"], results["jsonl"].size_known)
-        verify_mp4(staged["mp4"])
+        n_lines = verify_jsonl(staged["jsonl"], results["jsonl"].size_known)
+        n_frames = verify_mp4(staged["mp4"])
+        if not results["jsonl"].size_known:
+            verify_unsized_jsonl(staged["jsonl"], n_lines, n_frames)
         for kind in ("mp4", "jsonl"):
             _move_into(staged[kind], paths[kind])
     except (FetchError, VerifyError, OSError) as exc:

@@ -20,6 +20,8 @@ from typing import Iterable, Optional, Sequence
 from urllib.parse import quote, unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
+from steve1.io import TEMP_PREFIX
+
 log = logging.getLogger(__name__)
 
 MP4 = ".mp4"
@@ -155,6 +157,9 @@ def parse_index(data: bytes, location: str, url: str) -> Index:
     for i, rel in enumerate(relpaths):
         if not isinstance(rel, str) or not rel.endswith(MP4) or len(rel) <= len(MP4) or rel.endswith("/" + MP4):
             raise IndexFileError(f"{location}: relpaths[{i}] = {rel!r} is not a path ending in '<id>.mp4'")
+        if _episode_id(rel).startswith(TEMP_PREFIX):     # every data folder deletes such files as temp files
+            raise IndexFileError(f"{location}: relpaths[{i}] = {rel!r}: an episode id may not start with "
+                                 f"{TEMP_PREFIX!r} (the prefix of steve1's temporary files); rename the recording")
         mp4_url = join_url(base, rel)
         entries.append(
             Entry(

@@ -160,6 +160,8 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             with open_store(episode_path(embeds_dir, eid), "embeds") as f:
                 with reading(episode_path(embeds_dir, eid), "embeds", F.EMBED_VALID):
                     valid = f[F.EMBED_VALID][:]
+                with reading(episode_path(embeds_dir, eid), "embeds", F.EMBEDS):
+                    finite = np.isfinite(f[F.EMBEDS][:]).all(axis=1)
                 weights = str(f.attrs.get(F.A_WEIGHTS, ""))
         except (OSError, EpisodeFormatError) as exc:
             scan.invalid[eid] = f"unreadable: {exc}"
@@ -172,6 +174,10 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
         elif not valid[F.NONE_EMBED_OFFSET:].all():
             bad = int(np.flatnonzero(~valid[F.NONE_EMBED_OFFSET:])[0]) + F.NONE_EMBED_OFFSET
             scan.invalid[eid] = f"embedding row {bad} is marked invalid (rows >= {F.NONE_EMBED_OFFSET} must be valid)"
+        elif not finite[valid].all():       # a goal of NaNs trains on NaNs (rows marked invalid are never read)
+            bad = int(np.flatnonzero(valid & ~finite)[0])
+            scan.invalid[eid] = (f"{episode_path(embeds_dir, eid)}: embedding row {bad} is not finite (NaN or "
+                                 f"infinity); the file is damaged: run the embed stage again")
         else:
             scan.lengths[eid] = n
             scan.weights.add(weights)

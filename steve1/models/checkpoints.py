@@ -28,8 +28,8 @@ _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex}
 _INERT_CLASSES = {("gym3.types", "DictType"), ("gym3.types", "TensorType"), ("gym3.types", "Discrete")}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global this loader does not allow."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global this loader does not allow (a ValueError: stages print it as one line)."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -85,7 +85,13 @@ def load_model_file(path: str | Path) -> Any:
     """Decode an official ``.model`` pickle without importing or executing anything."""
     path = Path(path)
     with path.open("rb") as f:
-        return RestrictedUnpickler(f, source=str(path)).load()
+        try:
+            return RestrictedUnpickler(f, source=str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+                AttributeError, MemoryError) as exc:     # what a damaged or foreign pickle raises
+            raise ValueError(f"{path}: not a readable VPT .model pickle ({type(exc).__name__}: {exc})") from None
 
 
 def to_plain(obj: Any) -> Any:

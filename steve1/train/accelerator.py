@@ -9,7 +9,6 @@ other value is a DeepSpeed JSON path. ``"auto"`` entries are filled here from th
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,22 @@ def deepspeed_config(tp: TrainParams) -> dict[str, Any]:
 
 
 def _single_process_env() -> None:
-    """DeepSpeed always initialises torch.distributed: give a lone process a world of one."""
-    if "LOCAL_RANK" in os.environ:
+    """DeepSpeed always initialises torch.distributed: give a lone process a world of one.
+
+    Its rendezvous is an in-process store, not a TCP port: a port picked free and released could be
+    taken by another process (a Ray cluster, another training) before torch binds it (EADDRINUSE).
+    DeepSpeed and Accelerate use a process group that is already initialised as it is."""
+    global _OWN_WORLD
+    if "LOCAL_RANK" in os.environ and not _OWN_WORLD:     # launched (accelerate launch, deepspeed): its world
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
+    _OWN_WORLD = True
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+
+_OWN_WORLD = False      # this process made its world of one (the variables above are its own)
 
 
 def build_accelerator(tp: TrainParams) -> Accelerator:

@@ -233,3 +233,26 @@ def test_cli_import_recordings(tmp_path):
     assert "1/1 episodes ok" in res.output and episode_path(tmp_path / "out", "ep").is_file()
     bad = CliRunner().invoke(app, ["import-recordings", str(tmp_path / "src"), str(tmp_path / "o2"), "--format", "x"])
     assert bad.exit_code == 2
+
+
+def test_symbolic_links_out_of_the_source_folder_are_refused_naming_the_link(tmp_path):
+    """A link that leads out of the source folder (a frame, the actions, the episode folder itself) skips
+    its episode with a reason naming the link; links that stay inside are followed."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    write_frames_episode(outside, "elsewhere")
+    write_frames_episode(src, "frame_link")
+    (src / "frame_link" / "frames" / "frame_2.png").unlink()
+    (src / "frame_link" / "frames" / "frame_2.png").symlink_to(outside / "elsewhere" / "frames" / "frame_2.png")
+    write_frames_episode(src, "actions_link")
+    (src / "actions_link" / "actions.jsonl").unlink()
+    (src / "actions_link" / "actions.jsonl").symlink_to(outside / "elsewhere" / "actions.jsonl")
+    (src / "folder_link").symlink_to(outside / "elsewhere")
+    good = write_frames_episode(src, "good")
+    (src / "inside_link").symlink_to(good)                     # inside the source folder: followed
+
+    report = import_all(src, tmp_path / "out", _settings(), progress=False)
+    assert sorted(report.skipped) == ["actions_link", "folder_link", "frame_link"] and report.n_ok == 2
+    for name, link in [("frame_link", "frame_link/frames/frame_2.png"), ("actions_link", "actions_link/actions.jsonl"),
+                       ("folder_link", "folder_link")]:
+        assert report.skipped[name].startswith(f"{src / link}: a symbolic link to {outside.resolve()}"), name
+        assert "outside the source folder" in report.skipped[name]

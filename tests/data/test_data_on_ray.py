@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.ray_kill import Killer
+from fixtures.ray_kill import Killer, NodeLoss
 from fixtures.recordings import write_png_recording
 from stages import decode as decode_stage
 from stages import download as download_stage
@@ -135,6 +135,26 @@ def test_ray_engine_writes_the_bytes_the_local_engine_writes(ray_local, shared, 
     assert {r["status"] for r in rows.values()} == {"ok"} and len(rows) == 2
 
 
+@pytest.mark.slow
+def test_ray_engine_writes_the_local_bytes_with_the_machine_under_load(ray_local, shared, local_all):
+    """A CPU hog per core beside the stages (workers slow, timeouts and scheduling stretched): the same
+    bytes. The custom PNG set is left out: on a 2-core machine one of its episodes' embeddings differs
+    in the last bits between the local engine (torch on every core) and a 1-CPU Ray actor (one thread),
+    load or not (an open point, issue 26's report)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        root = _workspace(shared)
+        _run(["download", "decode", "embed"], _params(root, shared, "ray", SYNTHETIC))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    local = {k: v for k, v in _files(local_all).items() if not k.startswith("custom")}
+    got = _files(root)
+    assert sorted(got) == sorted(local) and [k for k in local if local[k] != got[k]] == []
+    assert not [k for k in got if Path(k).name.startswith(TEMP_PREFIX)]
+
+
 # ------------------------------------------------------------------------------------------ killing
 
 
@@ -213,6 +233,44 @@ def test_a_killed_driver_rerun_keeps_the_finished_episodes(ray_local, shared, lo
     _assert_same_outputs(local_decoded, root)
 
 
+def _alive_actors(ray, address: str) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(address=address, filters=[("state", "!=", "DEAD")])
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_embed_leaves_no_actor_holding_the_cluster_and_a_rerun_gives_the_bytes(
+        ray_state_api, shared, local_all):
+    """The embed stage runs as its own process against a running Ray (RAY_ADDRESS) and is killed
+    (SIGKILL) while its MineCLIP actor embeds an episode: its actor goes, the cluster's CPUs are all free
+    again (Ray's state API), and a rerun writes the local bytes."""
+    ray = ray_state_api
+    address = ray.get_runtime_context().gcs_address
+    assert _alive_actors(ray, address) == []
+    root = _workspace(shared)
+    _run(["download", "decode", "import-set", "embed-set"], _params(root, shared, "local", SYNTHETIC))
+    params = _params(root, shared, "ray", SYNTHETIC, embed={"num_cpus": 1, "num_gpus": 0, "workers": 1})
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    killer = Killer("embed:", action=lambda: None)       # only notes the moment an episode is being embedded
+    killer.start()
+    driver = _stage("embed", params, env)
+    deadline = time.monotonic() + 300
+    while not killer.killed:
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-3000:]
+        time.sleep(0.01)
+    assert [a.class_name for a in _alive_actors(ray, address)] == ["_Holder"]
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    total = ray.cluster_resources()["CPU"]
+    while _alive_actors(ray, address) or ray.available_resources().get("CPU", 0) < total:
+        assert time.monotonic() < deadline, (_alive_actors(ray, address), ray.available_resources())
+        time.sleep(0.2)
+    assert not (root / "embeds" / MANIFEST).exists()
+    _run(["embed"], params)
+    _assert_same_outputs(local_all, root)
+
+
 # ------------------------------------------------------------------------------------------ two nodes
 
 
@@ -223,40 +281,31 @@ def test_on_two_nodes_every_stage_writes_the_local_bytes(ray_two_nodes, shared, 
     _assert_same_outputs(local_all, root)
 
 
-def _hold_until(path: str) -> None:
-    while not os.path.exists(path):
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
-def test_a_node_lost_mid_episode_has_its_episode_retried_on_the_other(ray_two_nodes, shared, local_decoded):
-    import ray
-    import ray.cloudpickle
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    head, worker_node = ray_two_nodes.list_all_nodes()
-    raylet = worker_node.all_processes["raylet"][0].process.pid
+def test_a_node_lost_mid_decode_has_its_episode_retried_on_the_other(ray_two_nodes, shared, local_decoded, caplog):
+    """A task stage: the node decoding the real recording (1056 frames) is lost; the head decodes it."""
+    caplog.set_level("INFO", logger="steve1.engine")
     root = _workspace(shared)
     params = _params(root, shared, "ray")
     _run(["download"], params)
-    # The head's one CPU is held until the worker node is gone, so the decode tasks start there; the
-    # node goes away while it decodes the real recording (1056 frames), which then runs on the head.
-    release = shared / "release-head"
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        hold = ray.remote(_hold_until).options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            head.node_id, soft=False)).remote(str(release))
-
-        def lose_the_node():
-            ray_two_nodes.remove_node(worker_node)
-            release.touch()
-
-        killer = Killer(f"decode:{REAL}", parent=raylet, action=lose_the_node)
-        killer.start()
+    with NodeLoss(ray_two_nodes, f"decode:{REAL}", shared) as loss:
         _run(["decode"], params)
-        killer.stop.set()
-        ray.get(hold)
-    finally:
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert len(killer.killed) == 1, "the real recording was not decoded on the worker node"
+    assert len(loss.killed) == 1, "the real recording was not decoded on the worker node"
     _assert_same_outputs(local_decoded, root)
+    assert f"decode: {REAL}: its worker was lost" in caplog.text and "decode: 1 retry after a lost worker" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_embed_has_its_actor_replaced_and_the_episode_embedded_on_the_other(
+        ray_two_nodes, shared, local_all, caplog):
+    """An actor stage: the node whose MineCLIP actor embeds an episode is lost; a new actor on the head
+    embeds it (before, every retry went to the dead node's actor and the stage failed)."""
+    caplog.set_level("INFO", logger="steve1.engine")
+    root = _workspace(shared)
+    _run(["download", "decode", "import-set", "embed-set"], _params(root, shared, "local", SYNTHETIC))
+    params = _params(root, shared, "ray", SYNTHETIC, embed={"num_cpus": 1, "num_gpus": 0, "workers": 1})
+    with NodeLoss(ray_two_nodes, "embed:", shared) as loss:
+        _run(["embed"], params)
+    assert len(loss.killed) == 1, "no episode was embedded on the worker node"
+    _assert_same_outputs(local_all, root)
+    assert "embed: 1 actor(s) lost, 1 replaced, 1 retry of an episode" in caplog.text

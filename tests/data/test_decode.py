@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +22,8 @@ from steve1.data.video import iter_processed_frames
 from steve1.io import TEMP_PREFIX
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
+
+REPO = Path(__file__).resolve().parents[2]
 
 REAL = "trimmed_lovely-persimmon-angora-a39257c803d3-20220422-051333"
 N = 60
@@ -322,3 +326,54 @@ def test_an_unwritable_output_folder_fails_before_any_recording_is_read(tmp_path
     monkeypatch.setattr(decode, "find_sources", lambda raw: pytest.fail("recordings were read before the check"))
     with pytest.raises(NotWritableError, match=r"a-file/episodes: output folder is not writable"):
         decode_all(raw_with(tmp_path, synth), tmp_path / "a-file" / "episodes", DecodeParams(), progress=False)
+
+
+NO_PRECHECK = """
+import steve1.io
+steve1.io.free_bytes = lambda path: 1 << 40     # every process (spawned workers too) meets ENOSPC on the write
+"""
+
+
+@pytest.mark.parametrize("workers,check", [(1, "precheck"), (2, "precheck"), (1, "no-precheck"), (2, "no-precheck")])
+def test_a_full_disk_in_the_decode_stage_is_one_line_and_loses_nothing_already_written(
+        tmp_path, synth, mounted, workers, check):
+    """The stage itself (``python -m stages.decode``), 1 and 2 worker processes: a first run fits; a second
+    with 12 more recordings fills the 1.3 MB filesystem. One error line naming the path, no traceback,
+    no temp file, and the first run's episodes and manifest are untouched."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = raw_with(tmp_path, synth, ids=("synthetic-0-1", "copy-a", "copy-b"))
+    out = mounted("size=1300k") / "episodes"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"raw": str(raw), "episodes": str(out)}, "decode": {"workers": workers}}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if check == "no-precheck":
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(NO_PRECHECK)
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), str(REPO)])
+
+    def stage() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stages.decode", "--params", str(params)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    first = stage()
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == sorted(["synthetic-0-1.h5", "copy-a.h5", "copy-b.h5", MANIFEST])
+    for k in range(12):
+        for s in (".mp4", ".jsonl"):
+            shutil.copy(synth / f"synthetic-0-0{s}", raw / f"copy-{k:02d}{s}")
+    second = stage()
+    assert second.returncode == 1, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and re.fullmatch(rf"error: disk full at {out}(/[\w-]+\.h5)?( \((\d+ bytes to write, )?\d+ (bytes )?free\))?: "
+                                             r"free space on that filesystem .*", errors[0]), second.stderr[-3000:]
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.startswith(TEMP_PREFIX)]
+    assert {n: (out / n).read_bytes() for n in before} == before      # nothing already written is lost
+    for name in left:
+        if name != MANIFEST:
+            assert EpisodeReader(out / name).frames().shape[0] > 0     # what did fit is complete

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -414,14 +415,27 @@ def test_a_cut_body_without_size_or_range_support_is_refused(tmp_path, server, r
 
 
 def test_a_whole_body_without_size_or_range_support_is_accepted_with_a_warning(tmp_path, server, recording, caplog):
-    """What cannot be told apart: a jsonl cut exactly at a line boundary by such a server. Decode's
-    line/frame count check (max_frame_mismatch) is the guard left; the warning says so."""
+    """Such a server's jsonl is checked against the video instead: a line for each of its frames."""
     for kind in ("mp4", "jsonl"):
         server.faults[f"/data/10.0/{EP_A}.{kind}"] = Fault(no_length=True, ignore_range=True)
     report = _run(tmp_path, server, recording)
     assert report.n_ok == 2
     _assert_exact(tmp_path / "raw", EP_A, recording)
-    assert "a transfer cut at a line boundary cannot be ruled out" in caplog.text
+    assert "checked against its video's frame count instead" in caplog.text
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.7])
+def test_a_jsonl_cut_at_a_line_boundary_without_size_or_range_support_is_never_ok(tmp_path, server, recording, frac):
+    """The cut a jsonl alone cannot show (every line parses, the last ends with a newline): fewer lines
+    than the video has frames; before, it was ok and decode's max_frame_mismatch let it through."""
+    path = f"/data/10.0/{EP_A}.jsonl"
+    server.faults[path] = Fault(no_length=True, ignore_range=True, cut_first=100,
+                                cut_at=_line_boundary(recording["jsonl"], frac))
+    report = _run(tmp_path, server, recording)
+    assert list(report.failed) == [EP_A]
+    assert re.search(rf"{EP_A}.jsonl: \d lines for the 8 frames of the video, and the server declared no size and "
+                     r"ignores Range requests: the transfer was probably cut at a line boundary", report.failed[EP_A])
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted([f"{EP_B}.mp4", f"{EP_B}.jsonl", RAW_MANIFEST])
 
 
 def test_a_short_body_against_its_content_length_leaves_nothing_in_raw(tmp_path, server, recording):

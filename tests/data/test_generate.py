@@ -264,6 +264,20 @@ def test_stage_refuses_agent_files_the_weights_stage_does_not_manage(tmp_path, c
     assert not (tmp_path / "generated").exists()
 
 
+def test_a_malicious_agent_model_is_refused_with_one_line_naming_it(tmp_path, capsys):
+    """A .model that would run code when unpickled: the stage exits 1 with one line naming the file
+    (before, the restricted unpickler's refusal came out as a raw traceback), and nothing ran."""
+    from stages.generate import main
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.model"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    params = _params(tmp_path, agents=[{"name": "a", "model": str(evil)}, {"name": "b"}])
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {evil}: refusing to load global os.system") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not marker.exists()
+
+
 def test_minerl_missing_stops_generate_before_any_work(tmp_path, capsys, monkeypatch):
     import steve1.envs as envs
     from stages.generate import main
@@ -359,3 +373,21 @@ def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, 
     params = _on_ray(tmp_path, workers=2)              # one actor per node
     assert main(["--params", str(params)]) == 0
     _same_files(local, Layout.from_params(load_params(params)))
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_episode_has_its_generate_actor_replaced_on_the_other(ray_two_nodes, generated, tmp_path,
+                                                                              caplog):
+    """The node whose actor (an env and two agents) plays an episode is lost (all its processes killed at
+    once); a new actor on the head plays it again: the local bytes, the retry in the log."""
+    from fixtures.ray_kill import NodeLoss
+    from stages.generate import main
+
+    caplog.set_level("INFO", logger="steve1.engine")
+    _, local = generated
+    params = _on_ray(tmp_path, workers=1)
+    with NodeLoss(ray_two_nodes, "generate:", tmp_path) as loss:
+        assert main(["--params", str(params)]) == 0
+    assert len(loss.killed) == 1, "no episode was played on the worker node"
+    _same_files(local, Layout.from_params(load_params(params)))
+    assert "generate: 1 actor(s) lost, 1 replaced, 1 retry of an episode" in caplog.text

@@ -110,6 +110,8 @@ def test_basedir_forms():
         (b'{"basedir": ".", "relpaths": []}', "non-empty list"),
         (b'{"basedir": 3, "relpaths": ["a.mp4"]}', "'basedir' must be"),
         (b'{"basedir": ".", "relpaths": ["data/1.0/a.jsonl"]}', r"relpaths\[0\]"),
+        (b'{"basedir": ".", "relpaths": ["data/1.0/a.mp4", "data/1.0/.tmp-a.mp4"]}',
+         r"relpaths\[1\] = 'data/1.0/.tmp-a.mp4': an episode id may not start with '.tmp-'"),
     ],
 )
 def test_malformed_index_errors_name_the_problem(tmp_path, content, match):

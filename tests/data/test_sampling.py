@@ -325,3 +325,23 @@ def test_sample_checks_its_output_folder_before_scanning(episode_factory, tmp_pa
     with pytest.raises(NotWritableError, match=r"a-file/samplings: output folder is not writable"):
         run_sampling(SampleParams(name="s"), episode_factory.episodes_dir, episode_factory.embeds_dir,
                      tmp_path / "a-file" / "samplings" / "s.json")
+
+
+def test_non_finite_embeddings_are_refused_naming_file_and_row(episode_factory, tmp_path):
+    """NaN (or infinite) rows among the valid ones: the episode is rejected with the file and row; the
+    NaN rows before the first valid one (marked invalid) are fine."""
+    import h5py
+
+    for eid in ("good", "nan", "inf"):
+        episode_factory(eid, 60)
+    em_dir = episode_factory.embeds_dir
+    for eid, row, value in (("nan", 40, np.nan), ("inf", 17, np.inf)):
+        with h5py.File(episode_path(em_dir, eid), "r+") as f:
+            f[F.EMBEDS][row, 3] = value
+    scan = scan_episodes(episode_factory.episodes_dir, em_dir, 20, 15)
+    assert list(scan.lengths) == ["good"]
+    assert scan.invalid == {
+        "nan": f"{episode_path(em_dir, 'nan')}: embedding row 40 is not finite (NaN or infinity); the file is "
+               f"damaged: run the embed stage again",
+        "inf": f"{episode_path(em_dir, 'inf')}: embedding row 17 is not finite (NaN or infinity); the file is "
+               f"damaged: run the embed stage again"}

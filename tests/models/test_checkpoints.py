@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -67,6 +68,14 @@ def test_code_referencing_pickles_are_refused_without_running(tmp_path, make, re
     with pytest.raises(UnsafePickleError, match=rf"evil\.model.*{refused}"):
         load_model_file(bad)
     assert not marker.exists()
+
+
+def test_a_damaged_model_file_is_one_value_error_naming_it(tmp_path):
+    bad = tmp_path / "cut.model"
+    bad.write_bytes(pickle.dumps({"model": {"args": {"net": {"args": {}}}}})[:20])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: not a readable VPT .model pickle \(") as info:
+        read_policy_kwargs(bad)
+    assert "\n" not in str(info.value)
 
 
 def test_read_policy_kwargs_names_the_missing_key(tmp_path):
