@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+import math
+import posixpath
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
+                      model_validator)
 
 
 class ParamsError(ValueError):
@@ -25,21 +28,48 @@ def _accepts_bool(annotation: Any) -> bool:
     return any(_accepts_bool(a) for a in get_args(annotation) if a is not type(None))
 
 
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are validated on assignment."""
+# A name that becomes a file or folder name (a run, a sampling, a rollout, a custom set): letters,
+# digits, '_', '-' and '.', never first, so never '.', '..', a hidden file or a path separator.
+NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+NAME_RULE = "a name that becomes a file or folder: letters, digits, '_', '-', '.', not starting with '.' (no '/', '.' or '..')"
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+def _check_name(value: str) -> str:
+    if not re.match(NAME, value):
+        raise ValueError(f"expected {NAME_RULE}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _booleans_in(value: Any) -> bool:
+    """Whether a list (or nested list) holds a YAML boolean."""
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) or _booleans_in(v) for v in value)
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are validated on assignment, and a
+    float must be finite (``.nan``/``.inf`` are refused wherever a number is meant)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _no_booleans_as_numbers(cls, data: Any) -> Any:
-        """YAML's true/false are not numbers: pydantic would read ``learning_rate: true`` as 1.0."""
+        """YAML's true/false are not numbers: pydantic would read ``learning_rate: true`` as 1.0, and
+        ``spin_degrees: [true, 360]`` as [1, 360]."""
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
-                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    raise ValueError(f"key '{name}' is {str(value).lower()} (a boolean); expected "
-                                     f"{getattr(field.annotation, '__name__', field.annotation)}")
+                if field is None or _accepts_bool(field.annotation):
+                    continue
+                ann = field.annotation
+                expected = ann.__name__ if isinstance(ann, type) and not get_args(ann) else str(ann).replace("typing.", "")
+                if isinstance(value, bool):
+                    raise ValueError(f"key '{name}' is {str(value).lower()} (a boolean); expected {expected}")
+                if _booleans_in(value):
+                    raise ValueError(f"key '{name}' is {value!r}, which holds a boolean; expected {expected}")
         return data
 
 
@@ -152,7 +182,7 @@ class RayParams(Section):
     local_object_store_mb: int = Field(512, ge=80, le=1_000_000, description="object store of that local Ray (only small results travel through it)")
 
 
-SET_NAME = r"^[A-Za-z0-9_.-]+$"
+SET_NAME = NAME
 
 
 class CustomSet(Section):
@@ -170,7 +200,7 @@ class MixSet(Section):
     Budgets count training frames (T per chunk) and are met within one chunk.
     """
 
-    name: str = Field(..., pattern=SET_NAME, description="a key of custom, or 'generated' (the generate stage's episodes); its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
+    name: Name = Field(..., description="a key of custom, or 'generated' (the generate stage's episodes); its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
     train_frames: int = Field(..., ge=0, description="train frames drawn from this set")
     val_frames: int = Field(0, ge=0, description="val frames drawn from this set")
 
@@ -193,7 +223,7 @@ class SampleParams(Section):
     run fingerprints keep their bytes.
     """
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="sampling name: data/samplings/<name>.json")
+    name: Name = Field("default", description="sampling name: data/samplings/<name>.json")
     train_frames: int = Field(100_000, ge=1, description="frame budget of the train split")
     val_frames: int = Field(20_000, ge=0, description="frame budget of the val split")
     seed: int = Field(0, ge=0, description="seed of the split")
@@ -232,7 +262,7 @@ class SampleParams(Section):
 class AgentSpec(Section):
     """One VPT agent of the generate stage: an architecture and its weights."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="label recorded in the manifest")
+    name: Name = Field(..., description="label recorded in the manifest")
     model: Optional[str] = Field(None, description="VPT .model file: a file name in weights.dir (listed in weights.files) or a path; null = preset")
     preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when model is null")
     weights: Optional[str] = Field(None, description="VPT .weights file: a file name in weights.dir (listed in weights.files) or a path; null = a seeded random agent (embedded default only)")
@@ -334,7 +364,7 @@ class RolloutParams(Section):
     and every output says so.
     """
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <paths.eval>/rollouts/<name>/")
+    name: Name = Field("default", description="results go to <paths.eval>/rollouts/<name>/")
     env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper, finetune); standin: the deterministic stand-in world (embedded default)")
     checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ play, unless policy_weights is set")
     text_prompts: dict[str, str] = Field(default_factory=dict, description="name -> instruction; empty = the 11 paper prompts")
@@ -390,7 +420,7 @@ class AugmentParams(Section):
 class TrainParams(Section):
     """STEVE-1 behavioural cloning (the learning rate is the top-level ``learning_rate``)."""
 
-    run: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="outputs go to <paths.models>/<run>/")
+    run: Name = Field("default", description="outputs go to <paths.models>/<run>/")
     preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when in_model is null")
     in_model: Optional[str] = Field(None, description="official VPT .model file giving the architecture (e.g. 2x.model)")
     in_weights: Optional[str] = Field(None, description="VPT .weights (goal layer initialised) or steve1.weights to fine-tune; null = from scratch")
@@ -424,7 +454,7 @@ class TrainParams(Section):
     mineclip_embed_dim: int = Field(512, ge=1, le=65536, description="goal embedding width of the goal fusion layer; must equal the embeds files' embed_dim (512 = MineCLIP)")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="colour augmentation of the training frames")
     tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/dvclive/tensorboard/ (needs the tensorboard package)")
-    best_on: str = Field(BEST_ON_ALL, pattern=SET_NAME, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
+    best_on: Name = Field(BEST_ON_ALL, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainParams":
@@ -507,12 +537,27 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _paths_apart(self) -> "Params":
+        """Each stage owns its folder: two ``paths.*`` (or ``weights.dir``) that are the same folder or
+        one inside the other would let one stage's outputs overwrite or stale another's."""
+        named = {f"paths.{k}": v for k, v in self.paths.model_dump().items()}
+        named["weights.dir"] = self.weights.dir
+        parts = {k: tuple(p for p in posixpath.normpath(v.replace("\\", "/")).split("/") if p not in ("", "."))
+                 for k, v in named.items()}
+        clashes = [f"{a} ({named[a]!r}) and {b} ({named[b]!r})" for i, a in enumerate(parts)
+                   for b in list(parts)[i + 1:] if parts[a][:len(parts[b])] == parts[b] or parts[b][:len(parts[a])] == parts[a]]
+        if clashes:
+            raise ValueError("paths must be distinct folders, none inside another (each is one stage's output): "
+                             + "; ".join(clashes) + " overlap")
+        return self
+
+    @model_validator(mode="after")
     def _mix_names_are_custom_sets(self) -> "Params":
         from steve1.layout import GENERATED_SET   # a name, no library code
 
         bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name) or name == GENERATED_SET]
         if bad:
-            raise ValueError(f"custom set names may use letters, digits, '_', '.', '-' only, and not "
+            raise ValueError(f"custom set names must be {NAME_RULE}, and not "
                              f"'{GENERATED_SET}' (the generate stage's set): {', '.join(bad)}")
         unknown = [m.name for m in self.sample.mix if m.name not in self.custom and m.name != GENERATED_SET]
         if unknown:
@@ -556,7 +601,7 @@ def _describe(err: dict[str, Any]) -> str:
     if isinstance(err.get("input"), dict):  # a rule over a section's keys: its message names them
         where = f"section '{key}'" if err["loc"] else "params"
         return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    return describe_invalid(key, err.get("input"), err["msg"])
+    return describe_invalid(key, err.get("input"), err["msg"].removeprefix("Value error, "))
 
 
 def validate_params(raw: Any, origin: str = "params.yaml") -> Params:

@@ -234,9 +234,9 @@ def test_rollouts_from_params_use_prior_goals_and_paper_scales(tmp_path):
 
     torch.manual_seed(0)
     prior = PriorCVAE().eval()
-    save_prior(prior, tmp_path / "prior.pt")
+    save_prior(prior, tmp_path / "models" / "prior.pt")
     np.save(tmp_path / "v.npy", np.ones(512, dtype=np.float32))
-    params = validate_params({"paths": {"eval": str(tmp_path / "eval"), "models": str(tmp_path)},
+    params = validate_params({"paths": {"eval": str(tmp_path / "eval"), "models": str(tmp_path / "models")},
                               "rollout": {"text_prompts": {"sky": "look at the sky"},
                                           "visual_prompts": {"v": str(tmp_path / "v.npy")},
                                           "n_episodes": 1, "steps": 2, "video": False, "prior_seed": 5}})
