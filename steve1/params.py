@@ -131,11 +131,11 @@ class DecodeParams(Section):
     codec_level: int = Field(1, ge=0, le=9, description="compression level for gzip/blosc codecs")
     frame_quality: int = Field(85, ge=1, le=100, description="JPEG quality of the jpeg codec (4:2:0); lossless codecs ignore it")
     chunk_frames: int = Field(64, ge=1, le=4096, description="frames per HDF5 chunk")
-    workers: int = Field(1, ge=1, le=256, description="episodes decoded in parallel processes")
+    workers: int = Field(1, ge=1, le=256, json_schema_extra={"speed_only": True}, description="episodes decoded in parallel processes (speed only: the same bytes, reruns nothing)")
     min_kept_steps: int = Field(1, ge=1, description="episodes with fewer kept steps are skipped with a reason")
     max_frame_mismatch: int = Field(64, ge=0, description="skip an episode whose video frame count and jsonl line count differ by more")
     cursor_png: Optional[str] = Field(None, description="official mouse_cursor_white_16x16.png for bit-exact GUI frames; null draws our own arrow")
-    video_threads: int = Field(1, ge=0, le=64, description="FFmpeg threads per video (0 = FFmpeg's choice); scale with workers instead")
+    video_threads: int = Field(1, ge=0, le=64, json_schema_extra={"speed_only": True}, description="FFmpeg threads per video (0 = FFmpeg's choice); scale with workers instead (speed only: the same bytes, reruns nothing)")
 
 
 class EmbedParams(Section):
@@ -438,7 +438,7 @@ class TrainParams(Section):
     p_uncond: float = Field(0.1, ge=0.0, le=1.0, description="share of chunks with a zero goal (classifier-free guidance)")
     gap_dist: Literal["uniform", "geometric"] = Field("uniform", description="distribution of the hindsight goal gaps")
     official_goal_lag: bool = Field(False, description="reproduce STEVE-1's one-step-late goal switch")
-    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes per training process")
+    num_workers: int = Field(0, ge=0, le=256, json_schema_extra={"speed_only": True}, description="DataLoader worker processes per training process (speed only: the same batches, reruns nothing)")
     val_freq: int = Field(50, ge=1, description="validate every this many optimizer steps (after val_freq_switch_steps)")
     val_freq_begin: int = Field(10, ge=1, description="validation frequency before val_freq_switch_steps")
     val_freq_switch_steps: int = Field(100, ge=0, description="step at which val_freq replaces val_freq_begin")

@@ -192,6 +192,18 @@ def test_workers_give_the_same_bytes(tmp_path, synth):
     decode_all(raw, tmp_path / "two", DecodeParams(workers=2), progress=False)
     for eid in ("synthetic-0-0", "synthetic-0-1"):
         assert episode_path(tmp_path / "one", eid).read_bytes() == episode_path(tmp_path / "two", eid).read_bytes()
+    assert (tmp_path / "one" / "manifest.json").read_bytes() == (tmp_path / "two" / "manifest.json").read_bytes()
+
+
+def test_video_threads_give_the_same_bytes(tmp_path, synth):
+    """decode.video_threads is marked speed-only in the schema (no stage's DVC param): this is why."""
+    raw = raw_with(tmp_path, synth)
+    for threads in (1, 0, 3):
+        decode_all(raw, tmp_path / f"t{threads}", DecodeParams(video_threads=threads), progress=False)
+    for eid in ("synthetic-0-0", "synthetic-0-1"):
+        ref = episode_path(tmp_path / "t1", eid).read_bytes()
+        assert episode_path(tmp_path / "t0", eid).read_bytes() == ref == episode_path(tmp_path / "t3", eid).read_bytes()
+    assert (tmp_path / "t0" / "manifest.json").read_bytes() == (tmp_path / "t3" / "manifest.json").read_bytes()
 
 
 def test_min_kept_steps(synth):
