@@ -148,6 +148,18 @@ def declared_values(params: Params, stage: str, exclude: frozenset[str] = frozen
     return out
 
 
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": v}`` as ``{"a": {"b": v}}``: how recorded configs hold the declared values."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, name = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return out
+
+
 def _values(obj: Any, parts: Sequence[str]) -> Iterator[Any]:
     """Every value at ``parts`` below ``obj``, stepping into lists and dicts."""
     if isinstance(obj, (list, tuple)):

@@ -251,6 +251,7 @@ def test_rollouts_from_params_use_prior_goals_and_paper_scales(tmp_path):
     assert np.array_equal(agent.calls[2][0], np.ones(512)) and agent.calls[2][1] == 7.0
     assert (tmp_path / "eval" / "rollouts" / "default" / RESULTS_FILE).is_file()
     assert res["config"]["extra"]["params"]["prior_seed"] == 5
+    assert res["config"]["extra"]["embed"] == {"weights": None, "preset": "tiny", "seed": 0}   # the declared keys only
 
 
 # ---------------------------------------------------------------- metrics, plots, banner, visual prompt sets

@@ -89,8 +89,11 @@ def test_fingerprint_tracks_what_changes_the_weights_only():
     base = validate_params({})
     assert config_fingerprint(base) == config_fingerprint(validate_params({"train": {"val_freq": 7, "run": "x"}}))
     for changed in ({"learning_rate": 1e-5}, {"train": {"seed": 1}}, {"train": {"trunc_t": 32}},
-                    {"sample": {"max_btwn_goals": 100}}):
+                    {"sample": {"name": "other"}}):
         assert config_fingerprint(validate_params(changed)) != config_fingerprint(base), changed
+    # sample.max_btwn_goals is not read by training: it changes the sampling JSON, whose digest the
+    # fingerprint's inputs hold (tests/train/test_resume_inputs.py)
+    assert config_fingerprint(base, "sampling-1") != config_fingerprint(base, "sampling-2")
 
 
 def test_a_run_cannot_start_from_its_own_outputs():
