@@ -55,7 +55,7 @@ STAGES: dict[str, Shapes] = {
     "sample": Shapes(("sample", "paths.episodes", "paths.embeds", "paths.samplings", "paths.custom"),
                      files=("sample.val_from",)),
     "report": Shapes(("report", "sample.name", "paths.reports"), files=("report.reference_sampling",)),
-    "prior": Shapes(("prior", "embed.weights", "embed.preset", "embed.seed", "paths.embeds", "paths.models"),
+    "prior": Shapes(("prior", "embed.weights", "embed.preset", "embed.seed", "embed.device", "paths.embeds", "paths.models"),
                     files=("prior.data", "prior.annotations_file", "prior.baseline", "embed.weights")),
     "train": Shapes(("learning_rate", "train", "sample.name", "sample.T", "paths.models"),
                     files=("train.in_weights", "train.in_model", "train.deepspeed")),
@@ -132,7 +132,7 @@ def _lookup(params: Any, key: str) -> tuple[bool, Any]:
     obj = params
     for part in parents:
         obj = getattr(obj, part)
-    dumped = obj.model_dump(mode="json")
+    dumped = obj.model_dump(mode="json", include={name})
     return (name in dumped, dumped.get(name))
 
 

@@ -502,7 +502,7 @@ def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None,
     else:
         from steve1.models.build import build_policy_for_params
 
-        policy = build_policy_for_params(train).set_gradient_checkpointing(False)
+        policy = build_policy_for_params(train, gradient_checkpointing=False)
     load_policy_weights(policy, sd, allow_vpt=False)
     return policy
 
