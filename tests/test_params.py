@@ -175,3 +175,4 @@ def test_nan_from_yaml_is_refused(tmp_path, repo_root):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"train\.max_grad_norm.*inf.*finite"):
         load_params(tmp_path / "params.yaml")
+
