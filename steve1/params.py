@@ -432,7 +432,6 @@ class TrainParams(Section):
     batch_size: int = Field(1, ge=1, le=65536, description="chunks per process per batch")
     grad_accum: int = Field(1, ge=1, le=4096, description="trunc_t micro-steps per optimizer step")
     trunc_t: int = Field(64, ge=1, description="truncated-BPTT length: each [B,T] batch runs in T/trunc_t chunks")
-    T: Optional[int] = Field(None, ge=1, description="chunk length; null = sample.T (must equal it when set)")
     weight_decay: float = Field(0.039428, ge=0.0, le=10.0, description="AdamW decay of the decayed group (STEVE-1 0.039428)")
     max_grad_norm: float = Field(5.0, gt=0.0, description="gradient clipping max norm")
     p_uncond: float = Field(0.1, ge=0.0, le=1.0, description="share of chunks with a zero goal (classifier-free guidance)")
@@ -455,6 +454,14 @@ class TrainParams(Section):
     augment: AugmentParams = Field(default_factory=AugmentParams, description="colour augmentation of the training frames")
     tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/dvclive/tensorboard/ (needs the tensorboard package)")
     best_on: Name = Field(BEST_ON_ALL, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_T(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "T" in data:
+            raise ValueError(f"train.T ({data['T']!r}) was removed: training reads sample.T, the chunk length the "
+                             f"sample stage cuts; delete train.T from params.yaml (and set sample.T)")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainParams":
@@ -526,11 +533,8 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="after")
-    def _train_T_matches_sample(self) -> "Params":
-        """The one place train.T meets sample.T: chunks are cut by the sample stage."""
-        if self.train.T is not None and self.train.T != self.sample.T:
-            raise ValueError(f"train.T ({self.train.T}) must equal sample.T ({self.sample.T}): the sample stage cuts "
-                             f"chunks of sample.T frames; set train.T: null or re-run sample with sample.T={self.train.T}")
+    def _trunc_t_divides_T(self) -> "Params":
+        """Chunks are cut by the sample stage (sample.T); training runs them in trunc_t calls."""
         T = self.train_T
         if T % self.train.trunc_t:
             raise ValueError(f"train.trunc_t ({self.train.trunc_t}) must divide the chunk length T={T} (sample.T)")
@@ -585,8 +589,8 @@ class Params(Section):
 
     @property
     def train_T(self) -> int:
-        """Chunk length used by training: sample.T (train.T may only repeat it)."""
-        return self.train.T if self.train.T is not None else self.sample.T
+        """Chunk length used by training: sample.T, the length the sample stage cuts."""
+        return self.sample.T
 
 
 def describe_invalid(key: str, value: Any, why: str) -> str:

@@ -71,16 +71,16 @@ def test_mismatched_or_missing_weights_name_the_file_and_keys(tmp_path):
 
 
 def test_params_cross_checks():
-    with pytest.raises(ParamsError, match=r"train.T \(100\) must equal sample.T \(640\)"):
-        validate_params({"train": {"T": 100}})
+    with pytest.raises(ParamsError, match=r"section 'train': train.T \(640\) was removed: training reads sample.T"):
+        validate_params({"train": {"T": 640}})
     with pytest.raises(ParamsError, match=r"trunc_t \(48\) must divide the chunk length T=640"):
         validate_params({"train": {"trunc_t": 48}})
     with pytest.raises(ParamsError, match="warmup_frames"):
         validate_params({"train": {"n_frames": 100, "warmup_frames": 500}})
     with pytest.raises(ParamsError, match="deepspeed"):
         validate_params({"train": {"deepspeed": "zero4"}})
-    p = validate_params({"learning_rate": 1e-5, "train": {"T": 640}})
-    assert p.learning_rate == 1e-5 and p.train_T == 640
+    p = validate_params({"learning_rate": 1e-5, "sample": {"T": 320}})
+    assert p.learning_rate == 1e-5 and p.train_T == 320
 
 
 def test_fingerprint_tracks_what_changes_the_weights_only():
