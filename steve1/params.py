@@ -493,7 +493,7 @@ class EvaluateParams(Section):
     """Offline evaluation on the val chunks: action NLL/accuracy, goal sensitivity, cond_scale sweep."""
 
     checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ to score")
-    weights: Optional[str] = Field(None, description="score this weights file instead (outside DVC's tracked deps)")
+    weights: Optional[str] = Field(None, description="score this weights file instead (a dep of evaluate in the generated dvc.yaml)")
     baseline_weights: Optional[str] = Field(None, description="also score these weights (VPT, official STEVE-1 or an earlier run) and write baseline.* and delta.*; null = none")
     every_nth: int = Field(1, ge=1, description="score every n-th val chunk")
     max_chunks: Optional[int] = Field(None, ge=1, description="score at most this many chunks; null = all")
