@@ -30,9 +30,11 @@ class Shapes:
     files: tuple[str, ...] = ()     # params keys whose value names a file or folder read (a list/dict: each value)
 
 
-# Keys of the train section that change no trained weight: outside the resume fingerprint (they stay
-# DVC params where they change an output: val_freq chooses best.weights' candidates, log_every_steps the curves).
-NOT_FINGERPRINTED = frozenset({"train.run", "train.log_every_steps", "train.val_freq", "train.val_freq_begin",
+# Keys the train stage declares that change no trained weight: outside the resume fingerprint (they stay
+# DVC params where they change an output: val_freq chooses best.weights' candidates, log_every_steps the
+# curves). Where the run and its sampling live is no part of what is trained: the fingerprint holds the
+# sampling's content instead, so a moved workspace (absolute paths) still resumes.
+NOT_FINGERPRINTED = frozenset({"paths.models", "sample.name", "train.run", "train.log_every_steps", "train.val_freq", "train.val_freq_begin",
                                "train.val_freq_switch_steps", "train.val_every_nth", "train.checkpoint_every_steps",
                                "train.snapshot_every_frames", "train.grad_norm_range", "train.tensorboard"})
 

@@ -88,8 +88,10 @@ def test_fingerprint_tracks_what_changes_the_weights_only():
 
     base = validate_params({})
     assert config_fingerprint(base) == config_fingerprint(validate_params({"train": {"val_freq": 7, "run": "x"}}))
+    moved = {"paths": {"models": "/elsewhere/models"}, "sample": {"name": "same-content"}}
+    assert config_fingerprint(base) == config_fingerprint(validate_params(moved))   # where, not what
     for changed in ({"learning_rate": 1e-5}, {"train": {"seed": 1}}, {"train": {"trunc_t": 32}},
-                    {"sample": {"name": "other"}}):
+                    {"train": {"gap_dist": "geometric"}}):
         assert config_fingerprint(validate_params(changed)) != config_fingerprint(base), changed
     # sample.max_btwn_goals is not read by training: it changes the sampling JSON, whose digest the
     # fingerprint's inputs hold (tests/train/test_resume_inputs.py)
