@@ -46,7 +46,7 @@ class Entry:
     relpath: str            # as written in the index
     mp4_url: str            # absolute http(s):// or file:// URL (may hold credentials: fetch with it, never record it)
     jsonl_url: str
-    source: str = ""        # what the manifest records of mp4_url: recorded_url(mp4_url)
+    source: str             # what the manifest records of mp4_url: recorded_url(mp4_url)
 
 
 @dataclass(frozen=True)
