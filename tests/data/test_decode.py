@@ -334,3 +334,15 @@ def test_an_unwritable_output_folder_fails_before_any_recording_is_read(tmp_path
     monkeypatch.setattr(decode, "find_sources", lambda raw: pytest.fail("recordings were read before the check"))
     with pytest.raises(NotWritableError, match=r"a-file/episodes: output folder is not writable"):
         decode_all(raw_with(tmp_path, synth), tmp_path / "a-file" / "episodes", DecodeParams(), progress=False)
+
+
+def test_conversion_record_covers_every_declared_decode_key():
+    """An episode records what shaped it (and is redone when that changes): every decode key the stage
+    declares (steve1.shapes) is in the record, but the two that only choose which recordings are kept."""
+    from steve1.data.decode import conversion_settings
+    from steve1.shapes import param_keys
+
+    recorded = set(conversion_settings(DecodeParams())) | {"cursor_png"}   # recorded as "cursor" (its digest)
+    keep_rules = {"min_kept_steps", "max_frame_mismatch"}                  # skip with a reason, bytes untouched
+    declared = {k.split(".", 1)[1] for k in param_keys("decode") if k.startswith("decode.")}
+    assert declared - keep_rules <= recorded, declared - keep_rules - recorded

@@ -380,3 +380,13 @@ def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, 
     params = _on_ray(tmp_path, workers=2)              # one actor per node
     assert main(["--params", str(params)]) == 0
     _same_files(local, Layout.from_params(load_params(params)))
+
+
+def test_generation_record_covers_every_declared_decode_key():
+    from steve1.data.generate import _settings
+    from steve1.params import DecodeParams, GenerateParams
+    from steve1.shapes import param_keys
+
+    settings = _settings(GenerateParams(), [], DecodeParams())
+    declared = {k.split(".", 1)[1] for k in param_keys("generate") if k.startswith("decode.")}
+    assert declared <= set(settings), declared - set(settings)
