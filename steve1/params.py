@@ -106,7 +106,7 @@ class DownloadParams(Section):
     n_episodes: Optional[int] = Field(None, ge=1, description="how many episodes for 'first'/'sample'; null = all")
     episodes: list[str] = Field(default_factory=list, description="episode ids for select: list")
     seed: int = Field(0, ge=0, description="seed for select: sample")
-    concurrency: int = Field(4, ge=1, le=64, description="files fetched at once")
+    concurrency: int = Field(4, ge=1, le=64, json_schema_extra={"speed_only": True}, description="files fetched at once (speed only: the same bytes, reruns nothing)")
     retries: int = Field(5, ge=0, le=100, description="retries per file on connection errors, 5xx and short bodies")
     backoff_s: float = Field(0.5, ge=0.0, le=600.0, description="first retry delay; doubles each retry")
     timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="socket timeout per request")

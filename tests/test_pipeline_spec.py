@@ -155,7 +155,8 @@ def test_params_are_keys_and_speed_only_keys_stale_nothing():
 
     doc = _doc(Params())
     listed = {s: (e.get("do", e))["params"] for s, e in doc.items()}
-    assert set(speed_only_keys()) == {"decode.workers", "decode.video_threads", "train.num_workers"}
+    assert set(speed_only_keys()) == {"decode.workers", "decode.video_threads", "train.num_workers",
+                                      "download.concurrency"}
     for name, keys in listed.items():
         assert not set(keys) & set(speed_only_keys()), name
         assert all("." in k or k == "learning_rate" for k in keys), (name, keys)   # keys, not whole sections

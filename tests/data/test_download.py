@@ -529,3 +529,14 @@ def test_credentials_in_basedir_reach_no_output_or_log(tmp_path, server, recordi
     assert json.loads(manifest)["episodes"][EP_A]["url"] == f"{server.base}data/10.0/{EP_A}.mp4"
     assert json.loads(manifest)["index"]["basedir"] == server.base
     assert "s3cret" not in caplog.text and "s3cret" not in report.summary() + report.failure_message()
+
+
+def test_concurrency_gives_the_same_bytes(tmp_path, server, recording):
+    """download.concurrency is marked speed-only in the schema (no stage's DVC param): this is why."""
+    index = _write_index(tmp_path, server.base, _serve(server, recording))
+    for n in (1, 4):
+        run_download(tmp_path / f"raw{n}", index, policy=FAST, progress=False, concurrency=n)
+    one, four = tmp_path / "raw1", tmp_path / "raw4"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in four.iterdir())
+    for p in one.iterdir():
+        assert p.read_bytes() == (four / p.name).read_bytes(), p.name
