@@ -282,7 +282,7 @@ def fit_t(
         dirs = {"main": (layout.episodes, layout.embeds), **layout.mix_dirs(m.name for m in p.sample.mix)}
         sets = scan_sets(p, dirs)
         fit = fit_T(sets, p.sample.T, p.train.trunc_t, p.sample.min_btwn_goals)
-        overlay = {"sample": {"T": fit.T}, **({"train": {"T": fit.T}} if p.train.T is not None else {})}
+        overlay = {"sample": {"T": fit.T}}
         changed = merge_into_params(overlay, params, f"sample.T: {fit.T} (fit-t)", dry_run=dry_run)
     except (ParamsError, FitError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+import math
+import posixpath
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
+                      model_validator)
 
 
 class ParamsError(ValueError):
@@ -25,21 +28,48 @@ def _accepts_bool(annotation: Any) -> bool:
     return any(_accepts_bool(a) for a in get_args(annotation) if a is not type(None))
 
 
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are validated on assignment."""
+# A name that becomes a file or folder name (a run, a sampling, a rollout, a custom set): letters,
+# digits, '_', '-' and '.', never first, so never '.', '..', a hidden file or a path separator.
+NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+NAME_RULE = "a name that becomes a file or folder: letters, digits, '_', '-', '.', not starting with '.' (no '/', '.' or '..')"
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+def _check_name(value: str) -> str:
+    if not re.match(NAME, value):
+        raise ValueError(f"expected {NAME_RULE}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _booleans_in(value: Any) -> bool:
+    """Whether a list (or nested list) holds a YAML boolean."""
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) or _booleans_in(v) for v in value)
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are validated on assignment, and a
+    float must be finite (``.nan``/``.inf`` are refused wherever a number is meant)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _no_booleans_as_numbers(cls, data: Any) -> Any:
-        """YAML's true/false are not numbers: pydantic would read ``learning_rate: true`` as 1.0."""
+        """YAML's true/false are not numbers: pydantic would read ``learning_rate: true`` as 1.0, and
+        ``spin_degrees: [true, 360]`` as [1, 360]."""
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
-                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    raise ValueError(f"key '{name}' is {str(value).lower()} (a boolean); expected "
-                                     f"{getattr(field.annotation, '__name__', field.annotation)}")
+                if field is None or _accepts_bool(field.annotation):
+                    continue
+                ann = field.annotation
+                expected = ann.__name__ if isinstance(ann, type) and not get_args(ann) else str(ann).replace("typing.", "")
+                if isinstance(value, bool):
+                    raise ValueError(f"key '{name}' is {str(value).lower()} (a boolean); expected {expected}")
+                if _booleans_in(value):
+                    raise ValueError(f"key '{name}' is {value!r}, which holds a boolean; expected {expected}")
         return data
 
 
@@ -76,7 +106,7 @@ class DownloadParams(Section):
     n_episodes: Optional[int] = Field(None, ge=1, description="how many episodes for 'first'/'sample'; null = all")
     episodes: list[str] = Field(default_factory=list, description="episode ids for select: list")
     seed: int = Field(0, ge=0, description="seed for select: sample")
-    concurrency: int = Field(4, ge=1, le=64, description="files fetched at once")
+    concurrency: int = Field(4, ge=1, le=64, json_schema_extra={"speed_only": True}, description="files fetched at once (speed only: the same bytes, reruns nothing)")
     retries: int = Field(5, ge=0, le=100, description="retries per file on connection errors, 5xx and short bodies")
     backoff_s: float = Field(0.5, ge=0.0, le=600.0, description="first retry delay; doubles each retry")
     timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="socket timeout per request")
@@ -101,11 +131,11 @@ class DecodeParams(Section):
     codec_level: int = Field(1, ge=0, le=9, description="compression level for gzip/blosc codecs")
     frame_quality: int = Field(85, ge=1, le=100, description="JPEG quality of the jpeg codec (4:2:0); lossless codecs ignore it")
     chunk_frames: int = Field(64, ge=1, le=4096, description="frames per HDF5 chunk")
-    workers: int = Field(1, ge=1, le=256, description="episodes decoded in parallel processes")
+    workers: int = Field(1, ge=1, le=256, json_schema_extra={"speed_only": True}, description="episodes decoded in parallel processes (speed only: the same bytes, reruns nothing)")
     min_kept_steps: int = Field(1, ge=1, description="episodes with fewer kept steps are skipped with a reason")
     max_frame_mismatch: int = Field(64, ge=0, description="skip an episode whose video frame count and jsonl line count differ by more")
     cursor_png: Optional[str] = Field(None, description="official mouse_cursor_white_16x16.png for bit-exact GUI frames; null draws our own arrow")
-    video_threads: int = Field(1, ge=0, le=64, description="FFmpeg threads per video (0 = FFmpeg's choice); scale with workers instead")
+    video_threads: int = Field(1, ge=0, le=64, json_schema_extra={"speed_only": True}, description="FFmpeg threads per video (0 = FFmpeg's choice); scale with workers instead (speed only: the same bytes, reruns nothing)")
 
 
 class EmbedParams(Section):
@@ -152,7 +182,7 @@ class RayParams(Section):
     local_object_store_mb: int = Field(512, ge=80, le=1_000_000, description="object store of that local Ray (only small results travel through it)")
 
 
-SET_NAME = r"^[A-Za-z0-9_.-]+$"
+SET_NAME = NAME
 
 
 class CustomSet(Section):
@@ -191,7 +221,7 @@ class MixSet(Section):
     Budgets count training frames (T per chunk) and are met within one chunk.
     """
 
-    name: str = Field(..., pattern=SET_NAME, description="a key of custom, or 'generated' (the generate stage's episodes); its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
+    name: Name = Field(..., description="a key of custom, or 'generated' (the generate stage's episodes); its episodes are keyed '<name>/<episode_id>' in the sampling JSON")
     train_frames: int = Field(..., ge=0, description="train frames drawn from this set")
     val_frames: int = Field(0, ge=0, description="val frames drawn from this set")
 
@@ -214,7 +244,7 @@ class SampleParams(Section):
     run fingerprints keep their bytes.
     """
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="sampling name: data/samplings/<name>.json")
+    name: Name = Field("default", description="sampling name: data/samplings/<name>.json")
     train_frames: int = Field(100_000, ge=1, description="frame budget of the train split")
     val_frames: int = Field(20_000, ge=0, description="frame budget of the val split")
     seed: int = Field(0, ge=0, description="seed of the split")
@@ -253,7 +283,7 @@ class SampleParams(Section):
 class AgentSpec(Section):
     """One VPT agent of the generate stage: an architecture and its weights."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="label recorded in the manifest")
+    name: Name = Field(..., description="label recorded in the manifest")
     model: Optional[str] = Field(None, description="VPT .model file: a file name in weights.dir (listed in weights.files) or a path; null = preset")
     preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when model is null")
     weights: Optional[str] = Field(None, description="VPT .weights file: a file name in weights.dir (listed in weights.files) or a path; null = a seeded random agent (embedded default only)")
@@ -355,7 +385,7 @@ class RolloutParams(Section):
     and every output says so.
     """
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <paths.eval>/rollouts/<name>/")
+    name: Name = Field("default", description="results go to <paths.eval>/rollouts/<name>/")
     env: Literal["standin", "minerl"] = Field("standin", description="minerl: MineRL HumanSurvival (paper, finetune); standin: the deterministic stand-in world (embedded default)")
     checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ play, unless policy_weights is set")
     text_prompts: dict[str, str] = Field(default_factory=dict, description="name -> instruction; empty = the 11 paper prompts")
@@ -411,7 +441,7 @@ class AugmentParams(Section):
 class TrainParams(Section):
     """STEVE-1 behavioural cloning (the learning rate is the top-level ``learning_rate``)."""
 
-    run: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="outputs go to <paths.models>/<run>/")
+    run: Name = Field("default", description="outputs go to <paths.models>/<run>/")
     preset: Literal["tiny", "1x", "2x", "3x"] = Field("tiny", description="architecture when in_model is null")
     in_model: Optional[str] = Field(None, description="official VPT .model file giving the architecture (e.g. 2x.model)")
     in_weights: Optional[str] = Field(None, description="VPT .weights (goal layer initialised) or steve1.weights to fine-tune; null = from scratch")
@@ -423,13 +453,12 @@ class TrainParams(Section):
     batch_size: int = Field(1, ge=1, le=65536, description="chunks per process per batch")
     grad_accum: int = Field(1, ge=1, le=4096, description="trunc_t micro-steps per optimizer step")
     trunc_t: int = Field(64, ge=1, description="truncated-BPTT length: each [B,T] batch runs in T/trunc_t chunks")
-    T: Optional[int] = Field(None, ge=1, description="chunk length; null = sample.T (must equal it when set)")
     weight_decay: float = Field(0.039428, ge=0.0, le=10.0, description="AdamW decay of the decayed group (STEVE-1 0.039428)")
     max_grad_norm: float = Field(5.0, gt=0.0, description="gradient clipping max norm")
     p_uncond: float = Field(0.1, ge=0.0, le=1.0, description="share of chunks with a zero goal (classifier-free guidance)")
     gap_dist: Literal["uniform", "geometric"] = Field("uniform", description="distribution of the hindsight goal gaps")
     official_goal_lag: bool = Field(False, description="reproduce STEVE-1's one-step-late goal switch")
-    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes per training process")
+    num_workers: int = Field(0, ge=0, le=256, json_schema_extra={"speed_only": True}, description="DataLoader worker processes per training process (speed only: the same batches, reruns nothing)")
     val_freq: int = Field(50, ge=1, description="validate every this many optimizer steps (after val_freq_switch_steps)")
     val_freq_begin: int = Field(10, ge=1, description="validation frequency before val_freq_switch_steps")
     val_freq_switch_steps: int = Field(100, ge=0, description="step at which val_freq replaces val_freq_begin")
@@ -445,7 +474,15 @@ class TrainParams(Section):
     mineclip_embed_dim: int = Field(512, ge=1, le=65536, description="goal embedding width of the goal fusion layer; must equal the embeds files' embed_dim (512 = MineCLIP)")
     augment: AugmentParams = Field(default_factory=AugmentParams, description="colour augmentation of the training frames")
     tensorboard: bool = Field(False, description="also write the logged scalars to <paths.models>/<run>/dvclive/tensorboard/ (needs the tensorboard package)")
-    best_on: str = Field(BEST_ON_ALL, pattern=SET_NAME, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
+    best_on: Name = Field(BEST_ON_ALL, description="best.weights by the val loss of all val chunks, or of one sampling set's (main or a sample.mix name, with val_frames > 0): forgetting vs gain; changing it restarts the run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_T(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "T" in data:
+            raise ValueError(f"train.T ({data['T']!r}) was removed: training reads sample.T, the chunk length the "
+                             f"sample stage cuts; delete train.T from params.yaml (and set sample.T)")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainParams":
@@ -477,7 +514,7 @@ class EvaluateParams(Section):
     """Offline evaluation on the val chunks: action NLL/accuracy, goal sensitivity, cond_scale sweep."""
 
     checkpoint: Literal["best", "latest"] = Field("best", description="which weights of <paths.models>/<train.run>/ to score")
-    weights: Optional[str] = Field(None, description="score this weights file instead (outside DVC's tracked deps)")
+    weights: Optional[str] = Field(None, description="score this weights file instead (a dep of evaluate in the generated dvc.yaml)")
     baseline_weights: Optional[str] = Field(None, description="also score these weights (VPT, official STEVE-1 or an earlier run) and write baseline.* and delta.*; null = none")
     every_nth: int = Field(1, ge=1, description="score every n-th val chunk")
     max_chunks: Optional[int] = Field(None, ge=1, description="score at most this many chunks; null = all")
@@ -517,14 +554,26 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="after")
-    def _train_T_matches_sample(self) -> "Params":
-        """The one place train.T meets sample.T: chunks are cut by the sample stage."""
-        if self.train.T is not None and self.train.T != self.sample.T:
-            raise ValueError(f"train.T ({self.train.T}) must equal sample.T ({self.sample.T}): the sample stage cuts "
-                             f"chunks of sample.T frames; set train.T: null or re-run sample with sample.T={self.train.T}")
+    def _trunc_t_divides_T(self) -> "Params":
+        """Chunks are cut by the sample stage (sample.T); training runs them in trunc_t calls."""
         T = self.train_T
         if T % self.train.trunc_t:
             raise ValueError(f"train.trunc_t ({self.train.trunc_t}) must divide the chunk length T={T} (sample.T)")
+        return self
+
+    @model_validator(mode="after")
+    def _paths_apart(self) -> "Params":
+        """Each stage owns its folder: two ``paths.*`` (or ``weights.dir``) that are the same folder or
+        one inside the other would let one stage's outputs overwrite or stale another's."""
+        named = {f"paths.{k}": v for k, v in self.paths.model_dump().items()}
+        named["weights.dir"] = self.weights.dir
+        parts = {k: tuple(p for p in posixpath.normpath(v.replace("\\", "/")).split("/") if p not in ("", "."))
+                 for k, v in named.items()}
+        clashes = [f"{a} ({named[a]!r}) and {b} ({named[b]!r})" for i, a in enumerate(parts)
+                   for b in list(parts)[i + 1:] if parts[a][:len(parts[b])] == parts[b] or parts[b][:len(parts[a])] == parts[a]]
+        if clashes:
+            raise ValueError("paths must be distinct folders, none inside another (each is one stage's output): "
+                             + "; ".join(clashes) + " overlap")
         return self
 
     @model_validator(mode="after")
@@ -533,7 +582,7 @@ class Params(Section):
 
         bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name) or name == GENERATED_SET]
         if bad:
-            raise ValueError(f"custom set names may use letters, digits, '_', '.', '-' only, and not "
+            raise ValueError(f"custom set names must be {NAME_RULE}, and not "
                              f"'{GENERATED_SET}' (the generate stage's set): {', '.join(bad)}")
         unknown = [m.name for m in self.sample.mix if m.name not in self.custom and m.name != GENERATED_SET]
         if unknown:
@@ -561,8 +610,8 @@ class Params(Section):
 
     @property
     def train_T(self) -> int:
-        """Chunk length used by training: sample.T (train.T may only repeat it)."""
-        return self.train.T if self.train.T is not None else self.sample.T
+        """Chunk length used by training: sample.T, the length the sample stage cuts."""
+        return self.sample.T
 
 
 def describe_invalid(key: str, value: Any, why: str) -> str:
@@ -577,7 +626,7 @@ def _describe(err: dict[str, Any]) -> str:
     if isinstance(err.get("input"), dict):  # a rule over a section's keys: its message names them
         where = f"section '{key}'" if err["loc"] else "params"
         return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    return describe_invalid(key, err.get("input"), err["msg"])
+    return describe_invalid(key, err.get("input"), err["msg"].removeprefix("Value error, "))
 
 
 def validate_params(raw: Any, origin: str = "params.yaml") -> Params:

@@ -22,25 +22,43 @@ def _value(field: Any) -> Any:
     return field.default_factory() if field.default_factory is not None else field.default
 
 
-def _rows(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[str]:
+def _rows(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None,
+          shipped: BaseModel | None = None) -> list[str]:
     """One row per leaf key; a nested section's defaults are those of its parent's default (which may
-    differ from the section class's own, e.g. ``ray.download.num_cpus``)."""
+    differ from the section class's own, e.g. ``ray.download.num_cpus``). Where the shipped params.yaml
+    (the embedded default) sets another value, the row shows it too."""
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         ann = field.annotation
         value = getattr(defaults, name) if defaults is not None else _value(field)
+        ours = getattr(shipped, name) if shipped is not None else value
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.extend(_rows(ann, key + ".", value))
+            rows.extend(_rows(ann, key + ".", value, ours))
             continue
         doc = (field.description or "").replace("|", "\\|")
         shown = f"`{value!r}`" if value is not None else "`None`"
+        if ours != value:
+            shown += f"; params.yaml: `{_plain(ours)!r}`".replace("|", "\\|")
         rows.append(f"| `{key}` | {shown} | {doc} |")
     return rows
 
 
-def params_table() -> str:
-    return "\n".join(["| key | default | meaning |", "|---|---|---|", *_rows(Params)])
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def params_table(shipped: Path = SHIPPED) -> str:
+    """The table: each key's schema default and, where it differs, the shipped params.yaml's value."""
+    from steve1.params import load_params
+
+    return "\n".join(["| key | default | meaning |", "|---|---|---|",
+                      *_rows(Params, shipped=load_params(shipped) if shipped.is_file() else None)])
 
 
 def readme_table(readme: str) -> str:

@@ -24,6 +24,8 @@ import yaml
 
 from steve1.eval.programmatic import METRIC_LABELS, METRICS as ROLLOUT_METRICS
 from steve1.layout import EVAL_PLOT_CHUNKS, EVAL_PLOT_SETS, EVAL_PLOT_SWEEP, Layout
+from steve1.params import Params, load_params
+from steve1.shapes import file_deps, param_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = "dvc.yaml"
@@ -65,8 +67,7 @@ class Out:
 class Stage:
     name: str
     module: str                           # python -m <module>
-    params: tuple[str, ...]
-    deps: tuple[Path, ...] = ()           # data deps (layout paths)
+    deps: tuple[Path, ...] = ()           # data deps (layout paths); params and the files they name: steve1.shapes
     outs: tuple[Out, ...] = ()
     metrics: tuple[Out, ...] = ()
     plots: tuple[Out, ...] = ()
@@ -86,31 +87,30 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
     uncached = dict(cache=False)
     generated = (L.generated_episodes, L.generated_embeds)
     return [
-        Stage("make-source", "stages.make_source", ("source", "paths.source"), outs=(Out(L.source),)),
-        Stage("weights", "stages.weights", ("weights",), outs=(Out(L.weights, persist=True),)),
-        Stage("download", "stages.download", ("download", "paths.raw"), deps=(L.source,),
+        Stage("make-source", "stages.make_source", outs=(Out(L.source),)),
+        Stage("weights", "stages.weights", outs=(Out(L.weights, persist=True),)),
+        Stage("download", "stages.download", deps=(L.source,),
               outs=(Out(L.raw, persist=True),)),
-        Stage("decode", "stages.decode", ("decode", "paths.raw", "paths.episodes"), deps=(L.raw,),
+        Stage("decode", "stages.decode", deps=(L.raw,),
               outs=(Out(L.episodes, persist=True),)),
-        Stage("embed", "stages.embed", ("embed", "decode.cursor_png", "paths.embeds"),
+        Stage("embed", "stages.embed",
               deps=(L.weights, L.raw, L.episodes), outs=(Out(L.embeds, persist=True),), env=EMBED_ENV),
-        Stage("import-set", "stages.import_set", ("custom.${key}", "decode"), deps=(Path("${item.source}"),),
+        Stage("import-set", "stages.import_set", deps=(Path("${item.source}"),),
               outs=(Out(cs.episodes, persist=True), Out(cs.raw, persist=True)), args="${key}", foreach="${custom}"),
-        Stage("embed-set", "stages.embed_set", ("embed", "decode.cursor_png", "custom.${key}"), deps=(L.weights, cs.raw, cs.episodes),
+        Stage("embed-set", "stages.embed_set", deps=(L.weights, cs.raw, cs.episodes),
               outs=(Out(cs.embeds, persist=True),), env=EMBED_ENV, args="${key}", foreach="${custom}"),
-        Stage("generate", "stages.generate", ("generate", "decode.frame_codec", "decode.codec_level",
-                                              "decode.chunk_frames", "paths.generated"),
+        Stage("generate", "stages.generate",
               deps=(L.weights,), outs=(Out(L.generated_episodes), Out(L.generated_videos))),
-        Stage("embed-generated", "stages.embed_generated", ("embed", "paths.generated"),
+        Stage("embed-generated", "stages.embed_generated",
               deps=(L.weights, L.generated_episodes, L.generated_videos), outs=(Out(L.generated_embeds, persist=True),),
               env=EMBED_ENV),
         # The custom sets' folder is one dep (a deps list cannot follow a params list); it always exists
         # (data/custom/README.md is in git). The generated set is the pipeline's own, so it is a dep of
         # every stage that may read it through a mixed sampling. The out is the one JSON, not the folder:
         # DVC deletes outs before a run, and sample.val_from may name an earlier sampling in the same folder.
-        Stage("sample", "stages.sample", ("sample", "paths.episodes", "paths.embeds", "paths.samplings", "paths.custom"),
+        Stage("sample", "stages.sample",
               deps=(L.episodes, L.embeds, L.custom, *generated), outs=(Out(L.sampling),)),
-        Stage("report", "stages.report", ("report", "sample.name", "paths.reports"),
+        Stage("report", "stages.report",
               deps=(L.episodes, L.embeds, *generated, L.sampling), outs=(Out(L.report_data),),
               metrics=(Out(L.report_summary, **uncached),),
               plots=(Out(L.report_plot, plot=dict(
@@ -118,17 +118,14 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
                   title="Drift score per column (drifted at >= ${report.column_threshold})",
                   x_label="distance (normed Wasserstein / Jensen-Shannon)", y_label="column"), **uncached),)),
         Stage("prior", "stages.prior",
-              ("prior", "embed.weights", "embed.preset", "embed.seed", "paths.embeds", "paths.models"),
               deps=(L.weights, L.embeds), outs=(Out(L.prior), Out(L.prior_report, **uncached), Out(L.prior_history, **uncached)),
               metrics=(Out(L.prior_metrics, **uncached),)),
-        Stage("train", "stages.train", ("learning_rate", "train", "sample.name", "sample.T", "paths.models"),
+        Stage("train", "stages.train",
               deps=(L.weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(run.latest), Out(run.config), Out(run.best, persist=True), Out(run.best_json, persist=True),
                     Out(run.snapshots, persist=True), Out(run.checkpoint, persist=True), Out(run.plots, **uncached)),
               metrics=(Out(run.metrics, **uncached),)),
         Stage("evaluate", "stages.evaluate",
-              ("evaluate", "train.run", "train.preset", "train.in_model", "train.trunc_t", "train.gap_dist",
-               "train.official_goal_lag", "train.mineclip_embed_dim", "sample.name", "paths.eval"),
               deps=(L.weights, L.eval_weights, L.episodes, L.embeds, *generated, L.sampling),
               outs=(Out(L.eval_offline, **uncached),), metrics=(Out(L.eval_metrics, **uncached),),
               plots=(Out(L.eval_plot(EVAL_PLOT_SWEEP), plot=dict(
@@ -145,8 +142,6 @@ def stages(layout: Layout = Layout.template()) -> list[Stage]:
                          title="NLL per dataset under the true goal: model vs baseline (forgetting and gain)",
                          x_label="NLL per step (nats)", y_label="set: policy"), **uncached))),
         Stage("rollout", "stages.rollout",
-              ("rollout", "train.run", "train.preset", "train.in_model", "train.mineclip_embed_dim",
-               "embed.weights", "embed.preset", "embed.seed", "paths.eval", "paths.models"),
               deps=(L.weights, L.rollout_weights, L.prior),
               outs=(Out(L.rollouts.results), Out(L.rollouts.videos)),
               metrics=(Out(L.rollouts.metrics, **uncached),),
@@ -252,12 +247,18 @@ class ImportGraph:
 
 # ----------------------------------------------------------------------------- dvc.yaml
 
-def render(root: Path = ROOT) -> str:
+def render(root: Path = ROOT, params: Optional[Params] = None) -> str:
+    """``dvc.yaml``: the stages, their code deps, the params each declares (``steve1.shapes``) and the
+    files params.yaml's values name (so it is rendered from ``root/params.yaml`` unless ``params``)."""
     graph = ImportGraph(root)
+    params = load_params(root / "params.yaml") if params is None else params
+    concrete = {s.name: s for s in stages(Layout.from_params(params))}
     doc: dict[str, Any] = {}
     for s in stages():
-        entry: dict[str, Any] = {"cmd": s.cmd, "deps": [str(d) for d in s.deps] + graph.deps(s.module),
-                                 "params": list(s.params)}
+        folders = [str(d) for d in concrete[s.name].deps]
+        named = file_deps(params, s.name, folders)
+        entry: dict[str, Any] = {"cmd": s.cmd, "deps": [str(d) for d in s.deps] + named + graph.deps(s.module),
+                                 "params": param_keys(s.name)}
         for key in ("outs", "metrics", "plots"):
             outs = getattr(s, key)
             if outs:

@@ -298,3 +298,14 @@ def test_rollout_layer_stops_before_pip_without_jdk8(rollout_sandbox):
     proc = run_with_java("17.0.15")
     assert proc.returncode == 1 and not (tmp / "pip.log").exists()
     assert 'java on PATH is not JDK 8 but: openjdk version "17.0.15"' in proc.stderr
+
+
+def test_pyproject_pins_what_cannot_float_beside_numpy_1_26():
+    """`pip install -e .` without the lock once pulled pyarrow 26, which cannot import beside numpy 1.26."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = dict(d.split("==", 1) for d in deps if "==" in d)
+    assert pins.get("pyarrow") == lock["pyarrow"] and pins["numpy"] == lock["numpy"] == "1.26.4"

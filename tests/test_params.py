@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -92,3 +93,122 @@ def test_cross_field_errors_name_the_rule_not_the_whole_section():
     text = str(err.value)
     assert "section 'train': warmup_frames (100000) must be below 1.1 x n_frames (64)" in text
     assert "loss_reduction" not in text and len(text) < 300   # not the section's whole mapping
+
+
+# ----------------------------------------------------------------------------- names, paths, numbers
+
+@pytest.mark.parametrize("key,value", [
+    ("train.run", ".."), ("train.run", "."), ("train.run", "a/b"), ("train.run", ".hidden"),
+    ("rollout.name", ".."), ("rollout.name", "x\\y"), ("sample.name", "."), ("sample.name", "../up"),
+])
+def test_names_that_become_paths_refuse_dots_and_separators(repo_root, key, value):
+    """rollout.name: '..' once wrote the rollout's metrics over eval/metrics.json (evaluate's output)."""
+    raw = _shipped(repo_root)
+    section, name = key.split(".")
+    raw[section][name] = value
+    with pytest.raises(ParamsError, match=rf"key '{key}': value {re.escape(repr(value))} .*not starting with '\.'"):
+        validate_params(raw)
+
+
+def test_custom_set_and_mix_names_refuse_dots(repo_root):
+    raw = _shipped(repo_root)
+    raw["custom"] = {"..": {"source": "recordings/mine"}}
+    with pytest.raises(ParamsError, match=r"custom set names.*custom\.\.\."):
+        validate_params(raw)
+    raw = _shipped(repo_root)
+    raw["sample"]["mix"] = [{"name": ".", "train_frames": 10}]
+    with pytest.raises(ParamsError, match=r"key 'sample\.mix\.0\.name': value '\.'"):
+        validate_params(raw)
+
+
+def test_dotted_names_inside_stay_legal(repo_root):
+    raw = _shipped(repo_root)
+    raw["train"]["run"], raw["rollout"]["name"], raw["sample"]["name"] = "v1.2_a-b", "r.1", "s-2.x"
+    assert validate_params(raw).train.run == "v1.2_a-b"
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"paths": {"raw": "data/source/raw"}}, r"paths\.source \('data/source'\) and paths\.raw \('data/source/raw'\)"),
+    ({"paths": {"episodes": "./data/raw/"}}, r"paths\.raw \('data/raw'\) and paths\.episodes \('\./data/raw/'\)"),
+    ({"paths": {"eval": "."}}, r"paths\.eval \('\.'\)"),
+    ({"weights": {"dir": "models/w"}}, r"paths\.models \('models'\) and weights\.dir \('models/w'\)"),
+])
+def test_overlapping_paths_are_refused(repo_root, change, named):
+    raw = _shipped(repo_root)
+    for section, values in change.items():
+        raw[section].update(values)
+    with pytest.raises(ParamsError, match=rf"paths must be distinct folders.*{named}"):
+        validate_params(raw)
+
+
+def test_sibling_paths_with_a_common_prefix_are_fine(repo_root):
+    raw = _shipped(repo_root)
+    raw["paths"]["raw"], raw["paths"]["episodes"] = "data/r", "data/raw2"
+    validate_params(raw)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("generate", "spin_degrees", [True, 360]), ("generate", "video_size", [256, False]),
+    ("evaluate", "cond_scales", [0.0, True]), ("train", "grad_norm_range", [False, 3.0]),
+])
+def test_booleans_inside_number_lists_are_refused(repo_root, section, key, value):
+    raw = _shipped(repo_root)
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match=rf"section '{section}': key '{key}' is .*holds a boolean"):
+        validate_params(raw)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("evaluate", "cond_scales", [float("nan")]), ("train", "max_grad_norm", float("inf")),
+    ("train", "grad_norm_range", [float("-inf"), 3.0]), ("generate", "spin_prob", float("nan")),
+    ("rollout", "text_cond_scale", float("inf")), ("download", "backoff_s", float("nan")),
+])
+def test_nan_and_inf_are_refused(repo_root, section, key, value):
+    raw = _shipped(repo_root)
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match=rf"key '{section}\.{key}(\.0)?': value -?(nan|inf) is invalid: .*finite"):
+        validate_params(raw)
+
+
+def test_nan_from_yaml_is_refused(tmp_path, repo_root):
+    text = (repo_root / "params.yaml").read_text().replace("max_grad_norm: 5.0", "max_grad_norm: .inf")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=r"train\.max_grad_norm.*inf.*finite"):
+        load_params(tmp_path / "params.yaml")
+
+
+
+# The shipped params.yaml is the embedded default: the schema's defaults (the paper's values where
+# there is one) at toy size. These keys, and only these, may differ; the README table shows both.
+EMBEDDED_DEFAULT_DEPARTURES = {
+    "source.n_synthetic", "source.synthetic_steps",                                # a small offline source
+    "sample.val_frames", "sample.T", "sample.mix",                                 # toy chunks, the generated set mixed in
+    "generate.n_episodes", "generate.agents", "generate.max_steps", "generate.min_steps",
+    "generate.switch_agent_prob", "generate.spin_prob",                            # short episodes that still switch/spin
+    "rollout.text_prompts", "rollout.n_episodes", "rollout.steps",                 # 4 prompts with a metric, short
+    "train.n_frames", "train.warmup_frames", "train.val_freq",                     # a run of seconds
+}
+
+
+def _flat(model, prefix=""):
+    from steve1.params import Section
+
+    out = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        out.update(_flat(value, f"{prefix}{name}.") if isinstance(value, Section) else {prefix + name: value})
+    return out
+
+
+def test_shipped_params_are_the_schema_defaults_but_the_declared_departures(repo_root):
+    from steve1.params import Params
+
+    shipped, schema = _flat(load_params(repo_root / "params.yaml")), _flat(Params())
+    assert {k for k in schema if shipped[k] != schema[k]} == EMBEDDED_DEFAULT_DEPARTURES
+    # every key is written out: dvc.yaml lists each key a stage reads, and DVC needs it in params.yaml
+    raw = _shipped(repo_root)
+    for key in schema:
+        node = raw
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"params.yaml lacks {key}"
+            node = node[part]

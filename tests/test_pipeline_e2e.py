@@ -134,6 +134,40 @@ def test_editing_a_module_makes_exactly_its_importers_stale(project, module):
     assert _stale(root, env) == set()
 
 
+def test_params_stale_what_they_shape_and_speed_knobs_nothing(project):
+    """decode.frame_quality stales decode and generate; the speed-only keys stale nothing; pointing
+    train.in_weights at a file makes it a dep of train once dvc.yaml is regenerated (steve1/shapes.py)."""
+    root, env = project
+    assert _stale(root, env) == set()
+    path, original = root / "params.yaml", (root / "params.yaml").read_text()
+    dvc_yaml = (root / "dvc.yaml").read_text()
+
+    def edit(**changes) -> None:
+        params = yaml.safe_load(original)
+        for key, value in changes.items():
+            section, name = key.split("__")
+            params[section][name] = value
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    try:
+        edit(decode__workers=2, decode__video_threads=2, train__num_workers=1)
+        assert _stale(root, env) == set()
+        edit(decode__frame_quality=90)
+        assert _stale(root, env) == {"decode", "generate"}
+        start = root / "start" / "mine.weights"
+        start.parent.mkdir()
+        shutil.copyfile(root / "models" / "default" / "latest.weights", start)
+        edit(train__in_weights="start/mine.weights")
+        _run(["python", "-m", "steve1.pipeline"], root, env)
+        assert "start/mine.weights" in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+        assert "train" in _stale(root, env)
+    finally:
+        path.write_text(original)
+        (root / "dvc.yaml").write_text(dvc_yaml)
+        shutil.rmtree(root / "start", ignore_errors=True)
+    assert _stale(root, env) == set()
+
+
 def _digests(root: Path, folders: list[Path]) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}

@@ -26,7 +26,7 @@ def test_committed_dvc_yaml_is_what_the_generator_writes():
 
 
 def test_check_fails_on_a_hand_edited_dvc_yaml(tmp_path, capsys):
-    for rel in ("steve1", "stages", "assets", "configs"):
+    for rel in ("steve1", "stages", "assets", "configs", "params.yaml"):
         (tmp_path / rel).symlink_to(REPO / rel)
     (tmp_path / DVC_YAML).write_text(render(REPO).replace("- steve1/data/sampling.py\n", "", 1))
     assert main(["--check", "--root", str(tmp_path)]) == 1
@@ -93,3 +93,75 @@ def test_every_stage_is_a_steve1_command_running_the_same_module():
 
     commands = {name: module for name, (module, _) in STAGES.items()} | {"rollout": "stages.rollout"}
     assert commands == {s.name: s.module for s in stages()}
+
+
+# ----------------------------------------------------------------------------- what shapes a stage (steve1.shapes)
+
+def _doc(params: Params) -> dict:
+    return yaml.safe_load(render(REPO, params))["stages"]
+
+
+def test_files_named_by_params_are_deps():
+    """Overwriting the file train.in_weights names once left `dvc status` "up to date"."""
+    from steve1.params import validate_params
+
+    params = validate_params({
+        "train": {"in_weights": "start/vpt.weights", "in_model": "start/2x.model", "deepspeed": "configs/ds.json"},
+        "evaluate": {"baseline_weights": "baselines/vpt.weights"},
+        "embed": {"weights": "clip/attn.pth"},
+        "decode": {"cursor_png": "assets/cursor.png"},
+        "sample": {"val_from": "data/samplings/old.json"},
+        "rollout": {"visual_prompts": {"a": "goals/a.npy"}, "policy_weights": "theirs/steve1.weights"},
+        "prior": {"data": "prior/data.pkl"},
+        "generate": {"n_episodes": 1, "agents": [{"name": "a", "model": "2x.model", "weights": "mine/a.weights"},
+                                                 {"name": "b", "model": "2x.model", "weights": "mine/b.weights"}]},
+        "weights": {"files": ["2x.model"]},
+        "download": {"index": ["data/source/index.json", "more/index.json", "https://host/index.json"]},
+    })
+    doc = _doc(params)
+    assert {"start/vpt.weights", "start/2x.model", "configs/ds.json"} <= set(doc["train"]["deps"])
+    assert {"baselines/vpt.weights", "start/2x.model"} <= set(doc["evaluate"]["deps"])
+    assert "clip/attn.pth" in doc["embed"]["deps"] and "clip/attn.pth" in doc["prior"]["deps"]
+    assert "clip/attn.pth" in doc["embed-set"]["do"]["deps"] and "assets/cursor.png" in doc["decode"]["deps"]
+    assert "data/samplings/old.json" in doc["sample"]["deps"]
+    assert {"goals/a.npy", "theirs/steve1.weights", "clip/attn.pth"} <= set(doc["rollout"]["deps"])
+    assert "prior/data.pkl" in doc["prior"]["deps"]
+    # a bare agent file name lives in weights.dir, already a dep; a path is a dep of its own
+    assert {"mine/a.weights", "mine/b.weights"} <= set(doc["generate"]["deps"])
+    assert "data/weights/2x.model" not in doc["generate"]["deps"]
+    # the default index is inside paths.source (a dep already); a URL is no file dep
+    assert "more/index.json" in doc["download"]["deps"] and "data/source/index.json" not in doc["download"]["deps"]
+    assert not any("://" in d for d in doc["download"]["deps"])
+
+
+def test_null_and_empty_params_give_no_file_dep():
+    doc, default = _doc(Params()), _doc(Params())
+    for name in ("train", "evaluate", "embed", "rollout", "prior", "sample", "generate"):
+        entry = doc[name]
+        data = [d for d in entry["deps"] if not d.startswith(("steve1/", "stages/", "assets/", "configs/"))]
+        assert all(d.startswith("${") for d in data), (name, data)
+    assert default == doc
+
+
+def test_a_start_weights_file_inside_weights_dir_is_covered_by_that_dep():
+    from steve1.params import validate_params
+
+    doc = _doc(validate_params({"weights": {"files": ["rl-from-foundation-2x.weights"]},
+                                "train": {"in_weights": "data/weights/rl-from-foundation-2x.weights"}}))
+    assert "${weights.dir}" in doc["train"]["deps"]
+    assert "data/weights/rl-from-foundation-2x.weights" not in doc["train"]["deps"]
+
+
+def test_params_are_keys_and_speed_only_keys_stale_nothing():
+    from steve1.shapes import speed_only_keys
+
+    doc = _doc(Params())
+    listed = {s: (e.get("do", e))["params"] for s, e in doc.items()}
+    assert set(speed_only_keys()) == {"decode.workers", "decode.video_threads", "train.num_workers",
+                                      "download.concurrency"}
+    for name, keys in listed.items():
+        assert not set(keys) & set(speed_only_keys()), name
+        assert all("." in k or k == "learning_rate" for k in keys), (name, keys)   # keys, not whole sections
+    assert "decode.frame_quality" in listed["decode"] and "decode.frame_quality" in listed["generate"]
+    assert "decode.frame_quality" in listed["import-set"]
+    assert "train.augment.hue" in listed["train"] and "train.run" in listed["train"]

@@ -46,7 +46,8 @@ from steve1.data.formats import (
     RAW_FORMAT_VERSION,
     RAW_VIDEO_SUFFIX,
 )
-from steve1.data.index import Entry, Index, file_url_path, load_indices, select_entries
+from steve1.data.index import (Entry, Index, file_url_path, load_indices, recorded_url, redact_text, redact_url,
+                               select_entries)
 from steve1.data.video import VideoError, probe_video
 from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
@@ -140,7 +141,7 @@ def _http_attempt(
         if code >= 500 or code in _RETRY_STATUS:
             raise _Retry(f"HTTP {code} {resp.reason}")
         if code not in (200, 206):
-            raise FetchError(f"{url}: HTTP {code} {resp.reason}; expected 200 (not retried)")
+            raise FetchError(f"{redact_url(url)}: HTTP {code} {resp.reason}; expected 200 (not retried)")
         hasher = hashlib.sha256()
         if code == 206:
             start, total = _content_range(resp.headers.get("Content-Range"))
@@ -189,7 +190,7 @@ def _confirm_end(session: requests.Session, url: str, have: int, timeout_s: floa
 def _copy_local(url: str, part: Path, chunk_bytes: int, on_bytes: OnBytes) -> FileResult:
     src = file_url_path(url)
     if not src.is_file():
-        raise FetchError(f"{src}: file not found (from {url})")
+        raise FetchError(f"{recorded_url(url)}: file not found")
     hasher, written = hashlib.sha256(), 0
     with open(src, "rb") as fin, open(part, "wb") as fout:
         while block := fin.read(chunk_bytes):
@@ -226,12 +227,13 @@ def fetch_file(
                 result = _http_attempt(session, url, part, policy.timeout_s, chunk_bytes, on_bytes)
                 break
             except _PERMANENT_REQUEST_ERRORS as exc:
-                raise FetchError(f"{url}: {exc}") from None
+                raise FetchError(redact_text(f"{redact_url(url)}: {exc}")) from None
             except (_Retry, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Retry) else str(exc)
                 if attempt == policy.retries:
-                    raise FetchError(f"{url}: gave up after {attempt + 1} attempt(s); last: {reason}") from None
-                log.debug("%s: attempt %d failed (%s); retrying", url, attempt + 1, reason)
+                    raise FetchError(redact_text(f"{redact_url(url)}: gave up after {attempt + 1} attempt(s); "
+                                                 f"last: {reason}")) from None
+                log.debug("%s: attempt %d failed (%s); retrying", redact_url(url), attempt + 1, redact_text(reason))
                 time.sleep(policy.delay(attempt))
     finally:
         if own:
@@ -304,7 +306,7 @@ def _still_ok(record: Optional[dict], entry: Entry, paths: dict[str, Path]) -> b
     A local (``file://``) source is re-checked too, since it can be regenerated in place (the
     embedded default is); remote recordings are immutable releases and are not re-requested.
     """
-    if not record or record.get("status") != "ok" or record.get("url") != entry.mp4_url:
+    if not record or record.get("status") != "ok" or record.get("url") != entry.source:
         return False
     sources = {"mp4": entry.mp4_url, "jsonl": entry.jsonl_url}
     for kind, path in paths.items():
@@ -361,12 +363,12 @@ def fetch_episode(
             elif staged[kind].exists():  # a complete file of an unfinished episode: the next run resumes it at its end
                 os.replace(staged[kind], part_path(staged[kind]))
         return failed_record(entry, str(exc))
-    return {"url": entry.mp4_url, "version": entry.version, "status": "ok", "reason": None,
+    return {"url": entry.source, "version": entry.version, "status": "ok", "reason": None,
             "bytes": {k: r.bytes for k, r in results.items()}, "sha256": {k: r.sha256 for k, r in results.items()}}
 
 
 def failed_record(entry: Entry, reason: str) -> dict[str, Any]:
-    return {"url": entry.mp4_url, "version": entry.version, "status": "failed", "reason": reason, "bytes": None,
+    return {"url": entry.source, "version": entry.version, "status": "failed", "reason": redact_text(reason), "bytes": None,
             "sha256": None}
 
 

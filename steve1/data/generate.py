@@ -284,7 +284,8 @@ def _settings(cfg: GenerateParams, specs: Sequence[AgentSpec], decode: DecodePar
     """What shapes every episode (its conversion attribute; a change regenerates)."""
     return {"generate_version": GENERATE_VERSION, **cfg.model_dump(mode="json", exclude={"n_episodes", "device"}),
             "frame_size": [F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]], "frame_codec": decode.frame_codec,
-            "codec_level": decode.codec_level, "chunk_frames": decode.chunk_frames}
+            "codec_level": decode.codec_level, "chunk_frames": decode.chunk_frames,
+            "frame_quality": decode.frame_quality if decode.frame_codec in F.PER_FRAME_CODECS else None}
 
 
 class Players:
@@ -363,7 +364,7 @@ def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cf
             attrs={F.A_SOURCE_URL: f"generate:{cfg.env}:world_seed={world_seed}", F.A_RECORDER_VERSION: RECORDER,
                    F.A_FPS: FPS, F.A_CONVERSION: settings, F.A_VIDEO_SHA256: sha256_file(video),
                    A_GENERATION: json.dumps({**row, "status": "ok"}, sort_keys=True)})
-        write_episode(dest, ep, decode.frame_codec, decode.codec_level, decode.chunk_frames)
+        write_episode(dest, ep, decode.frame_codec, decode.codec_level, decode.chunk_frames, decode.frame_quality)
         row["status"] = "ok"
     except _Dropped:
         dest.unlink(missing_ok=True)

@@ -5,6 +5,10 @@ recording is the ``.mp4`` plus the ``.jsonl`` beside it. The index location and 
 may be http(s):// URLs, file:// URLs or plain paths; a relative ``basedir`` (like ``"."``) is
 resolved against the index file's own folder. Everything is turned into absolute URLs here so
 the downloader sees only ``http(s)://`` and ``file://``.
+
+What outputs and logs record of a location is :func:`recorded_url`: no credentials (``user:password@``
+is dropped) and, for local files, no trace of where the workspace lives (a path relative to the
+working directory, else to the index's folder), so two clones give the same bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from steve1.io import TEMP_PREFIX
@@ -42,8 +46,9 @@ class Entry:
     episode_id: str         # file stem: the name in every data folder
     version: Optional[str]  # recorder version, the relpath's folder ('10.0'); None if it is not a version
     relpath: str            # as written in the index
-    mp4_url: str            # absolute http(s):// or file:// URL
+    mp4_url: str            # absolute http(s):// or file:// URL (may hold credentials: fetch with it, never record it)
     jsonl_url: str
+    source: str             # what the manifest records of mp4_url: recorded_url(mp4_url)
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Index:
 
     location: str           # as given by the caller
     url: str                # absolute URL of the index file
-    basedir: str            # absolute URL every relpath is joined to (ends with '/')
+    basedir: str            # where every relpath is joined to (ends with '/'), as recorded_url records it
     sha256: str             # of the index file's bytes
     entries: tuple[Entry, ...]
 
@@ -65,6 +70,37 @@ class Index:
     def episode_ids(self) -> list[str]:
         """Distinct episode ids in file order."""
         return list(dict.fromkeys(e.episode_id for e in self.entries))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its userinfo (``user:password@``): what logs, messages and outputs may hold."""
+    parts = urlsplit(str(url))
+    if "@" not in parts.netloc:
+        return str(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def redact_text(text: str) -> str:
+    """Every URL's userinfo removed from a message (a reason recorded in a manifest, a log line)."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1", str(text))
+
+
+def recorded_url(url: str, index_url: Optional[str] = None, workspace: Optional[Path] = None) -> str:
+    """How an output records ``url``: a ``file://`` URL as a POSIX path relative to the workspace (the
+    working directory) or, outside it, to the index file's folder; kept absolute only when it lies
+    outside both (then params or the index named it so). Other URLs lose their credentials."""
+    if urlsplit(url).scheme.lower() != "file":
+        return redact_url(url)
+    path = file_url_path(url)
+    bases = [Path.cwd() if workspace is None else workspace]
+    if index_url is not None and index_url.lower().startswith("file:"):
+        bases.append(file_url_path(index_url).parent)
+    for base in bases:
+        try:
+            return path.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return url
 
 
 def is_url(location: str) -> bool:
@@ -119,9 +155,9 @@ def read_location(url: str, timeout_s: float = 60.0) -> bytes:
     try:
         resp = requests.get(url, timeout=timeout_s)
     except requests.RequestException as exc:
-        raise IndexFileError(f"{url}: cannot fetch the index ({exc})") from None
+        raise IndexFileError(redact_text(f"{redact_url(url)}: cannot fetch the index ({exc})")) from None
     if resp.status_code != 200:
-        raise IndexFileError(f"{url}: fetching the index answered HTTP {resp.status_code}, expected 200")
+        raise IndexFileError(f"{redact_url(url)}: fetching the index answered HTTP {resp.status_code}, expected 200")
     return resp.content
 
 
@@ -168,16 +204,16 @@ def parse_index(data: bytes, location: str, url: str) -> Index:
                 relpath=rel,
                 mp4_url=mp4_url,
                 jsonl_url=mp4_url[: -len(MP4)] + JSONL,
+                source=recorded_url(mp4_url, url),
             )
         )
-    return Index(location=location, url=url, basedir=base, sha256=hashlib.sha256(data).hexdigest(), entries=tuple(entries))
+    return Index(location=location, url=url, basedir=recorded_url(base, url), sha256=hashlib.sha256(data).hexdigest(), entries=tuple(entries))
 
 
 def load_index(location: str | Path, timeout_s: float = 60.0) -> Index:
     """Read and validate the index at a path, file:// URL or http(s):// URL."""
-    location = str(location)
-    url = to_url(location)
-    return parse_index(read_location(url, timeout_s), location, url)
+    url = to_url(str(location))
+    return parse_index(read_location(url, timeout_s), redact_url(str(location)), url)
 
 
 def load_indices(locations: str | Path | Sequence[str | Path], timeout_s: float = 60.0) -> Index:

@@ -322,7 +322,7 @@ def val_batches(sampling: Mapping[str, Any], chunks: Sequence[tuple[str, int, in
 def build_eval_policy(train_params: TrainParams) -> AgentPolicy:
     """An untrained policy with the train run's architecture: the trainer's own builder, so a run's
     weights always fit (``in_weights`` is not loaded; gradient checkpointing is off for inference)."""
-    return build_policy_for_params(train_params).set_gradient_checkpointing(False)
+    return build_policy_for_params(train_params, gradient_checkpointing=False)
 
 
 def weights_path(params: Params) -> Path:

@@ -502,7 +502,7 @@ def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None,
     else:
         from steve1.models.build import build_policy_for_params
 
-        policy = build_policy_for_params(train).set_gradient_checkpointing(False)
+        policy = build_policy_for_params(train, gradient_checkpointing=False)
     load_policy_weights(policy, sd, allow_vpt=False)
     return policy
 
@@ -574,4 +574,11 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
         if rp.visual_prompts_from:
             prompts += visual_prompts_from(rp.visual_prompts_from, rp.visual_cond_scale, dim)
     return run_rollouts(prompts, player_agent, env_factory, rp, out, first_env=first_env, executor=executor,
-                        extra={"params": rp.model_dump(), "embed": params.embed.model_dump()})
+                        extra={"params": rp.model_dump(), "embed": _declared_embed(params)})
+
+
+def _declared_embed(params: Params) -> dict[str, Any]:
+    """The embed keys the rollout stage declares (steve1.shapes): what its text goals depend on."""
+    from steve1.shapes import declared_values, nested
+
+    return nested(declared_values(params, "rollout")).get("embed", {})

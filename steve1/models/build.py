@@ -8,6 +8,7 @@ run's weights would not load where they are scored; this is the only place that 
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 from steve1.models.checkpoints import read_policy_kwargs
 from steve1.models.vpt import PRESETS, AgentPolicy, build_policy
@@ -31,10 +32,13 @@ def policy_kwargs_for_params(tp) -> tuple[dict, dict]:
     return {**policy_kwargs, "mineclip_embed_dim": tp.mineclip_embed_dim}, pi_head_kwargs
 
 
-def build_policy_for_params(tp) -> AgentPolicy:
-    """An untrained policy with ``tp``'s (``TrainParams``) architecture and gradient checkpointing setting.
+def build_policy_for_params(tp, gradient_checkpointing: Optional[bool] = None) -> AgentPolicy:
+    """An untrained policy with ``tp``'s (``TrainParams``) architecture and gradient checkpointing setting
+    (``gradient_checkpointing`` overrides it: inference never recomputes, so it does not read the key).
 
     Initialisation draws from torch's global RNG: seed it first for a reproducible init.
     """
     policy_kwargs, pi_head_kwargs = policy_kwargs_for_params(tp)
-    return build_policy(policy_kwargs, pi_head_kwargs, gradient_checkpointing=tp.gradient_checkpointing)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = tp.gradient_checkpointing
+    return build_policy(policy_kwargs, pi_head_kwargs, gradient_checkpointing=gradient_checkpointing)

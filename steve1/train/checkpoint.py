@@ -48,6 +48,16 @@ def find_checkpoint(final: Path) -> Optional[Path]:
     return None
 
 
+def remove_checkpoint(final: Path) -> None:
+    """Delete a run's checkpoint and its swap twins (a checkpoint of another run must never be resumed)."""
+    final = Path(final)
+    for path in (final, *_swap_names(final)):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def save_checkpoint(accelerator, final: Path, run_state: RunState, recurrent_state, keep: Sequence[Path] = ()) -> Path:
     """Write a checkpoint from every process (a collective call) and swap it in as ``final``; returns it.
 

@@ -45,7 +45,7 @@ from steve1.data.dataset import ChunkLoader, make_dataloader
 from steve1.data import formats as F
 from steve1.data.episodes import open_store
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
-from steve1.io import check_writable, write_json_atomic
+from steve1.io import check_writable, sha256_file, write_json_atomic
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights, save_policy_weights
 from steve1.models.policy import behavioural_cloning_loss
@@ -53,6 +53,7 @@ from steve1.models.transformer import BlockState
 from steve1.models.vpt import AgentPolicy
 from steve1.layout import Layout, RunLayout
 from steve1.params import BEST_ON_ALL, AugmentParams, Params, TrainParams
+from steve1.shapes import NOT_FINGERPRINTED, declared_values, named_files, nested
 from steve1.train import checkpoint as ckpt
 from steve1.train.accelerator import build_accelerator, mixed_precision
 from steve1.train.augment import augment_frames
@@ -64,11 +65,6 @@ from steve1.train.val_sets import ValSets, best_criterion, improves, val_subset
 
 log = logging.getLogger(__name__)
 
-# Fields that change what is trained; a checkpoint made with different values is not resumed. best_on stays
-# in (best.weights depends on it); its default is left out of dumps, so default fingerprints are unchanged.
-_NOT_FINGERPRINTED = {"run", "num_workers", "log_every_steps", "val_freq", "val_freq_begin", "val_freq_switch_steps",
-                      "val_every_nth", "checkpoint_every_steps", "snapshot_every_frames", "grad_norm_range",
-                      "tensorboard"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -154,12 +150,29 @@ def check_goal_width(goal_embeds: torch.Tensor, expected: int) -> None:
                             f"train.mineclip_embed_dim is {expected}")
 
 
-def config_fingerprint(params: Params) -> str:
-    """Hash of everything that changes the trained weights; a checkpoint is resumed only on a match."""
-    tp = params.train.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
-    doc = {"train": tp, "learning_rate": params.learning_rate, "T": params.train_T,
-           "sample": params.sample.model_dump(mode="json")}
+def config_fingerprint(params: Params, inputs: str = "") -> str:
+    """Hash of everything that changes the trained weights: the train stage's declared params
+    (``steve1.shapes``, less the keys that change no weight) and ``inputs``, the digest of what they
+    read (:func:`inputs_digest`); a checkpoint is resumed only on a match."""
+    doc = {"params": declared_values(params, "train", exclude=NOT_FINGERPRINTED), "T": params.train_T,
+           "inputs": inputs}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_digest(params: Params, sampling: Mapping[str, Any], sampling_path: Path) -> str:
+    """Digest of the content training reads: the sampling JSON, the episode and embeds files its chunks
+    name, and the files the train params name (start weights, model, DeepSpeed JSON). New data under the
+    same params is another run: its checkpoint is not resumed."""
+    h = hashlib.sha256(Path(sampling_path).read_bytes())
+    layout = Layout.from_params(params)
+    dirs = set_dirs(sampling, layout.episodes, layout.embeds)
+    keys = sorted({key for split in ("train", "val") for key, _, _ in split_chunks(sampling, split)})
+    files = [(key, path) for key in keys for path in episode_files(key, dirs)]
+    files += [(name, Path(name)) for name in named_files(params, "train")]
+    for name, path in files:
+        digest = sha256_file(path) if path.is_file() else "missing"
+        h.update(f"{name}\0{path.name}\0{digest}\n".encode())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- model + loss
@@ -381,7 +394,7 @@ def _train(params: Params, layout: Layout, sampling: dict[str, Any], on_step) ->
     tp, sampling_path = params.train, layout.sampling
     _log_data(params, sampling)
     run = setup_run(params, sampling)
-    rs, memory, resuming = start_or_resume(run, config_fingerprint(params))
+    rs, memory, resuming = start_or_resume(run, config_fingerprint(params, inputs_digest(params, sampling, sampling_path)))
     open_outputs(run, rs, resuming, sampling_path)
     if not resuming:
         save(run, rs, memory, "start")  # so a failure at the first steps still leaves something to resume
@@ -455,8 +468,9 @@ def start_or_resume(run: Run, fingerprint: str) -> tuple[RunState, list[BlockSta
     rs, memory = RunState(fingerprint=fingerprint, next_snapshot_frames=tp.snapshot_every_frames), None
     found = ckpt.find_checkpoint(paths.checkpoint)
     resuming = found is not None and ckpt.load_trainer_state(found).fingerprint == fingerprint
-    if found is not None and not resuming:
-        log.warning("%s was made with different train params (fingerprint mismatch): starting afresh", found)
+    if found is not None and not resuming and accelerator.is_main_process:
+        log.warning("%s was made with other train params or other input data (fingerprint mismatch): removed it, "
+                    "training starts afresh", found)
     if resuming:
         rs, memory = ckpt.load_checkpoint(accelerator, found, run.device)
         run.loader.load_state_dict({**rs.loader, "rank": accelerator.process_index})
@@ -465,7 +479,8 @@ def start_or_resume(run: Run, fingerprint: str) -> tuple[RunState, list[BlockSta
         finished = " (already finished: writing its final outputs)" if rs.frames >= tp.n_frames else ""
         log.info("resumed %s at step %d (%d frames)%s", found, rs.step, rs.frames, finished)
     elif accelerator.is_main_process:
-        for stale in (paths.snapshots, paths.dvclive, paths.tensorboard, paths.latest, paths.best):
+        ckpt.remove_checkpoint(paths.checkpoint)   # another run's state: never resumed, never handed back
+        for stale in (paths.snapshots, paths.dvclive, paths.tensorboard, paths.latest, paths.best, paths.best_json):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -486,7 +501,7 @@ def open_outputs(run: Run, rs: RunState, resuming: bool, sampling_path: Path) ->
     run.live = _open_live(run.paths, rs.step, resuming)
     run.board = _open_tensorboard(run.paths, rs.step, resuming) if tp.tensorboard else None
     write_json_atomic(run.paths.config, {
-        "params": run.params.model_dump(mode="json"), "world_size": accelerator.num_processes,
+        "params": nested(declared_values(run.params, "train")), "world_size": accelerator.num_processes,
         "fingerprint": rs.fingerprint,
         "deepspeed": None if tp.deepspeed == "none" else accelerator.state.deepspeed_plugin.deepspeed_config,
         "mixed_precision": mixed_precision(tp), "sampling": str(sampling_path)})

@@ -196,6 +196,18 @@ def test_workers_give_the_same_bytes(tmp_path, synth):
     decode_all(raw, tmp_path / "two", DecodeParams(workers=2), progress=False)
     for eid in ("synthetic-0-0", "synthetic-0-1"):
         assert episode_path(tmp_path / "one", eid).read_bytes() == episode_path(tmp_path / "two", eid).read_bytes()
+    assert (tmp_path / "one" / "manifest.json").read_bytes() == (tmp_path / "two" / "manifest.json").read_bytes()
+
+
+def test_video_threads_give_the_same_bytes(tmp_path, synth):
+    """decode.video_threads is marked speed-only in the schema (no stage's DVC param): this is why."""
+    raw = raw_with(tmp_path, synth)
+    for threads in (1, 0, 3):
+        decode_all(raw, tmp_path / f"t{threads}", DecodeParams(video_threads=threads), progress=False)
+    for eid in ("synthetic-0-0", "synthetic-0-1"):
+        ref = episode_path(tmp_path / "t1", eid).read_bytes()
+        assert episode_path(tmp_path / "t0", eid).read_bytes() == ref == episode_path(tmp_path / "t3", eid).read_bytes()
+    assert (tmp_path / "t0" / "manifest.json").read_bytes() == (tmp_path / "t3" / "manifest.json").read_bytes()
 
 
 def test_min_kept_steps(synth):
@@ -377,3 +389,15 @@ def test_a_full_disk_in_the_decode_stage_is_one_line_and_loses_nothing_already_w
     for name in left:
         if name != MANIFEST:
             assert EpisodeReader(out / name).frames().shape[0] > 0     # what did fit is complete
+
+
+def test_conversion_record_covers_every_declared_decode_key():
+    """An episode records what shaped it (and is redone when that changes): every decode key the stage
+    declares (steve1.shapes) is in the record, but the two that only choose which recordings are kept."""
+    from steve1.data.decode import conversion_settings
+    from steve1.shapes import param_keys
+
+    recorded = set(conversion_settings(DecodeParams())) | {"cursor_png"}   # recorded as "cursor" (its digest)
+    keep_rules = {"min_kept_steps", "max_frame_mismatch"}                  # skip with a reason, bytes untouched
+    declared = {k.split(".", 1)[1] for k in param_keys("decode") if k.startswith("decode.")}
+    assert declared - keep_rules <= recorded, declared - keep_rules - recorded

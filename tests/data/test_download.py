@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -222,12 +223,14 @@ def test_file_url_and_relative_path_indices(tmp_path, recording, monkeypatch):
     report = run_download(tmp_path / "raw1", index.as_uri(), progress=False)
     assert report.n_ok == 1
     _assert_exact(tmp_path / "raw1", EP_A, recording)
+    # outside the working directory: recorded relative to the index's folder, never absolute
+    assert report.episodes[EP_A]["url"] == f"recordings/{EP_A}.mp4"
 
     monkeypatch.chdir(tmp_path)
     report = run_download("raw2", "source/index.json", progress=False)
     assert report.n_ok == 1
     _assert_exact(tmp_path / "raw2", EP_A, recording)
-    assert report.episodes[EP_A]["url"] == (src / "recordings" / f"{EP_A}.mp4").as_uri()
+    assert report.episodes[EP_A]["url"] == f"source/recordings/{EP_A}.mp4"   # relative to the workspace
     assert report.episodes[EP_A]["version"] is None
 
     # a local source regenerated in place is copied again, not "verified" against the old copy
@@ -524,3 +527,30 @@ def test_stage_threshold(tmp_path, server, recording, capsys):
 def test_stage_reports_a_bad_index(tmp_path, capsys):
     assert download_stage.main(["--params", str(_params(tmp_path, tmp_path / "missing.json", 0.1))]) == 1
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_credentials_in_basedir_reach_no_output_or_log(tmp_path, server, recording, caplog):
+    """An index basedir of http://user:password@host/ once wrote the password into the manifest."""
+    authed = server.base.replace("http://", "http://alice:s3cret@")
+    relpaths = _serve(server, recording, ids=(EP_A,))
+    server.faults[f"/data/10.0/{EP_B}.mp4"] = Fault(status_first=9, status=404)
+    index = _write_index(tmp_path, authed, [*relpaths, f"data/10.0/{EP_B}.mp4"])
+    with caplog.at_level(logging.DEBUG):
+        report = run_download(tmp_path / "raw", index, policy=FAST, progress=False)
+    assert report.n_ok == 1 and EP_B in report.failed          # fetched with the credentials, one 404
+    manifest = (tmp_path / "raw" / "manifest.json").read_text()
+    assert "s3cret" not in manifest and "alice" not in manifest
+    assert json.loads(manifest)["episodes"][EP_A]["url"] == f"{server.base}data/10.0/{EP_A}.mp4"
+    assert json.loads(manifest)["index"]["basedir"] == server.base
+    assert "s3cret" not in caplog.text and "s3cret" not in report.summary() + report.failure_message()
+
+
+def test_concurrency_gives_the_same_bytes(tmp_path, server, recording):
+    """download.concurrency is marked speed-only in the schema (no stage's DVC param): this is why."""
+    index = _write_index(tmp_path, server.base, _serve(server, recording))
+    for n in (1, 4):
+        run_download(tmp_path / f"raw{n}", index, policy=FAST, progress=False, concurrency=n)
+    one, four = tmp_path / "raw1", tmp_path / "raw4"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in four.iterdir())
+    for p in one.iterdir():
+        assert p.read_bytes() == (four / p.name).read_bytes(), p.name

@@ -101,9 +101,9 @@ def test_fit_t_without_a_fit_exits_2_naming_the_set_and_leaves_params(world, tmp
     assert world.read_bytes() == before
 
 
-def test_fit_t_moves_train_T_along_when_it_is_set(world):
-    world.write_text(world.read_text().replace("  trunc_t: 32", "  T: 320\n  trunc_t: 32"))
+def test_fit_t_sets_sample_T_only(world):
+    """train.T is gone (its only legal value was sample.T): fit-t writes the one chunk length."""
     result = CliRunner().invoke(app, ["fit-t", "--params", str(world)])
     assert result.exit_code == 0, result.output
-    p = load_params(world)
-    assert p.sample.T == p.train.T == 128   # train.T may only repeat sample.T
+    assert load_params(world).train_T == load_params(world).sample.T == 128
+

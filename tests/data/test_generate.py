@@ -253,6 +253,27 @@ def test_same_params_same_bytes(generated, tmp_path):
         assert _digests(a) == _digests(b)
 
 
+def test_decode_frame_quality_reaches_generated_episodes(tmp_path):
+    """generate once never passed decode.frame_quality to write_episode: every episode was quality 85."""
+    from stages.generate import main
+
+    sizes = {}
+    for q in (30, 95):
+        (tmp_path / f"q{q}").mkdir()
+        path = _params(tmp_path / f"q{q}", n_episodes=1, max_steps=40, min_steps=40)
+        raw = yaml.safe_load(path.read_text())
+        raw["decode"] = {"frame_codec": "jpeg", "frame_quality": q}
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["--params", str(path)]) == 0
+        layout = Layout.from_params(load_params(path))
+        eid = episode_id(0, 0)
+        with EpisodeReader(episode_path(layout.generated_episodes, eid)) as ep:
+            assert int(ep.attrs[F.A_FRAME_QUALITY]) == q
+            assert json.loads(ep.attrs[F.A_CONVERSION])["frame_quality"] == q
+        sizes[q] = episode_path(layout.generated_episodes, eid).stat().st_size
+    assert sizes[30] < sizes[95]
+
+
 def test_stage_refuses_agent_files_the_weights_stage_does_not_manage(tmp_path, capsys):
     from stages.generate import main
 
@@ -391,3 +412,13 @@ def test_a_node_lost_mid_episode_has_its_generate_actor_replaced_on_the_other(ra
     assert len(loss.killed) == 1, "no episode was played on the worker node"
     _same_files(local, Layout.from_params(load_params(params)))
     assert "generate: 1 actor(s) lost, 1 replaced, 1 retry of an episode" in caplog.text
+
+
+def test_generation_record_covers_every_declared_decode_key():
+    from steve1.data.generate import _settings
+    from steve1.params import DecodeParams, GenerateParams
+    from steve1.shapes import param_keys
+
+    settings = _settings(GenerateParams(), [], DecodeParams())
+    declared = {k.split(".", 1)[1] for k in param_keys("generate") if k.startswith("decode.")}
+    assert declared <= set(settings), declared - set(settings)

@@ -209,7 +209,7 @@ def test_mix_params_are_validated_and_an_empty_mix_is_not_dumped():
     assert SampleParams(mix=[ok]).model_dump(mode="json")["mix"][0]["val_frames"] == 0
     for mix, msg in (([ok, ok], "unique"), ([{**ok, "name": "main"}], "reserved"),
                      ([{**ok, "train_frames": 0}], "adds nothing"), ([{**ok, "train_frames": -1}], "greater than"),
-                     ([{**ok, "name": "a/b"}], "pattern"),
+                     ([{**ok, "name": "a/b"}], "a name that becomes a file or folder"),
                      ([{**ok, "episodes": "data/x"}], "episodes")):   # folders come from the layout now
         with pytest.raises(ValueError, match=msg):
             SampleParams(mix=mix)

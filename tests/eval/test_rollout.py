@@ -234,9 +234,9 @@ def test_rollouts_from_params_use_prior_goals_and_paper_scales(tmp_path):
 
     torch.manual_seed(0)
     prior = PriorCVAE().eval()
-    save_prior(prior, tmp_path / "prior.pt")
+    save_prior(prior, tmp_path / "models" / "prior.pt")
     np.save(tmp_path / "v.npy", np.ones(512, dtype=np.float32))
-    params = validate_params({"paths": {"eval": str(tmp_path / "eval"), "models": str(tmp_path)},
+    params = validate_params({"paths": {"eval": str(tmp_path / "eval"), "models": str(tmp_path / "models")},
                               "rollout": {"text_prompts": {"sky": "look at the sky"},
                                           "visual_prompts": {"v": str(tmp_path / "v.npy")},
                                           "n_episodes": 1, "steps": 2, "video": False, "prior_seed": 5}})
@@ -251,6 +251,7 @@ def test_rollouts_from_params_use_prior_goals_and_paper_scales(tmp_path):
     assert np.array_equal(agent.calls[2][0], np.ones(512)) and agent.calls[2][1] == 7.0
     assert (tmp_path / "eval" / "rollouts" / "default" / RESULTS_FILE).is_file()
     assert res["config"]["extra"]["params"]["prior_seed"] == 5
+    assert res["config"]["extra"]["embed"] == {"weights": None, "preset": "tiny", "seed": 0}   # the declared keys only
 
 
 # ---------------------------------------------------------------- metrics, plots, banner, visual prompt sets

@@ -52,6 +52,7 @@ def test_make_source_with_real_then_decode(tmp_path, repo_root):
     # decode straight from the source recordings (the download stage is tested on its own)
     raw = yaml.safe_load(params.read_text())
     raw["paths"]["raw"] = str(src / "recordings")
+    raw["paths"]["source"] = str(tmp_path / "elsewhere")   # paths may not nest: raw inside source is refused
     params.write_text(yaml.safe_dump(raw))
     assert decode_stage.main(["--params", str(params)]) == 0
     eps = tmp_path / "data" / "episodes"

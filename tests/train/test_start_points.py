@@ -71,16 +71,16 @@ def test_mismatched_or_missing_weights_name_the_file_and_keys(tmp_path):
 
 
 def test_params_cross_checks():
-    with pytest.raises(ParamsError, match=r"train.T \(100\) must equal sample.T \(640\)"):
-        validate_params({"train": {"T": 100}})
+    with pytest.raises(ParamsError, match=r"section 'train': train.T \(640\) was removed: training reads sample.T"):
+        validate_params({"train": {"T": 640}})
     with pytest.raises(ParamsError, match=r"trunc_t \(48\) must divide the chunk length T=640"):
         validate_params({"train": {"trunc_t": 48}})
     with pytest.raises(ParamsError, match="warmup_frames"):
         validate_params({"train": {"n_frames": 100, "warmup_frames": 500}})
     with pytest.raises(ParamsError, match="deepspeed"):
         validate_params({"train": {"deepspeed": "zero4"}})
-    p = validate_params({"learning_rate": 1e-5, "train": {"T": 640}})
-    assert p.learning_rate == 1e-5 and p.train_T == 640
+    p = validate_params({"learning_rate": 1e-5, "sample": {"T": 320}})
+    assert p.learning_rate == 1e-5 and p.train_T == 320
 
 
 def test_fingerprint_tracks_what_changes_the_weights_only():
@@ -88,9 +88,14 @@ def test_fingerprint_tracks_what_changes_the_weights_only():
 
     base = validate_params({})
     assert config_fingerprint(base) == config_fingerprint(validate_params({"train": {"val_freq": 7, "run": "x"}}))
+    moved = {"paths": {"models": "/elsewhere/models"}, "sample": {"name": "same-content"}}
+    assert config_fingerprint(base) == config_fingerprint(validate_params(moved))   # where, not what
     for changed in ({"learning_rate": 1e-5}, {"train": {"seed": 1}}, {"train": {"trunc_t": 32}},
-                    {"sample": {"max_btwn_goals": 100}}):
+                    {"train": {"gap_dist": "geometric"}}):
         assert config_fingerprint(validate_params(changed)) != config_fingerprint(base), changed
+    # sample.max_btwn_goals is not read by training: it changes the sampling JSON, whose digest the
+    # fingerprint's inputs hold (tests/train/test_resume_inputs.py)
+    assert config_fingerprint(base, "sampling-1") != config_fingerprint(base, "sampling-2")
 
 
 def test_a_run_cannot_start_from_its_own_outputs():
