@@ -294,5 +294,26 @@ def fit_t(
     typer.echo(f"{params}: {what} (episodes need >= {fit.min_frames(p.sample.min_btwn_goals)} frames)")
 
 
+@app.command("compare")
+def compare(
+    sort: Optional[str] = typer.Option(None, "--sort", help="order the experiments by this metric (e.g. val_loss, main_val_loss, nll)"),
+    descending: bool = typer.Option(False, "--descending", help="largest first (rollout targets)"),
+    as_json: bool = typer.Option(False, "--json", help="every row with its differing params and headline metrics as JSON"),
+    as_csv: bool = typer.Option(False, "--csv", help="the same as CSV"),
+    all_commits: bool = typer.Option(False, "--all-commits", "-A", help="experiments of every commit, not only HEAD's"),
+    width: int = typer.Option(120, "--width", min=40, help="the table's width in characters"),
+) -> None:
+    """The experiments (dvc exp show: workspace, queued, running, done, failed) as one narrow table: only the
+    params that differ, and the headline metrics (val losses, NLL deltas, rollout targets); baseline first."""
+    from steve1 import experiments as X
+
+    try:
+        rows = X.sort_rows(X.experiments(X.exp_show(".", all_commits=all_commits)), sort, descending)
+    except X.ExperimentsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(X.to_json(rows) if as_json else X.to_csv(rows).rstrip("\n") if as_csv else X.table(rows, width))
+
+
 if __name__ == "__main__":
     app()
