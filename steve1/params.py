@@ -505,7 +505,7 @@ class TuneParams(Section):
     objective: str | dict[str, float] = Field("val_loss", description="headline metric to minimise (val_loss, main_val_loss, delta_nll, ...: steve1 compare's names) or {metric: weight} summed, e.g. {main_val_loss: 1, mine_val_loss: 1}")
     space: dict[str, TuneParam] = Field(default_factory=dict, description="searched params by dotted key (learning_rate, train.freeze, ...): {low, high, log, step} or {choices}")
     n_trials: int = Field(4, ge=1, le=100_000, description="trials of the study in all (a resumed study runs the rest)")
-    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler; seeded per trial by seed + trial number")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler; seeded per trial by (seed, trial number)")
     seed: int = Field(0, ge=0, description="the sampler's seed: the same study config and seed propose the same trials")
     jobs: int = Field(1, ge=1, le=256, description="trials run at once (dvc queue start --jobs)")
     pruner: Literal["median", "none"] = Field("median", description="stop a trial whose intermediate val loss is worse than the median of earlier trials' at the same step")

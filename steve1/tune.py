@@ -18,7 +18,7 @@ that is killed resumes where it stopped: trials already asked keep their number,
 experiment (a queued or running one is watched again, one never queued is queued now), and only
 the remaining trials are asked. ``optuna-dashboard sqlite:///tune/optuna.db`` opens it.
 
-Proposals are reproducible: the sampler is seeded with ``seed + trial number`` before each ask, so
+Proposals are reproducible: the sampler is seeded with (``seed``, trial number) before each ask, so
 the same study config, seed and history propose the same trials, killed and resumed or not.
 
 Bad input is refused before any trial runs, naming the key: a space entry that names no param of
@@ -340,9 +340,11 @@ class DvcQueueRunner:
 
     def reason(self, name: str, status: TrialStatus) -> str:
         out = self._dvc("queue", "logs", name, check=False)
-        lines = [line for line in (out.stdout or "").splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()]
-        return " | ".join(dict.fromkeys(errors[-3:] or lines[-3:])) or status.error or "the experiment failed"
+        lines = [line.strip() for line in (out.stdout or "").splitlines() if line.strip()]
+        first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), None)
+        # the stage's own last words, then DVC's error line
+        picked = lines[max(0, first - 2): first + 1] if first is not None else lines[-3:]
+        return " | ".join(picked) or status.error or "the experiment failed"
 
 
 # ------------------------------------------------------------------ the study
@@ -372,6 +374,14 @@ class Summary:
             ["  (none: the baseline's params)"]
         out.append(f"keep it: dvc exp apply {b['experiment']}")
         return out
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial ``number``: a function of both (``seed + number`` would make study
+    seed 1 propose study seed 0's trials shifted by one)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
 def _sampler(cfg: TuneParams, seed: int):
@@ -466,11 +476,11 @@ def run_study(cfg: TuneParams, params: Params, raw: Mapping[str, Any], runner: R
         else:
             echo(f"trial #{frozen.number}: resumed, watching {name}")
 
-    polls = 0
+    polls, started_at = 0, -1
     while True:
         asked = len(study.trials)
         while len(live) < cfg.jobs and asked < cfg.n_trials:
-            study.sampler = _sampler(cfg, cfg.seed + asked)   # seeded per trial: resume proposes the same
+            study.sampler = _sampler(cfg, trial_seed(cfg.seed, asked))   # per trial: resume proposes the same
             trial = study.ask(dict(dists))
             trial.set_user_attr(EXPERIMENT, experiment_name(cfg.study, trial.number))
             live[trial.number] = trial
@@ -479,7 +489,9 @@ def run_study(cfg: TuneParams, params: Params, raw: Mapping[str, Any], runner: R
             asked = len(study.trials)
         if not live:
             break
-        runner.start(cfg.jobs)
+        if len(study.trials) != started_at:   # workers stop when the queue is empty: start them for new trials
+            runner.start(cfg.jobs)
+            started_at = len(study.trials)
         if max_polls is not None and polls >= max_polls:
             break
         sleep(cfg.poll_s)

@@ -262,7 +262,8 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
     def run(*cmd, check=True):
         return subprocess.run(cmd, cwd=tmp_path, env=env, check=check, capture_output=True, text=True)
 
-    raw = _raw(n_trials=4, jobs=1, poll_s=1.0, prune_after_trials=2,
+    # seed 99 proposes train.seed 0, 0, 7, 1: two good trials, a hopeless one, a failing one
+    raw = _raw(n_trials=4, jobs=1, poll_s=1.0, prune_after_trials=2, seed=99,
                space={"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
                       "train.seed": {"choices": [0, 1, 7]}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -302,16 +303,15 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
         run(sys.executable, "-m", "dvc", "queue", "stop", "--kill", check=False)
     trials = summary["trials"]
     assert [t["experiment"] for t in trials] == ["default-t0", "default-t1", "default-t2", "default-t3"]
-    by_seed = {}
-    for t in trials:
-        by_seed.setdefault(t["params"]["train.seed"], []).append(t["state"])
-    assert set(by_seed.get(1, ["fail"])) == {"fail"}, trials
-    assert all(t["reason"] and "toy failure" in t["reason"] for t in trials if t["state"] == "fail"), trials
-    done = [t for t in trials if t["state"] == "complete"]
-    assert done and summary["best"]["experiment"] in {t["experiment"] for t in done}
-    assert "learning_rate" in summary["best"]["diff"]
-    for t in done:
-        assert t["experiment"] in shown
+    assert [t["params"]["train.seed"] for t in trials] == [0, 0, 7, 1]
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned", "fail"], trials
+    assert trials[2]["reason"].startswith("pruned at step 0")
+    assert "toy failure: seed 1" in trials[3]["reason"] and "ERROR: failed to reproduce 'train'" in trials[3]["reason"]
+    best = min(trials[:2], key=lambda t: t["value"])
+    assert summary["best"]["experiment"] == best["experiment"]
+    assert summary["best"]["diff"] == {"learning_rate": [RAW["learning_rate"], best["params"]["learning_rate"]]}
+    rows = {line.split()[0]: line.split() for line in shown.splitlines()[2:]}
+    assert rows["default-t0"][1] == rows["default-t1"][1] == "done" and rows["default-t3"][1] == "failed", shown
     run(sys.executable, "-m", "dvc", "exp", "apply", summary["best"]["experiment"])
     applied = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert applied["learning_rate"] == summary["best"]["diff"]["learning_rate"][1]
