@@ -35,6 +35,7 @@ import logging
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,11 @@ def distributions(cfg: TuneParams, raw: Mapping[str, Any]) -> dict[str, Any]:
                         "learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
     base = _without_tune(raw)
     try:
-        defaults = _flat(validate_params(base).model_dump(mode="json"))
+        validated = validate_params(base)
     except ParamsError as exc:
         raise TuneError(str(exc)) from None
+    defaults = _flat(validated.model_dump(mode="json"))
+    defaults.update({k: v for k, v in _schema_values(validated).items() if k not in defaults})
     out: dict[str, Any] = {}
     for key, spec in cfg.space.items():
         where = f"tune.space.{key}"
@@ -143,6 +146,21 @@ def distributions(cfg: TuneParams, raw: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = D.FloatDistribution(float(spec.low), float(spec.high), log=spec.log,
                                            step=float(spec.step) if spec.step is not None else None)
+    return out
+
+
+def _schema_values(model: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the schema with its value, including keys a section leaves out of its dump
+    when they hold their default (``train.best_on``)."""
+    from pydantic import BaseModel
+
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.update(_schema_values(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
     return out
 
 
@@ -270,6 +288,15 @@ class Runner(Protocol):
     def start(self, jobs: int) -> None: ...
     def poll(self) -> dict[str, TrialStatus]: ...
     def curve(self, name: str, status: TrialStatus, path: str) -> list[tuple[int, float]]: ...
+    def _stale(self, path: str) -> set[str]:
+        """The curve a queued run starts with (git carries dvclive's files): HEAD's and the workspace's."""
+        if path not in self._stale_texts:
+            head = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=self.repo, capture_output=True, text=True)
+            here = self.repo / path
+            self._stale_texts[path] = {t for t in (head.stdout if head.returncode == 0 else "",
+                                                   here.read_text() if here.is_file() else "") if t}
+        return self._stale_texts[path]
+
     def stop(self, name: str) -> None: ...
     def reason(self, name: str, status: TrialStatus) -> str: ...
     def baseline(self) -> dict[str, Any]: ...
@@ -297,6 +324,7 @@ class DvcQueueRunner:
     def __init__(self, repo: str | Path = "."):
         self.repo = Path(repo)
         self._shown: list[dict[str, Any]] = []
+        self._stale_texts: dict[str, set[str]] = {}
 
     def _dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=self.repo, capture_output=True, text=True)
@@ -309,12 +337,26 @@ class DvcQueueRunner:
         self._dvc("exp", "run", "--queue", "--name", name, *sets)
 
     def start(self, jobs: int) -> None:
-        self._dvc("queue", "start", "--jobs", str(jobs))
+        # the workers it spawns inherit its stdout/stderr: a pipe would keep this call waiting until they
+        # exit, so its output goes to a file
+        with tempfile.TemporaryFile("w+") as out:
+            rc = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)], cwd=self.repo,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            if rc != 0:
+                out.seek(0)
+                raise RuntimeError(f"dvc queue start --jobs {jobs} failed: {out.read().strip()[-1500:]}")
 
     def poll(self) -> dict[str, TrialStatus]:
         from steve1 import experiments as X
 
-        self._shown = X.exp_show(self.repo)
+        for attempt in range(3):   # exp show fails now and then while a finished run's temp folder is removed
+            try:
+                self._shown = X.exp_show(self.repo)
+                break
+            except X.ExperimentsError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
         return {r.name: TrialStatus(state=r.state, metrics=r.metrics, params=r.params, error=r.error, root=r.root,
                                     rev=r.rev)
                 for r in X.experiments(self._shown) if r.kind == "experiment"}
@@ -330,10 +372,21 @@ class DvcQueueRunner:
         if status.state == "running" and status.root:
             f = Path(status.root) / path
             text = f.read_text() if f.is_file() else ""
+            if text in self._stale(path):   # the copy's checkout of the baseline's curve, before training writes
+                text = ""
         elif status.state == "done" and status.rev:   # dvclive's files are in the experiment's commit
             out = subprocess.run(["git", "show", f"{status.rev}:{path}"], cwd=self.repo, capture_output=True, text=True)
             text = out.stdout if out.returncode == 0 else ""
         return parse_tsv(text)
+
+    def _stale(self, path: str) -> set[str]:
+        """The curve a queued run starts with (git carries dvclive's files): HEAD's and the workspace's."""
+        if path not in self._stale_texts:
+            head = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=self.repo, capture_output=True, text=True)
+            here = self.repo / path
+            self._stale_texts[path] = {t for t in (head.stdout if head.returncode == 0 else "",
+                                                   here.read_text() if here.is_file() else "") if t}
+        return self._stale_texts[path]
 
     def stop(self, name: str) -> None:
         self._dvc("queue", "kill", name, check=False)
