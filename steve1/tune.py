@@ -502,7 +502,7 @@ def run_study(cfg: TuneParams, params: Params, raw: Mapping[str, Any], runner: R
     absent: dict[int, int] = {}
 
     def fail(number: int, reason: str) -> None:
-        study._storage.set_trial_user_attr(live[number]._trial_id, REASON, reason)
+        live[number].set_user_attr(REASON, reason)
         study.tell(number, state=TrialState.FAIL)
         echo(f"trial #{number} ({experiment_name(cfg.study, number)}) failed: {reason}")
         live.pop(number)
@@ -568,8 +568,7 @@ def run_study(cfg: TuneParams, params: Params, raw: Mapping[str, Any], runner: R
                         reported[number] = step
                 if st.state == "running" and reported[number] >= 0 and trial.should_prune():
                     runner.stop(name)
-                    study._storage.set_trial_user_attr(trial._trial_id, REASON,
-                                                       f"pruned at step {reported[number]}: worse than the median")
+                    trial.set_user_attr(REASON, f"pruned at step {reported[number]}: worse than the median")
                     study.tell(number, state=TrialState.PRUNED)
                     echo(f"trial #{number} ({name}) pruned at step {reported[number]}")
                     live.pop(number)
