@@ -396,8 +396,11 @@ class DvcQueueRunner:
         lines = [line.strip() for line in (out.stdout or "").splitlines() if line.strip()]
         first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), None)
         # the stage's own last words, then DVC's error line
-        picked = lines[max(0, first - 2): first + 1] if first is not None else lines[-3:]
-        return " | ".join(picked) or status.error or "the experiment failed"
+        if first is not None:
+            return " | ".join(lines[max(0, first - 2): first + 1])
+        if lines:   # a run that was killed (dvc queue kill, a lost worker) logs no error
+            return f"stopped without an error in its log (killed?); the log ends: {lines[-1]}"
+        return status.error or "the experiment failed"
 
 
 # ------------------------------------------------------------------ the study

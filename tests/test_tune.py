@@ -329,3 +329,19 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
     run(sys.executable, "-m", "dvc", "exp", "apply", summary["best"]["experiment"])
     applied = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert applied["learning_rate"] == summary["best"]["diff"]["learning_rate"][1]
+
+
+def test_a_failed_runs_reason_is_its_last_words_and_dvcs_error_or_says_it_was_killed(monkeypatch):
+    from steve1.tune import DvcQueueRunner
+
+    runner = DvcQueueRunner(".")
+    logs = {"a": "Running stage 'train':\n> python -m stages.train\nerror: key 'x' is bad\n"
+                 "ERROR: failed to reproduce 'train': exited with 1\nERROR: failed to reproduce 'train'\n",
+            "b": "Stage 'sample' didn't change, skipping\nStage 'prior' didn't change, skipping\n"}
+    monkeypatch.setattr(runner, "_dvc", lambda *args, check=True: subprocess.CompletedProcess(args, 0, logs[args[-1]], ""))
+    status = TrialStatus(state="failed")
+    assert runner.reason("a", status) == ("> python -m stages.train | error: key 'x' is bad | "
+                                          "ERROR: failed to reproduce 'train': exited with 1")
+    assert runner.reason("b", status) == ("stopped without an error in its log (killed?); the log ends: "
+                                          "Stage 'prior' didn't change, skipping")
+
