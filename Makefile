@@ -58,3 +58,11 @@ NPROC ?= 2
 .PHONY: train-multi
 train-multi: $(STAMP)
 	$(BIN)/accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes $(NPROC) -m stages.train
+
+# Experiments: the readable comparison, and the Optuna search of params.yaml's tune section (README "Fine-tuning toolkit")
+.PHONY: compare tune
+compare: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/steve1 compare
+
+tune: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/steve1 tune

@@ -294,5 +294,57 @@ def fit_t(
     typer.echo(f"{params}: {what} (episodes need >= {fit.min_frames(p.sample.min_btwn_goals)} frames)")
 
 
+@app.command("compare")
+def compare(
+    sort: Optional[str] = typer.Option(None, "--sort", help="order the experiments by this metric (e.g. val_loss, main_val_loss, nll)"),
+    descending: bool = typer.Option(False, "--descending", help="largest first (rollout targets)"),
+    as_json: bool = typer.Option(False, "--json", help="every row with its differing params and headline metrics as JSON"),
+    as_csv: bool = typer.Option(False, "--csv", help="the same as CSV"),
+    all_commits: bool = typer.Option(False, "--all-commits", "-A", help="experiments of every commit, not only HEAD's"),
+    width: int = typer.Option(120, "--width", min=40, help="the table's width in characters"),
+) -> None:
+    """The experiments (dvc exp show: workspace, queued, running, done, failed) as one narrow table: only the
+    params that differ, and the headline metrics (val losses, NLL deltas, rollout targets); baseline first."""
+    from steve1 import experiments as X
+
+    try:
+        rows = X.sort_rows(X.experiments(X.exp_show(".", all_commits=all_commits)), sort, descending)
+    except X.ExperimentsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(X.to_json(rows) if as_json else X.to_csv(rows).rstrip("\n") if as_csv else X.table(rows, width))
+
+
+@app.command("tune")
+def tune(
+    params: Path = PARAMS_OPTION,
+    report: bool = typer.Option(False, "--report", help="only print the study so far (trials, best as a params diff)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """An Optuna study whose trials are DVC experiments (params.yaml's tune section): queued with -S overrides,
+    run by dvc queue workers, pruned from their validation curves; resumes a killed search; prints the best trial as a
+    params diff and its experiment name (dvc exp apply NAME)."""
+    from dataclasses import asdict
+
+    from steve1.params import ParamsError
+    from steve1.tune import DvcQueueRunner, TuneError, distributions, load_tune, open_study, run_study, summarize
+
+    try:
+        cfg, p, raw = load_tune(params)
+        runner = DvcQueueRunner(".")
+        if report:
+            dists = distributions(cfg, raw)
+            summary = summarize(open_study(cfg, dists), dists, runner, cfg)
+        else:
+            summary = run_study(cfg, p, raw, runner, echo=lambda line: typer.echo(line, err=as_json))
+    except (ParamsError, TuneError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(asdict(summary), indent=2) if as_json else "\n".join(summary.lines()))
+
+
 if __name__ == "__main__":
     app()

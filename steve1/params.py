@@ -531,6 +531,47 @@ class EvaluateParams(Section):
         return self
 
 
+class TuneParam(Section):
+    """One searched param of ``tune.space``: a range (``low``, ``high``, ``log``, ``step``) or ``choices``."""
+
+    low: Optional[int | float] = Field(None, description="smallest value (with high); ints on both ends and an int param search integers")
+    high: Optional[int | float] = Field(None, description="largest value (inclusive)")
+    log: bool = Field(False, description="search the range on a log scale (low > 0)")
+    step: Optional[int | float] = Field(None, gt=0, description="grid step of the range; null = continuous")
+    choices: Optional[list[Any]] = Field(None, min_length=1, description="the values to choose from (any YAML value, lists included), instead of a range")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "TuneParam":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError(f"log: true needs low > 0 (is {self.low}) and no step")
+        return self
+
+
+class TuneParams(Section):
+    """``steve1 tune``: an Optuna study whose trials are DVC experiments (``steve1.tune``). No stage reads it."""
+
+    study: str = Field("default", pattern=r"^[A-Za-z0-9_-]+$", description="study name; trial N is the DVC experiment <study>-t<N>")
+    storage: str = Field("tune/optuna.db", description="the study's SQLite file in the workspace (resume, optuna-dashboard sqlite:///<it>)")
+    objective: str | dict[str, float] = Field("val_loss", description="headline metric to minimise (val_loss, main_val_loss, delta_nll, ...: steve1 compare's names) or {metric: weight} summed, e.g. {main_val_loss: 1, mine_val_loss: 1}")
+    space: dict[str, TuneParam] = Field(default_factory=dict, description="searched params by dotted key (learning_rate, train.freeze, ...): {low, high, log, step} or {choices}")
+    n_trials: int = Field(4, ge=1, le=100_000, description="trials of the study in all (a resumed study runs the rest)")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler; seeded per trial by (seed, trial number)")
+    seed: int = Field(0, ge=0, description="the sampler's seed: the same study config and seed propose the same trials")
+    jobs: int = Field(1, ge=1, le=256, description="trials run at once (dvc queue start --jobs)")
+    pruner: Literal["median", "none"] = Field("median", description="stop a trial whose intermediate val loss is worse than the median of earlier trials' at the same step")
+    prune_after_trials: int = Field(2, ge=1, description="trials that must finish before any is pruned")
+    prune_warmup_steps: int = Field(0, ge=0, description="optimizer steps of a trial before it may be pruned")
+    poll_s: float = Field(5.0, gt=0.0, le=3600.0, description="seconds between looks at the running trials")
+
+
 class Params(Section):
     """The whole of params.yaml. Every random source is seeded by its own section's ``seed`` (there is
     no global seed: one would have to override or be overridden by each of them)."""
@@ -552,6 +593,7 @@ class Params(Section):
     report: ReportParams = Field(default_factory=ReportParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    tune: TuneParams = Field(default_factory=TuneParams, description="steve1 tune's search (no stage reads it)")
 
     @model_validator(mode="after")
     def _trunc_t_divides_T(self) -> "Params":

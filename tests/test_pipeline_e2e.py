@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,15 @@ def test_repro_then_noop_then_partial_then_experiment(project):
     metrics = exp["data"]["metrics"]
     assert metrics["eval/metrics.json"]["data"]["nll"] > 0, json.dumps(metrics)[:2000]
     assert "loss" in metrics["models/default/metrics.json"]["data"]
+
+    # steve1 compare: the same records in 120 columns, the differing param and the headline metrics
+    text = _run([sys.executable, "-m", "steve1.cli", "compare"], root, env)
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert max(map(len, lines)) <= 120, text
+    header = lines[0].split()
+    assert header[:3] == ["experiment", "state", "learning_rate"] and "val_loss" in header and "nll" in header, text
+    done = next(line.split() for line in lines[2:] if line.split()[1] == "done")
+    assert done[2] == "1e-05" and float(done[header.index("val_loss")]) > 0, text
 
 
 def _experiment_with(shown: list[dict], **params) -> dict:

@@ -371,14 +371,14 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
     ``mix_dirs`` gives each ``sample.mix`` set's (episodes, embeds) folders (``Layout.mix_dirs``)."""
     p = sample_params
     check_writable(Path(out).parent)
+    if p.mix:  # scans (and reports) every set, the main one included, once
+        return _run_mixed_sampling(p, episodes_dir, embeds_dir, Path(out), mix_dirs)
     scan = scan_episodes(episodes_dir, embeds_dir, p.T, p.min_btwn_goals)
     for eid, reason in scan.invalid.items():
         log.info("skipping %s: %s", eid, reason)
     if not scan.lengths:
         raise SamplingError(f"no valid episodes in {episodes_dir} with embeds in {embeds_dir} "
                             f"({len(scan.invalid)} rejected; {too_short_hint(p.T, p.min_btwn_goals)})")
-    if p.mix:
-        return _run_mixed_sampling(p, episodes_dir, embeds_dir, Path(out), mix_dirs)
     val_episodes = None
     if p.val_from:  # an earlier mixed sampling lends its main set's val
         val_episodes = [e for e in load_sampling(p.val_from)["val"] if split_key(e)[0] == MAIN_SET]

@@ -659,7 +659,7 @@ def _open_live(run: RunLayout, step: int, resuming: bool):
 
 
 def _open_tensorboard(run: RunLayout, step: int, resuming: bool):
-    """A SummaryWriter under ``<run>/tensorboard``; on resume, events logged after the checkpoint are purged."""
+    """A SummaryWriter under ``<run>/dvclive/tensorboard``; on resume, events logged after the checkpoint are purged."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:

@@ -277,6 +277,22 @@ def test_stage_mixes_custom_sets_from_the_layout_and_names_an_empty_one(episode_
     assert any(c[0] == "mine/own-0" for c in doc["chunks"]["train"])
 
 
+def test_a_mixed_sampling_reports_each_rejected_episode_once(episode_factory, tmp_path, caplog):
+    from fixtures.episodes import EpisodeFactory
+
+    for i in range(3):
+        episode_factory(f"ep-{i}", 150)
+    episode_factory("short", 30)
+    mine = EpisodeFactory(tmp_path / "mine")
+    mine("own-0", 150)
+    p = SampleParams(T=64, train_frames=64, val_frames=0, mix=[dict(name="mine", train_frames=64)])
+    with caplog.at_level("INFO", logger="steve1"):
+        run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "s.json",
+                     {"mine": (mine.episodes_dir, mine.embeds_dir)})
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert len(skipped) == 1 and "short" in skipped[0] and "too short" in skipped[0], skipped
+
+
 def test_sets_embedded_by_different_mineclips_are_refused_naming_both(episode_factory, tmp_path):
     from fixtures.episodes import EpisodeFactory
 
