@@ -187,6 +187,7 @@ EMBEDDED_DEFAULT_DEPARTURES = {
     "generate.switch_agent_prob", "generate.spin_prob",                            # short episodes that still switch/spin
     "rollout.text_prompts", "rollout.n_episodes", "rollout.steps",                 # 4 prompts with a metric, short
     "train.n_frames", "train.warmup_frames", "train.val_freq",                     # a run of seconds
+    "tune.space",                                                                  # the guide's sweep (no default space)
 }
 
 
