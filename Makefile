@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-all bench env clean-venv dvc-yaml
+.PHONY: repro test test-slow test-all bench env clean-venv dvc-yaml
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +23,13 @@ repro: $(STAMP)
 dvc-yaml: $(STAMP)
 	$(BIN)/python -m steve1.pipeline
 
+# the default tier (minutes), with the slowest 25 tests named; the slow tier: end-to-end pipeline
+# runs and timing-dependent self-tests
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" -q --durations=25
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,8 +1,10 @@
-"""Shared fixtures. ``reference`` points at ../shared/reference (goldens made by the official code);
-tests that need it are skipped with a clear reason where it is absent (a user's clone)."""
+"""Shared fixtures. ``reference`` points at tests/goldens (goldens made by the official code, copied
+from ../shared/reference with their provenance); STEVE1_REFERENCE points it elsewhere. A missing
+reference is an error, never a skip: a green run has checked every golden."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -11,14 +13,33 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", REPO.parent / "shared" / "reference"))
+GOLDENS = REPO / "tests" / "goldens"
+REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", GOLDENS))
+# the DEV pair's recording: tests/goldens leaves its jsonl out, the same bytes ship here
+ASSET_RECORDINGS = REPO / "assets" / "recordings"
 
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference fixtures not found at {REFERENCE} (set STEVE1_REFERENCE)")
+    if not (REFERENCE / "vpt").is_dir():
+        raise FileNotFoundError(f"reference fixtures not found at {REFERENCE}: tests/goldens is part of the "
+                                "repository (a partial checkout?), or STEVE1_REFERENCE names a missing folder")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def real_inputs(reference, tmp_path_factory) -> Path:
+    """A folder of the 9 real DEV jsonl recordings (reference/real/inputs): the reference's own
+    files where it holds them, else tests/goldens' gzipped ones decompressed plus assets/recordings'."""
+    inputs = reference / "real" / "inputs"
+    if not list(inputs.glob("*.gz")):
+        return inputs
+    out = tmp_path_factory.mktemp("real_inputs")
+    for gz in inputs.glob("*.jsonl.gz"):
+        (out / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    for jsonl in ASSET_RECORDINGS.glob("*.jsonl"):
+        shutil.copyfile(jsonl, out / jsonl.name)
+    return out
 
 
 @pytest.fixture(scope="session")

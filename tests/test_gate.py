@@ -142,12 +142,15 @@ def run_gate(tmp_path: Path, base: str, head: Path) -> tuple[int, dict]:
     return proc.returncode, row
 
 
+# The two real runs below take minutes and depend on the machine's timing noise: slow tier.
+@pytest.mark.slow
 def test_gate_passes_when_base_and_head_are_the_same_code(tmp_path, head_commit):
     head = gate.export_tree(REPO, head_commit, tmp_path / "head")
     rc, row = run_gate(tmp_path, head_commit, head)
     assert rc == 0 and row["verdict"] != "SLOWER", row
 
 
+@pytest.mark.slow
 def test_gate_fails_for_an_injected_one_and_a_half_times_slowdown(tmp_path, head_commit):
     head = gate.export_tree(REPO, head_commit, tmp_path / "head")
     with (head / "steve1" / "data" / "episodes.py").open("a") as fh:

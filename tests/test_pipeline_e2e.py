@@ -5,8 +5,8 @@ param change reruns only its dependents, and `dvc exp run -S learning_rate=...` 
 `dvc exp show`; editing a module makes exactly the stages that import it stale; the data stages
 (generate included) run again from nothing give the same bytes.
 
-The copy is the project's tracked and untracked-but-not-ignored files, in a new git repo, with
-the project's virtual environment on PATH (what `make repro` sets up).
+The copy is a pristine copy of the project (tests/fixtures/project.py: its own files, params.yaml as
+shipped), in a new git repo, with the project's virtual environment on PATH (what `make repro` sets up).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from fixtures.project import commit, copy_project, init_git, project_env, run as
 from steve1.layout import Layout
 from steve1.params import load_params
 from steve1.pipeline import ImportGraph, stages
+
+# Whole `dvc repro` runs of every stage: minutes on 2 cores, the heaviest tests (slow tier: make test-slow)
+pytestmark = pytest.mark.slow
 
 STAGES = ["make-source", "weights", "download", "decode", "embed", "generate", "embed-generated", "sample", "train",
           "prior", "evaluate", "report", "rollout"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fixtures.project import shipped_params
 from steve1.cli import app
 from steve1.layout import Layout
 from steve1.params import ParamsError, load_params
@@ -15,9 +14,9 @@ from steve1.profiles import apply_profile, available_profiles
 
 
 @pytest.fixture
-def params_copy(repo_root, tmp_path):
+def params_copy(tmp_path):
     path = tmp_path / "params.yaml"
-    shutil.copy(repo_root / "params.yaml", path)
+    path.write_text(shipped_params())
     return path
 
 
@@ -54,8 +53,9 @@ def test_shipped_profiles(params_copy):
     assert p.sample.mix == [] and p.generate.n_episodes == 0       # no stand-in episodes in a real fine-tune
 
 
-def test_embedded_default_plays_the_stand_in_and_mixes_its_generated_episodes(repo_root):
-    p = load_params(repo_root / "params.yaml")
+def test_embedded_default_plays_the_stand_in_and_mixes_its_generated_episodes(tmp_path):
+    (tmp_path / "params.yaml").write_text(shipped_params())
+    p = load_params(tmp_path / "params.yaml")
     assert p.rollout.env == "standin" and p.generate.env == "standin"
     assert p.rollout.n_episodes * p.rollout.steps * len(p.rollout.text_prompts) <= 400      # make repro stays quick
     assert p.generate.n_episodes * p.generate.max_steps <= 300

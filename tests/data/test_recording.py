@@ -40,10 +40,10 @@ def test_contractor_episode_official(contractor):
 
 
 @pytest.mark.parametrize("variant", ["official", "float_camera"])
-def test_real_recordings(reference, real_goldens, variant):
+def test_real_recordings(real_inputs, real_goldens, variant):
     assert len(real_goldens["episodes"]) == 9
     for name, ep in real_goldens["episodes"].items():
-        rec = convert_recording(reference / "real" / "inputs" / name, camera_int_truncation=variant == "official")
+        rec = convert_recording(real_inputs / name, camera_int_truncation=variant == "official")
         v = ep["variants"][variant]
         assert rec.n_lines == ep["n_lines"], name
         np.testing.assert_array_equal(rec.kept_steps, v["kept_step_indices"], err_msg=name)

@@ -9,6 +9,7 @@ writes the local bytes; and a mixed sampling with the imported set trains.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -43,11 +44,22 @@ def dataset(reference) -> Path:
     return reference / "steve1_dataset"
 
 
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
 @pytest.fixture(scope="module")
 def goldens(dataset) -> tuple[dict, dict]:
+    """goldens.json per episode, and each episode's embeddings as the official training code reads
+    them ([N,512] float32, zeros where the pickle holds None), checked against the golden sha256 of
+    rows 15 on (goldens.json names the arrays by hash; the frames are checked by hash below)."""
     episodes = json.loads((dataset / "goldens.json").read_text())["episodes"]
-    with np.load(dataset / "goldens_arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = {}
+    for eid, g in episodes.items():
+        rows = load_numpy_pickle((dataset / eid / "embeds_attn.pkl").read_bytes(), eid)
+        emb = np.stack([np.zeros(512, np.float32) if r is None else np.asarray(r, np.float32).reshape(512) for r in rows])
+        assert all(r is None for r in rows[:g["first_valid_embed"]]) and _sha256(emb[g["first_valid_embed"]:]) == g["embeds_sha256"]
+        arrays[f"{eid}__embeds"] = emb
     return episodes, arrays
 
 
@@ -83,18 +95,22 @@ def test_actions_are_the_official_training_codes_exactly(imported, goldens):
 
 
 def test_frames_are_the_official_decode_bit_for_bit_with_a_lossless_codec(imported, goldens):
-    _, arrays = goldens
+    episodes, _ = goldens
     for eid in (SMALL, LARGE):
-        np.testing.assert_array_equal(_frames(episode_path(imported / "episodes", eid)), arrays[f"{eid}__frames"])
+        frames = _frames(episode_path(imported / "episodes", eid))
+        assert frames.shape == (episodes[eid]["len"], 128, 128, 3) and frames.dtype == np.uint8
+        assert _sha256(frames) == episodes[eid]["frames_sha256"], f"{eid}: frames differ from the official decode"
 
 
-def test_frames_with_the_jpeg_codec_are_the_codecs_round_trip_of_the_official_decode(dataset, goldens, tmp_path):
-    _, arrays = goldens
+def test_frames_with_the_jpeg_codec_are_the_codecs_round_trip_of_the_official_decode(dataset, imported, goldens,
+                                                                                       tmp_path):
+    episodes, _ = goldens
     src = tmp_path / "src"
     shutil.copytree(dataset / SMALL, src / SMALL)
     settings = _settings(frame_codec="jpeg", frame_quality=85)
     assert import_all(src, tmp_path / "ep", settings, "steve1", progress=False).n_ok == 1
-    golden = arrays[f"{SMALL}__frames"]
+    golden = _frames(episode_path(imported / "episodes", SMALL))      # the official decode (lossless import)
+    assert _sha256(golden) == episodes[SMALL]["frames_sha256"]
     data, offsets = F.encode_frames(golden, 85)
     expected = np.empty_like(golden)
     F.decode_frames_into(data, offsets, expected)

@@ -39,9 +39,9 @@ def test_video_format_and_changing_frames(rec):
     assert np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3)).min() > 0.3   # frames change over time
 
 
-def test_field_format_matches_real_recordings(rec, reference):
+def test_field_format_matches_real_recordings(rec, real_inputs):
     ours = read_jsonl(rec.jsonl)
-    real = read_jsonl(next((reference / "real" / "inputs").glob("*.jsonl")))
+    real = read_jsonl(sorted(real_inputs.glob("*.jsonl"))[0])
     shape = lambda step: {k: sorted(v) if isinstance(v, dict) and k != "stats" else type(v).__name__  # noqa: E731
                           for k, v in step.items()}
     assert shape(ours[0]) == shape(real[0])

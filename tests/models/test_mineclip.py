@@ -1,5 +1,5 @@
-"""MineCLIP against the official goldens (../shared/reference/mineclip, made by the official code
-in float32 on CPU; see its README for the regeneration recipe) and the attn.pth layout."""
+"""MineCLIP against the official goldens (tests/goldens/mineclip, from ../shared/reference; made by
+the official code in float32 on CPU; see its README for the regeneration recipe) and the attn.pth layout."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_prompt_rows_with_case_variants_pool_at_the_real_end_token():
 # --- The same strings through the Hugging Face tokenizer, built offline from the same files -------
 
 # vocab.json / merges.txt derived from the packaged BPE file by the published CLIP rule; these are
-# the digests recorded in shared/reference/mineclip/facts.json (tokenizer.derivation), i.e. the
+# the digests recorded in ../shared/reference/mineclip/facts.json (tokenizer.derivation), i.e. the
 # files the official MineCLIP ``tokenize_batch`` ran on when the goldens were made.
 VOCAB_JSON_SHA256 = "3f0c4f7d2086b61b38487075278ea9ed04edb53a03cbb045b86c27190fa8fb69"
 MERGES_TXT_SHA256 = "9fd691f7c8039210e0fced15865466c65820d09b63988b0174bfe25de299051a"

@@ -98,6 +98,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow      # a second run, killed and resumed: minutes
 def test_augmented_run_interrupted_and_resumed_ends_bitwise_equal(augmented, tmp_path, monkeypatch):
     reference, ref_calls = augmented
     assert ref_calls == [(0, b) for b in range(3)]  # seeded by (train.seed, batch index)

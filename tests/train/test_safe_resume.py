@@ -57,8 +57,10 @@ def test_the_planted_pickle_runs_code_when_loaded_unsafely(tmp_path):
     assert marker.read_text() == "code ran"  # so the tests below would see it if it ran
 
 
+# one tensor file and the pickle in the default tier; the optimizer shard is the same loader (slow tier)
 @pytest.mark.parametrize("name", ["pytorch_model/mp_rank_00_model_states.pt",
-                                  "pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                  pytest.param("pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                               marks=pytest.mark.slow),
                                   "random_states_0.pkl"])
 def test_tampered_checkpoint_file_stops_the_run_without_running_code(killed_zero2, tmp_path, name):
     root = tmp_path / "world"
@@ -91,7 +93,9 @@ def test_refusal_inside_the_library_load_is_raised_even_if_the_library_catches_i
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("stage", ["zero1", "zero3", "none"])
+# ZeRO-2's resume is test_train_run's SIGKILL test; the other ZeRO stages are whole runs (slow tier)
+@pytest.mark.parametrize("stage", [pytest.param("zero1", marks=pytest.mark.slow),
+                                   pytest.param("zero3", marks=pytest.mark.slow), "none"])
 def test_untampered_checkpoints_resume_bit_exactly(tmp_path, stage):
     """Kill after the step-4 checkpoint and resume; the same weights and losses as a run never killed."""
     overrides = {"deepspeed": stage}

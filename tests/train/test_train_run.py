@@ -209,6 +209,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
+@pytest.mark.slow      # two more whole runs; ZeRO-2 is the default tier's
 @pytest.mark.parametrize("stage", ["zero1", "zero3"])
 def test_other_zero_stages_and_checkpointing_train_the_same_model(reference, tmp_path, stage):
     # ZeRO-1 also switches activation checkpointing on: recomputation must not change a bit

@@ -158,6 +158,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow      # a run, killed and resumed: minutes
 def test_a_resumed_run_keeps_the_chosen_sets_best(tmp_path, monkeypatch):
     _scripted(monkeypatch, SCRIPT[:2])
     params = make_mixed_world(tmp_path, {**RUN, "best_on": "mine"})
