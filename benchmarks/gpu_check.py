@@ -6,7 +6,7 @@ error and the run goes on):
 
 1. ``env``: GPU name, memory, driver / CUDA / cuDNN / NCCL, torch / deepspeed / accelerate, bf16 support.
 2. ``numerics``: bf16 autocast against float32. The tiny policy (forward + backward) and the tiny
-   MineCLIP image and text towers against the official float32 goldens (``../shared/reference``
+   MineCLIP image and text towers against the official float32 goldens (``tests/goldens``
    or ``$STEVE1_REFERENCE``; without them, against float32 on the same device, and it says so);
    a seeded random 2x policy and a full-size MineCLIP in bf16 against float32 on the same device.
    Max abs and relative log-prob / feature differences, argmax agreement, gradient cosine and relative
@@ -58,10 +58,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+import steve1  # noqa: F401  (before torch computes: it sets MKL's reproducible mode, which embed requires)
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", REPO.parent / "shared" / "reference"))
+REFERENCE = Path(os.environ.get("STEVE1_REFERENCE", REPO / "tests" / "goldens"))
 CAPACITY_ASSUMED_EMBED_FPS = 10_000.0    # docs/capacity.md: MineCLIP full size, one H100, bf16 (assumed)
 WATCHDOG_GRACE_S = 30                    # past the sections' caps, the watchdog ends a run stuck in C code
 MFU_GOAL = 0.45                          # issue 29: STEVE-1's 100M frames in under 4 hours on one H100
