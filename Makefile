@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-slow test-all bench env clean-venv dvc-yaml
+.PHONY: repro test test-ci test-slow test-all bench env clean-venv dvc-yaml
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ dvc-yaml: $(STAMP)
 # runs and timing-dependent self-tests
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
+
+# The slow tests CI runs beside make test (.ci/run): whole-pipeline dvc runs, local-vs-Ray bytes
+test-ci: $(STAMP)
+	$(BIN)/python -m pytest -m "ci and not gpu" -q --durations=10
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --durations=25

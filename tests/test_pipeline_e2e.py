@@ -27,7 +27,7 @@ from steve1.params import load_params
 from steve1.pipeline import ImportGraph, stages
 
 # Whole `dvc repro` runs of every stage: minutes on 2 cores, the heaviest tests (slow tier: make test-slow)
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ci]          # minutes: not in make test; CI runs it (make test-ci)
 
 STAGES = ["make-source", "weights", "download", "decode", "embed", "generate", "embed-generated", "sample", "train",
           "prior", "evaluate", "report", "rollout"]

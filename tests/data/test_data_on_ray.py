@@ -127,8 +127,9 @@ def _same_as(reference: Path, root: Path) -> None:
     assert [k for k in a if a[k] != b[k]] == []
 
 
-# every data stage on Ray: minutes (smaller Ray-equals-local checks: test_generate, test_steve1_dataset)
+# every data stage on Ray: minutes (smaller Ray-equals-local checks: test_generate, test_steve1_dataset); CI runs it
 @pytest.mark.slow
+@pytest.mark.ci
 def test_ray_engine_writes_the_bytes_the_local_engine_writes(ray_local, shared, local_all):
     root = _workspace(shared)
     _run(["download", "decode", "embed", "import-set", "embed-set"], _params(root, shared, "ray", SYNTHETIC))
