@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
+from steve1.errors import UserError
 from steve1.io import DiskFullError, NotWritableError
 from steve1.numerics import BlasModeError, require_reproducible_blas
 from steve1.params import Params, ParamsError, describe_invalid, load_params
@@ -39,7 +40,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         if "torch" in sys.modules:           # a stage that computes: same bits whatever the thread count
             require_reproducible_blas()
         body(params)
-    except (StageError, DiskFullError, NotWritableError, BlasModeError) as exc:   # sentences naming the path: no traceback
+    except (UserError, StageError, DiskFullError, NotWritableError, BlasModeError) as exc:   # sentences naming the path: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -64,5 +65,5 @@ RECOVERY_HINT = ("nothing was computed. If DVC ran this stage, it removed the st
                  "fix the value, then `dvc checkout` restores them from the cache (or `dvc repro` recomputes them)")
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A failure the user can act on; printed without a traceback."""
