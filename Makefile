@@ -23,6 +23,11 @@ repro: $(STAMP)
 dvc-yaml: $(STAMP)
 	$(BIN)/python -m steve1.pipeline
 
+# docs/params.md is generated from the params schema (steve1/params_doc.py); a test checks it is current
+.PHONY: params-doc
+params-doc: $(STAMP)
+	$(BIN)/python -m steve1.params_doc --write
+
 # the default tier (minutes), with the slowest 25 tests named; the slow tier: end-to-end pipeline
 # runs and timing-dependent self-tests
 test: $(STAMP)
@@ -68,7 +73,7 @@ NPROC ?= 2
 train-multi: $(STAMP)
 	$(BIN)/accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes $(NPROC) -m stages.train
 
-# Experiments: the readable comparison, and the Optuna search of params.yaml's tune section (README "Fine-tuning toolkit")
+# Experiments: the readable comparison, and the Optuna search of params.yaml's tune section (docs/experiments.md)
 .PHONY: compare tune
 compare: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/steve1 compare

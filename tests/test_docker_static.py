@@ -237,7 +237,7 @@ def test_rollout_layers_install_jdk8_xvfb_and_the_tagged_minerl(instrs):
     assert pip_at < source
 
 
-@pytest.mark.parametrize("doc", ["docker/README.md", "README.md"])
+@pytest.mark.parametrize("doc", ["docker/README.md", "docs/rollouts.md"])
 def test_docs_give_the_extras_minerl_tag_and_no_deps_install(doc):
     text = (REPO / doc).read_text()
     assert MINERL_TAG_REQUIREMENT in text, f"{doc} should name MineRL as the rollout extra does"

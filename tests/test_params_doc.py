@@ -1,11 +1,9 @@
-"""The README's params reference is generated from the schema and must match it."""
+"""The params reference (docs/params.md) is generated from the schema and must match it."""
 
 from __future__ import annotations
 
-import pytest
-
 from steve1.params import Params
-from steve1.params_doc import main, params_table, readme_table
+from steve1.params_doc import main, params_page, params_table
 
 
 def test_every_field_is_documented():
@@ -21,15 +19,28 @@ def test_every_field_is_documented():
     assert not missing, f"params without a description: {missing}"
 
 
-def test_readme_table_matches_schema(repo_root):
-    assert readme_table((repo_root / "README.md").read_text()) == params_table()
-    assert main(["--check", str(repo_root / "README.md")]) == 0
+def test_params_page_matches_schema(repo_root):
+    page = repo_root / "docs" / "params.md"
+    assert page.read_text() == params_page()
+    assert params_table() in page.read_text()
+    assert main(["--check", str(page)]) == 0
+    assert main(["--check"]) == 0                    # the default file is the repository's docs/params.md
 
 
-def test_check_fails_on_a_stale_table(tmp_path, repo_root):
-    text = (repo_root / "README.md").read_text().replace("| `learning_rate` |", "| `learning_rates` |", 1)
-    (tmp_path / "README.md").write_text(text)
-    assert main(["--check", str(tmp_path / "README.md")]) == 1
-    (tmp_path / "none.md").write_text("no table")
-    with pytest.raises(ValueError, match="no params table"):
-        readme_table((tmp_path / "none.md").read_text())
+def test_every_leaf_key_has_a_row(repo_root):
+    table = params_table()
+    for key in ("learning_rate", "engine", "ray.embed.num_gpus", "train.augment.hue", "tune.poll_s"):
+        assert f"| `{key}` |" in table
+
+
+def test_check_fails_on_a_stale_or_missing_page_and_write_fixes_it(tmp_path, repo_root, capsys):
+    stale = tmp_path / "params.md"
+    stale.write_text((repo_root / "docs" / "params.md").read_text()
+                     .replace("| `learning_rate` |", "| `learning_rates` |", 1))
+    assert main(["--check", str(stale)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert main(["--check", str(tmp_path / "none.md")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert main(["--write", str(stale)]) == 0
+    assert main(["--check", str(stale)]) == 0
+    assert stale.read_text() == params_page()
