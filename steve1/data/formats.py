@@ -44,7 +44,7 @@ os.environ.setdefault("BLOSC_NTHREADS", str(min(4, available_cores())))
 import hdf5plugin  # noqa: E402  registers the Blosc filters with h5py: every reader of a blosc file needs it
 import simplejpeg  # noqa: E402  libjpeg-turbo; releases the GIL, so threads decode in parallel
 
-from steve1.params import FrameCodec  # noqa: E402
+from steve1.names import FrameCodec  # noqa: E402
 
 # ---------------------------------------------------------------- raw recordings: data/raw/<id>.{mp4,jsonl}
 RAW_FORMAT_VERSION = 1                  # of data/raw/manifest.json
