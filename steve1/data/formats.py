@@ -50,7 +50,6 @@ from steve1.names import FrameCodec  # noqa: E402
 RAW_FORMAT_VERSION = 1                  # of data/raw/manifest.json
 RAW_VIDEO_SUFFIX = ".mp4"
 RAW_ACTIONS_SUFFIX = ".jsonl"
-PART_SUFFIX = ".part"                   # a resumable partial download: <id>.mp4.part
 
 # ---------------------------------------------------------------- episodes: data/episodes/<id>.h5
 # Version 2 records the frame codec (attribute ``frame_codec``) and adds the per-frame encoded
