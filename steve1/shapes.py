@@ -13,6 +13,7 @@ This module imports the schema only (no library code): the pipeline generator an
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -150,9 +151,10 @@ def declared_values(params: Params, stage: str, exclude: frozenset[str] = frozen
     return out
 
 
-def nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": v}`` as ``{"a": {"b": v}}``: how recorded configs hold the declared values."""
-    out: dict[str, Any] = {}
+def nested(values: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``{"a.b": v}`` as ``{"a": {"b": v}}``: how recorded configs hold the declared values. With
+    ``base``, a deep copy of it with the dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
+    out: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else {}
     for key, value in values.items():
         *parents, name = key.split(".")
         node = out
