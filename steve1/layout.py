@@ -207,18 +207,6 @@ class Layout:
         return self.source / SOURCE_INDEX
 
     @property
-    def raw_manifest(self) -> Path:
-        return self.raw / MANIFEST
-
-    @property
-    def decode_manifest(self) -> Path:
-        return self.episodes / MANIFEST
-
-    @property
-    def embed_manifest(self) -> Path:
-        return self.embeds / MANIFEST
-
-    @property
     def generated_episodes(self) -> Path:
         """Episodes of the generate stage (VPT agents playing), in the episode format."""
         return self.generated / "episodes"

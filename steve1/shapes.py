@@ -39,8 +39,6 @@ NOT_FINGERPRINTED = frozenset({"paths.models", "sample.name", "train.run", "trai
                                "train.val_freq_switch_steps", "train.val_every_nth", "train.checkpoint_every_steps",
                                "train.snapshot_every_frames", "train.grad_norm_range", "train.tensorboard"})
 
-_EMBED = ("embed.weights", "embed.preset", "embed.seed", "embed.batch_size", "embed.device", "embed.compute_dtype",
-          "embed.store_dtype")
 _POLICY = ("train.preset", "train.in_model", "train.mineclip_embed_dim")
 
 STAGES: dict[str, Shapes] = {
@@ -109,22 +107,6 @@ def param_keys(stage: str) -> list[str]:
         section = _section_of(key)
         keys.extend(_leaves(section, key + ".") if section is not None else [key])
     return list(dict.fromkeys(keys))
-
-
-def speed_only_keys() -> list[str]:
-    """Every key of the schema marked speed-only."""
-    found: list[str] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if is_speed_only(model, name):
-                found.append(prefix + name)
-            elif isinstance(ann, type) and issubclass(ann, Section):
-                walk(ann, f"{prefix}{name}.")
-
-    walk(Params, "")
-    return found
 
 
 # ----------------------------------------------------------------------------- values

@@ -153,7 +153,7 @@ def test_a_start_weights_file_inside_weights_dir_is_covered_by_that_dep():
 
 
 def test_params_are_keys_and_speed_only_keys_stale_nothing():
-    from steve1.shapes import speed_only_keys
+    from fixtures.schema import speed_only_keys
 
     doc = _doc(Params())
     listed = {s: (e.get("do", e))["params"] for s, e in doc.items()}

@@ -164,9 +164,6 @@ class SlotBatch:
     small: dict[str, np.ndarray]
 
 
-_BIG = ("frames", "goal_embeds")   # the batch arrays that live in slots
-
-
 def _identity(x: Any) -> Any:
     """The DataLoader's collate: batches are assembled by the dataset, numpy stays numpy."""
     return x
