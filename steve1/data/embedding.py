@@ -130,23 +130,6 @@ def embed_frames(embedder: Embedder, frames: np.ndarray | Iterable[np.ndarray]) 
     return window_embeddings(embedder, frame_features(embedder, frames))
 
 
-@torch.no_grad()
-def naive_window_embeddings(embedder: Embedder, frames: np.ndarray, windows_per_call: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """STEVE-1's method, the reference: every window's 16 frames through ``encode_video``."""
-    n = len(frames)
-    embeds = np.zeros((n, embedder.model.embed_dim), np.float32)
-    valid = np.zeros(n, bool)
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # [N,3,H,W]
-    ends = list(range(formats.WINDOW - 1, n))
-    for i in range(0, len(ends), windows_per_call):
-        group = ends[i:i + windows_per_call]
-        clips = torch.stack([video[t - formats.WINDOW + 1: t + 1] for t in group]).to(embedder.device)  # [w,16,3,H,W]
-        with embedder.autocast():
-            embeds[group] = embedder.model.encode_video(clips).float().cpu().numpy()
-        valid[group] = True
-    return embeds, valid
-
-
 # ---------------------------------------------------------------------------------------------- episodes
 
 

@@ -12,8 +12,8 @@ import torch
 from torch.testing import assert_close
 
 from steve1.data import formats
-from steve1.data.embedding import (Embedder, embed_all, embed_frames, make_embedder, naive_window_embeddings,
-                                   shard, write_manifest)
+from fixtures.embedding import naive_window_embeddings
+from steve1.data.embedding import Embedder, embed_all, embed_frames, make_embedder, shard, write_manifest
 from steve1.data.episodes import Episode, read_embeds, write_episode
 from steve1.models.mineclip import build_mineclip
 from steve1.models.mineclip_files import random_weights_info

@@ -21,7 +21,7 @@ from steve1.eval.offline import (deltas, evaluate_policies, kl_divergence, other
 from steve1.io import write_json_atomic
 from steve1.models.checkpoints import GOAL_KEYS, save_policy_weights
 from steve1.models.policy import guide
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures.episodes import EpisodeFactory  # noqa: E402
