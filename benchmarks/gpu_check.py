@@ -434,7 +434,8 @@ def section_numerics(ctx: "Context") -> dict[str, Any]:
 def _numerics(ctx: "Context") -> dict[str, Any]:
     from steve1.models.mineclip import build_mineclip
     from steve1.models.mineclip_files import canonical_key
-    from steve1.models.vpt import build_policy, build_policy_from_preset
+    from steve1.models.vpt import build_policy
+    from tests.fixtures.policy import build_policy_from_preset
 
     device, s = ctx.device, ctx.sizes
     out = ctx.partial

@@ -18,7 +18,8 @@ import torch
 from torch.testing import assert_close
 
 from benchmarks.conftest import QUICK, record
-from steve1.data.embedding import Embedder, embed_frames, naive_window_embeddings
+from steve1.data.embedding import Embedder, embed_frames
+from tests.fixtures.embedding import naive_window_embeddings
 from steve1.models.mineclip import build_mineclip
 from steve1.models.mineclip_files import random_weights_info
 

@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.conftest import QUICK, record
-from steve1.models.vpt import build_policy_from_preset
+from tests.fixtures.policy import build_policy_from_preset
 from steve1.models.policy import behavioural_cloning_loss
 
 FORWARD_CASES = [("tiny", 2, 8)] if QUICK else [("tiny", 4, 16), ("2x", 1, 16), ("2x", 2, 32)]

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.conftest import QUICK, record
 from benchmarks.test_policy import MEMORY_METER, _PeakMemory, matmul_gflops
-from steve1.models.vpt import build_policy_from_preset
+from tests.fixtures.policy import build_policy_from_preset
 from steve1.params import TrainParams
 from steve1.train.accelerator import build_accelerator
 from steve1.train.optim import make_optimizer

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from stages._common import StageError, run_stage
-from steve1.data.download import RetryPolicy, run_download
+from steve1.data.download import run_download
 from steve1.data.index import IndexFileError
 from steve1.engine import EngineError, open_executor
+from steve1.fetch import RetryPolicy
 from steve1.params import Params
 
 log = logging.getLogger("stages.download")

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stages._common import StageError, run_stage
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.synthetic import write_synthetic_recording
 from steve1.io import atomic_path, remove_stale_temps, write_json_atomic
 from steve1.params import Params
@@ -36,24 +36,24 @@ def _body(params: Params) -> None:
     for k, eid in enumerate(tqdm(ids, desc="make-source", unit="rec")):
         write_synthetic_recording(rec_dir, eid, src.synthetic_steps, seed=(src.seed, k))
     if src.include_real:
-        pairs = sorted(p.stem for p in ASSETS.glob(f"*{F.RAW_VIDEO_SUFFIX}"))
+        pairs = sorted(p.stem for p in ASSETS.glob(f"*{formats.RAW_VIDEO_SUFFIX}"))
         if not pairs:
             raise StageError(f"source.include_real is true but {ASSETS} holds no .mp4 recording")
         for stem in pairs:
-            for suffix in (F.RAW_VIDEO_SUFFIX, F.RAW_ACTIONS_SUFFIX):
+            for suffix in (formats.RAW_VIDEO_SUFFIX, formats.RAW_ACTIONS_SUFFIX):
                 with atomic_path(rec_dir / f"{stem}{suffix}") as tmp:
                     shutil.copyfile(ASSETS / f"{stem}{suffix}", tmp)
         with atomic_path(root / PROVENANCE) as tmp:
             shutil.copyfile(ASSETS / PROVENANCE, tmp)
         ids += pairs
-    wanted = {f"{i}{s}" for i in ids for s in (F.RAW_VIDEO_SUFFIX, F.RAW_ACTIONS_SUFFIX)}
+    wanted = {f"{i}{s}" for i in ids for s in (formats.RAW_VIDEO_SUFFIX, formats.RAW_ACTIONS_SUFFIX)}
     for p in rec_dir.iterdir():   # recordings of earlier params
         if p.name not in wanted:
             p.unlink()
     if not src.include_real:
         (root / PROVENANCE).unlink(missing_ok=True)
     write_json_atomic(root / "index.json",
-                      {"basedir": ".", "relpaths": [f"{RECORDINGS}/{i}{F.RAW_VIDEO_SUFFIX}" for i in ids]})
+                      {"basedir": ".", "relpaths": [f"{RECORDINGS}/{i}{formats.RAW_VIDEO_SUFFIX}" for i in ids]})
     log.info("%d recording(s) in %s", len(ids), rec_dir)
 
 

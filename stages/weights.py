@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from stages._common import StageError, run_stage
-from steve1.data.download import RetryPolicy
+from steve1.fetch import RetryPolicy
 from steve1.models.official_files import OFFICIAL_FILES, WeightsError, ensure_official_files
 from steve1.params import Params, describe_invalid
 

@@ -82,16 +82,16 @@ def decode_one(
     from steve1.data.decode import DecodeSkip, decode_recording, conversion_settings
     from steve1.io import sha256_file
     from steve1.data.episodes import write_episode
-    from steve1.data import formats as F
+    from steve1.data import formats
 
-    if codec not in F.CODECS:
-        typer.echo(f"error: --codec {codec!r} is not a frame codec; expected one of {', '.join(F.CODECS)}", err=True)
+    if codec not in formats.CODECS:
+        typer.echo(f"error: --codec {codec!r} is not a frame codec; expected one of {', '.join(formats.CODECS)}", err=True)
         raise typer.Exit(2)
     try:
         settings = DecodeParams(camera_int_truncation=camera_int_truncation, frame_codec=codec, frame_quality=quality,
                                 cursor_png=str(cursor_png) if cursor_png else None)
-        attrs = {F.A_VIDEO_SHA256: sha256_file(video), F.A_JSONL_SHA256: sha256_file(actions),
-                 F.A_CONVERSION: json.dumps(conversion_settings(settings), sort_keys=True)}
+        attrs = {formats.A_VIDEO_SHA256: sha256_file(video), formats.A_JSONL_SHA256: sha256_file(actions),
+                 formats.A_CONVERSION: json.dumps(conversion_settings(settings), sort_keys=True)}
         ep = decode_recording(video, actions, out.stem, settings, attrs)
     except (DecodeSkip, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -118,12 +118,12 @@ def import_recordings(
 ) -> None:
     """Import custom recordings (PNG frames + actions.jsonl, MineRL v0.4 trajectories, STEVE-1 datasets) as HDF5 episodes;
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
-    from steve1.data import formats as F
+    from steve1.data import formats
     from steve1.data.custom import FORMATS, import_all
 
-    if fmt not in FORMATS or codec not in F.CODECS:
+    if fmt not in FORMATS or codec not in formats.CODECS:
         typer.echo(f"error: --format {fmt!r} / --codec {codec!r}: expected --format in {', '.join(FORMATS)} "
-                   f"and --codec in {', '.join(F.CODECS)}", err=True)
+                   f"and --codec in {', '.join(formats.CODECS)}", err=True)
         raise typer.Exit(2)
     try:
         settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
@@ -225,24 +225,33 @@ def rollout(
 ) -> None:
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
     MineRL 1.0.2, JDK 8 and a display (README "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
-    from stages._common import StageError
-    from stages.rollout import check, run
-    from steve1.params import ParamsError, load_params
+    from steve1.engine import EngineError, open_executor
+    from steve1.envs import EnvError
+    from steve1.eval.programmatic import METRICS
+    from steve1.eval.rollout import RolloutError, rollouts_from_params
+    from steve1.models.checkpoints import CheckpointMismatchError
+    from steve1.params import ParamsError, describe_invalid, load_params
 
     try:
         p = load_params(params)
         for key, value in (("n_episodes", episodes), ("steps", steps), ("env", env), ("device", device)):
             if value is not None:
                 setattr(p.rollout, key, value)
-        check(p)
+        unknown = sorted(set(p.rollout.targets.values()) - set(METRICS))   # as the stage's check
+        if unknown:
+            raise ValueError(describe_invalid("rollout.targets", p.rollout.targets,
+                                              f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
     except (ParamsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     try:
-        run(p, str(out) if out else None)
-    except StageError as exc:
+        with open_executor(p) as executor:
+            res = rollouts_from_params(p, str(out) if out else None, executor=executor)
+    except (EnvError, RolloutError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+    print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
+          f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")
 
 
 @app.command("profile")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steve1.names import GENERATED_SET
+
 if TYPE_CHECKING:  # the layout needs a few values of params, never the schema's code
     from steve1.params import Params
 
-GENERATED_SET = "generated"  # sample.mix name of the generate stage's episodes
 MANIFEST = "manifest.json"  # every data folder's index: <raw|episodes|embeds>/manifest.json
 SOURCE_INDEX = "index.json"
 PRIOR = "prior.pt"
@@ -204,18 +205,6 @@ class Layout:
     @property
     def source_index(self) -> Path:
         return self.source / SOURCE_INDEX
-
-    @property
-    def raw_manifest(self) -> Path:
-        return self.raw / MANIFEST
-
-    @property
-    def decode_manifest(self) -> Path:
-        return self.episodes / MANIFEST
-
-    @property
-    def embed_manifest(self) -> Path:
-        return self.embeds / MANIFEST
 
     @property
     def generated_episodes(self) -> Path:

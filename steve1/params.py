@@ -17,6 +17,8 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
                       model_validator)
 
+from steve1.names import GENERATED_SET, FrameCodec
+
 
 class ParamsError(ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
@@ -117,10 +119,6 @@ class DownloadParams(Section):
         if self.select == "list" and not self.episodes:
             raise ValueError("select is 'list' but 'episodes' is empty: name the episode ids to fetch")
         return self
-
-
-# lossless HDF5 filters, or "jpeg": one JPEG per frame (lossy); all declared in steve1.data.formats
-FrameCodec = Literal["none", "lzf", "gzip", "blosc-lz4", "blosc-zstd", "jpeg"]
 
 
 class DecodeParams(Section):
@@ -620,8 +618,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _mix_names_are_custom_sets(self) -> "Params":
-        from steve1.layout import GENERATED_SET   # a name, no library code
-
         bad = [f"custom.{name}" for name in self.custom if not re.match(SET_NAME, name) or name == GENERATED_SET]
         if bad:
             raise ValueError(f"custom set names must be {NAME_RULE}, and not "

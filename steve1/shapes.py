@@ -13,6 +13,7 @@ This module imports the schema only (no library code): the pipeline generator an
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -38,8 +39,6 @@ NOT_FINGERPRINTED = frozenset({"paths.models", "sample.name", "train.run", "trai
                                "train.val_freq_switch_steps", "train.val_every_nth", "train.checkpoint_every_steps",
                                "train.snapshot_every_frames", "train.grad_norm_range", "train.tensorboard"})
 
-_EMBED = ("embed.weights", "embed.preset", "embed.seed", "embed.batch_size", "embed.device", "embed.compute_dtype",
-          "embed.store_dtype")
 _POLICY = ("train.preset", "train.in_model", "train.mineclip_embed_dim")
 
 STAGES: dict[str, Shapes] = {
@@ -110,22 +109,6 @@ def param_keys(stage: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def speed_only_keys() -> list[str]:
-    """Every key of the schema marked speed-only."""
-    found: list[str] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if is_speed_only(model, name):
-                found.append(prefix + name)
-            elif isinstance(ann, type) and issubclass(ann, Section):
-                walk(ann, f"{prefix}{name}.")
-
-    walk(Params, "")
-    return found
-
-
 # ----------------------------------------------------------------------------- values
 
 def _lookup(params: Any, key: str) -> tuple[bool, Any]:
@@ -150,9 +133,10 @@ def declared_values(params: Params, stage: str, exclude: frozenset[str] = frozen
     return out
 
 
-def nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": v}`` as ``{"a": {"b": v}}``: how recorded configs hold the declared values."""
-    out: dict[str, Any] = {}
+def nested(values: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``{"a.b": v}`` as ``{"a": {"b": v}}``: how recorded configs hold the declared values. With
+    ``base``, a deep copy of it with the dotted keys set (what ``dvc exp run -S`` does to params.yaml)."""
+    out: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else {}
     for key, value in values.items():
         *parents, name = key.split(".")
         node = out

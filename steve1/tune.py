@@ -29,7 +29,6 @@ recorded as failed with its reason and the study goes on.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from steve1.params import Params, ParamsError, TuneParams, validate_params
+from steve1.shapes import nested
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,6 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
-    return out
-
-
-def with_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``raw`` params with dotted ``overrides`` set (what ``dvc exp run -S`` does to params.yaml)."""
-    out = copy.deepcopy(dict(raw))
-    for key, value in overrides.items():
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
     return out
 
 
@@ -118,7 +106,7 @@ def distributions(cfg: TuneParams, raw: Mapping[str, Any]) -> dict[str, Any]:
 
         def check(value: Any, what: str) -> None:
             try:
-                validate_params(with_overrides(base, {key: value}))
+                validate_params(nested({key: value}, base))
             except ParamsError as exc:
                 detail = str(exc).split("\n", 1)[-1].strip()
                 raise TuneError(f"{where}: {what} {value!r} is refused by the schema: {detail}") from None

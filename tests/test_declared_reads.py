@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 import stages._common as common
+from fixtures.schema import speed_only_keys
 from steve1.layout import Layout
 from steve1.params import Section, load_params
-from steve1.shapes import STAGES, speed_only_keys
+from steve1.shapes import STAGES
 
 EXECUTION = ("engine", "ray")     # where per-episode work runs, never what it writes (README "Ray")
 _OWNER: dict[int, tuple[str, set[str]]] = {}

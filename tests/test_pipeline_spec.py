@@ -38,8 +38,9 @@ def test_modules_make_exactly_their_importers_stale():
     assert _importers("steve1/data/sampling.py") == {"sample", "report", "train", "evaluate"}
     assert _importers("steve1/params.py") == all_stages
     assert _importers("stages/_common.py") == all_stages
-    # weights: through the downloader; rollout plays in an env, it reads no data files
-    assert _importers("steve1/data/formats.py") == all_stages - {"rollout"}
+    # weights fetches through steve1.fetch, not the data path; rollout plays in an env, it reads no data files
+    assert _importers("steve1/data/formats.py") == all_stages - {"rollout", "weights"}
+    assert _importers("steve1/fetch.py") == {"weights", "download"}
     # the expensive embed stage reruns for MineCLIP and data-path edits, not for the policy's
     assert "embed" in _importers("steve1/models/mineclip.py")
     assert "embed" not in _importers("steve1/models/vpt.py") | _importers("steve1/train/trainer.py")
@@ -82,9 +83,9 @@ def test_dvc_yaml_paths_are_the_layout_of_the_placeholders():
 
 
 def test_params_imports_no_library_code():
-    # the layout only names things (the generated set); the package's numerics sets MKL's mode (stdlib
-    # only); nothing from data/, models/, train/ or eval/
-    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/layout.py", "steve1/numerics.py",
+    # names only names things (the generated set, the frame codecs); the package's numerics sets MKL's mode
+    # (stdlib only); nothing from data/, models/, train/ or eval/, not even the layout
+    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/names.py", "steve1/numerics.py",
                                                        "steve1/params.py"]
 
 
@@ -153,7 +154,7 @@ def test_a_start_weights_file_inside_weights_dir_is_covered_by_that_dep():
 
 
 def test_params_are_keys_and_speed_only_keys_stale_nothing():
-    from steve1.shapes import speed_only_keys
+    from fixtures.schema import speed_only_keys
 
     doc = _doc(Params())
     listed = {s: (e.get("do", e))["params"] for s, e in doc.items()}

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from steve1.params import validate_params
+from steve1.shapes import nested
 from steve1.tune import (TrialStatus, TuneError, _flat, distributions, experiment_name, load_tune, run_study,
-                         with_overrides, yaml_value)
+                         yaml_value)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -79,7 +80,7 @@ class FakeRunner:
             if e["state"] == "done":
                 metrics = {"val_loss": min(v for _, v in self.dvc.curve(e)), "nll": 2.0}
             out[name] = TrialStatus(state=e["state"], metrics=metrics, error=e.get("error"),
-                                    params=_flat(with_overrides(self.dvc.raw, e["overrides"])))
+                                    params=_flat(nested(e["overrides"], self.dvc.raw)))
         return out
 
     def curve(self, name, status, path):
@@ -345,3 +346,12 @@ def test_a_failed_runs_reason_is_its_last_words_and_dvcs_error_or_says_it_was_ki
     assert runner.reason("b", status) == ("stopped without an error in its log (killed?); the log ends: "
                                           "Stage 'prior' didn't change, skipping")
 
+
+
+def test_nested_sets_dotted_keys_on_a_deep_copy():
+    """One function sets dotted keys (a trial's -S overrides, a recorded config): the base is untouched."""
+    base = {"train": {"learning_rate": 1.0, "batch_size": 2}, "sample": {"T": 40}}
+    out = nested({"train.learning_rate": 3.0, "tune.n_trials": 5}, base)
+    assert out == {"train": {"learning_rate": 3.0, "batch_size": 2}, "sample": {"T": 40}, "tune": {"n_trials": 5}}
+    assert base == {"train": {"learning_rate": 1.0, "batch_size": 2}, "sample": {"T": 40}}
+    assert nested({"a.b": 1, "a.c": 2}) == {"a": {"b": 1, "c": 2}}

@@ -48,7 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from steve1 import actions as A
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data import steve1_format as S1
 from steve1.data.decode import AGENT_SIZE, DecodeReport, DecodeSkip, conversion_settings, write_or_reuse
 from steve1.data.episodes import Episode, episode_path
@@ -192,7 +192,7 @@ def import_frames_episode(folder: Path, episode_id: str, settings: DecodeParams,
                          f"{ACTIONS_FILE}; expected one line per frame")
     _check_min_kept(rec, settings)
     cursor = load_cursor(settings.cursor_png)
-    frames = np.empty((rec.n_kept,) + F.FRAME_SHAPE, np.uint8)           # [K,128,128,3]
+    frames = np.empty((rec.n_kept,) + formats.FRAME_SHAPE, np.uint8)           # [K,128,128,3]
     kept_pos = {int(s): k for k, s in enumerate(rec.kept_steps)}
     shape = None
     with atomic_path(video_out, suffix=".mp4") as tmp:
@@ -302,7 +302,7 @@ def import_minerl_episode(folder: Path, episode_id: str, settings: DecodeParams,
                          f"expected at least actions + 1 frames")
     _check_min_kept(rec, settings)
     source_step = rec.kept_steps + offset
-    frames = np.empty((rec.n_kept,) + F.FRAME_SHAPE, np.uint8)
+    frames = np.empty((rec.n_kept,) + formats.FRAME_SHAPE, np.uint8)
     stats = ReadStats()
     try:
         for k, bgr in enumerate(iter_kept_bgr(video, source_step, rec.gui_open, rec.cursor_xy, stats=stats,
@@ -337,7 +337,7 @@ def _episode(episode_id: str, frames: np.ndarray, rec: RecordingActions, fps: fl
     buttons, camera = rec.agent_actions()
     return Episode(episode_id=episode_id, frames=frames, buttons=buttons, camera=camera, env_actions=rec.env,
                    source_step=rec.kept_steps, gui_open=rec.gui_open, cursor_xy=rec.cursor_xy,
-                   attrs={F.A_FPS: float(fps), F.A_DECODE_COUNTS: json.dumps({**counts, **extra}, sort_keys=True),
+                   attrs={formats.A_FPS: float(fps), formats.A_DECODE_COUNTS: json.dumps({**counts, **extra}, sort_keys=True),
                           **(attrs or {})})
 
 
@@ -417,7 +417,7 @@ def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: Dec
     per-episode function of every engine."""
     row = _skipped_row(src)
     reused = False
-    dest, video_out = episode_path(out_dir, src.episode_id), video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}"
+    dest, video_out = episode_path(out_dir, src.episode_id), video_dir / f"{src.episode_id}{formats.RAW_VIDEO_SUFFIX}"
     embeds_out = S1.embeds_companion(video_dir, src.episode_id)
     try:
         if src.format is None:
@@ -427,7 +427,7 @@ def _import_one(src: CustomSource, out_dir: Path, video_dir: Path, settings: Dec
         conversion = json.dumps({**base, "source_format": src.format,
                                  **({"fps": fps} if src.format == "frames" else {})}, sort_keys=True)
         frames_sha, actions_sha = source_digests(src)
-        origin = {F.A_SOURCE_URL: str(src.folder), F.A_RECORDER_VERSION: f"import:{src.format}"}
+        origin = {formats.A_SOURCE_URL: str(src.folder), formats.A_RECORDER_VERSION: f"import:{src.format}"}
 
         def make(attrs: dict[str, Any]) -> Episode:
             if src.format == "steve1":
@@ -494,7 +494,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
         if isinstance(result, Lost):   # its worker died on every try: skipped, like a bad recording
             row, reused = {**_skipped_row(src), "reason": result.reason}, False
             episode_path(out_dir, src.episode_id).unlink(missing_ok=True)
-            (video_dir / f"{src.episode_id}{F.RAW_VIDEO_SUFFIX}").unlink(missing_ok=True)
+            (video_dir / f"{src.episode_id}{formats.RAW_VIDEO_SUFFIX}").unlink(missing_ok=True)
             S1.embeds_companion(video_dir, src.episode_id).unlink(missing_ok=True)
         else:
             row, reused = result
@@ -504,7 +504,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
             log.warning("%s skipped: %s", src.episode_id, row["reason"])
     for d in (out_dir, video_dir):
         remove_stale_temps(d)      # temps of workers that died
-    write_json_atomic(manifest, {"format_version": F.DECODE_MANIFEST_VERSION, "importer": IMPORTER,
+    write_json_atomic(manifest, {"format_version": formats.DECODE_MANIFEST_VERSION, "importer": IMPORTER,
                                  "conversion": base, "video_dir": str(video_dir),
                                  "episodes": dict(sorted(rows.items()))})
     return report

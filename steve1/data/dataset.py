@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import EpisodeFormatError, FrameStore, check_episode_version, open_store, reading
 from steve1.data.sampling import MAIN_SET, Chunk, episode_files, load_sampling, set_dirs, split_chunks, split_key
 from steve1.params import SampleParams
@@ -141,7 +141,7 @@ def process_threads(num_workers: int = 0, cores: Optional[int] = None) -> int:
     set per training process on this node (``LOCAL_WORLD_SIZE``, set by torchrun/accelerate).
     Two workers each running two Blosc threads on 2 cores made the loader slower than no workers.
     """
-    cores = F.available_cores() if cores is None else cores
+    cores = formats.available_cores() if cores is None else cores
     try:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
@@ -164,9 +164,6 @@ class SlotBatch:
     small: dict[str, np.ndarray]
 
 
-_BIG = ("frames", "goal_embeds")   # the batch arrays that live in slots
-
-
 def _identity(x: Any) -> Any:
     """The DataLoader's collate: batches are assembled by the dataset, numpy stays numpy."""
     return x
@@ -181,7 +178,7 @@ class _Handles:
     def __init__(self, episode: Path, embeds: Path):
         self.episode_path, self.embeds_path = episode, embeds
         self.file = open_store(episode, "episode")
-        chunks = self.file[F.FRAMES].chunks if F.FRAMES in self.file else None  # per-frame codecs: no chunk cache
+        chunks = self.file[formats.FRAMES].chunks if formats.FRAMES in self.file else None  # per-frame codecs: no chunk cache
         cache = 2 * int(np.prod(chunks)) if chunks else 0  # uint8: bytes == elements
         if cache > _DEFAULT_CHUNK_CACHE:  # a compressed chunk must fit, or HDF5 re-decodes it per piece
             self.file.close()
@@ -200,17 +197,17 @@ class _Handles:
         except EpisodeFormatError:
             self.close()
             raise
-        if self.embeds_file.attrs.get(F.A_FORMAT_VERSION) != F.EMBED_FORMAT_VERSION:
+        if self.embeds_file.attrs.get(formats.A_FORMAT_VERSION) != formats.EMBED_FORMAT_VERSION:
             self.close()
-            found = self.embeds_file.attrs.get(F.A_FORMAT_VERSION)
-            raise EpisodeFormatError(f"{embeds}: format_version {found!r}, expected {F.EMBED_FORMAT_VERSION}")
-        self.n_frames = int(self.file.attrs[F.A_N_FRAMES])
+            found = self.embeds_file.attrs.get(formats.A_FORMAT_VERSION)
+            raise EpisodeFormatError(f"{embeds}: format_version {found!r}, expected {formats.EMBED_FORMAT_VERSION}")
+        self.n_frames = int(self.file.attrs[formats.A_N_FRAMES])
         try:
             self.frames = FrameStore(self.file, episode)
             with reading(episode, "episode"):
-                self.buttons, self.camera = self.file[F.BUTTONS], self.file[F.CAMERA]
+                self.buttons, self.camera = self.file[formats.BUTTONS], self.file[formats.CAMERA]
             with reading(embeds, "embeds"):
-                self.embeds = self.embeds_file[F.EMBEDS]
+                self.embeds = self.embeds_file[formats.EMBEDS]
         except EpisodeFormatError:
             self.close()
             raise
@@ -246,9 +243,9 @@ class ChunkDataset(Dataset):
         Ts = {int(e) - int(s) for _, s, e in chunks}
         if len(Ts) != 1:
             raise ValueError(f"chunks must all have the same length, got lengths {sorted(Ts)[:5]}")
-        if min_btwn_goals < F.NONE_EMBED_OFFSET:
-            raise ValueError(f"min_btwn_goals={min_btwn_goals} must be >= {F.NONE_EMBED_OFFSET}: the first goal "
-                             f"is drawn at >= min_btwn_goals and embedding rows < {F.NONE_EMBED_OFFSET} do not exist")
+        if min_btwn_goals < formats.NONE_EMBED_OFFSET:
+            raise ValueError(f"min_btwn_goals={min_btwn_goals} must be >= {formats.NONE_EMBED_OFFSET}: the first goal "
+                             f"is drawn at >= min_btwn_goals and embedding rows < {formats.NONE_EMBED_OFFSET} do not exist")
         if max_btwn_goals <= min_btwn_goals:
             raise ValueError(f"max_btwn_goals={max_btwn_goals} must be greater than min_btwn_goals={min_btwn_goals}")
         if not 0.0 <= p_uncond <= 1.0:
@@ -370,7 +367,7 @@ class ChunkDataset(Dataset):
         pool = self._decoder()
         B, T = len(indices), self.T
         D = self._files(self.chunks[indices[0]][0]).embed_dim  # goal width from the data (512 for MineCLIP)
-        worker, slot, big, send = self._slot_buffers({"frames": ((B, T) + F.FRAME_SHAPE, torch.uint8),
+        worker, slot, big, send = self._slot_buffers({"frames": ((B, T) + formats.FRAME_SHAPE, torch.uint8),
                                                       "goal_embeds": ((B, T, D), torch.float32)})
         frames, goal_embeds = big["frames"].numpy(), big["goal_embeds"].numpy()
         buttons = np.empty((B, T), np.int64)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.embedding import is_up_to_date, source_id
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
@@ -24,7 +24,7 @@ from steve1.layout import MANIFEST
 
 def dataset_weights_id(set_name: str, declared_mineclip: Optional[str]) -> str:
     """The ``weights`` attribute of embeddings reused from a dataset."""
-    return F.DATASET_WEIGHTS_PREFIX + (declared_mineclip or f"{F.UNVERIFIED_SPACE}custom.{set_name}")
+    return formats.DATASET_WEIGHTS_PREFIX + (declared_mineclip or f"{formats.UNVERIFIED_SPACE}custom.{set_name}")
 
 
 def carries_embeddings(episodes_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -32,7 +32,7 @@ def carries_embeddings(episodes_dir: str | Path) -> tuple[list[str], list[str]]:
     with_, without = [], []
     for eid in list_episode_ids(episodes_dir):
         with EpisodeReader(episode_path(episodes_dir, eid)) as ep:
-            (with_ if str(ep.attrs.get(F.A_RECORDER_VERSION, "")) == F.STEVE1_RECORDER else without).append(eid)
+            (with_ if str(ep.attrs.get(formats.A_RECORDER_VERSION, "")) == formats.STEVE1_RECORDER else without).append(eid)
     return with_, without
 
 
@@ -50,28 +50,28 @@ def reuse_dataset_embeds(episodes_dir: str | Path, raw_dir: str | Path, embeds_d
     for eid in list_episode_ids(episodes_dir):
         with EpisodeReader(episode_path(episodes_dir, eid)) as ep:
             n, attrs = ep.n_frames, ep.attrs
-        if str(attrs.get(F.A_RECORDER_VERSION, "")) != F.STEVE1_RECORDER:
+        if str(attrs.get(formats.A_RECORDER_VERSION, "")) != formats.STEVE1_RECORDER:
             raise ValueError(f"{episode_path(episodes_dir, eid)}: not imported from a STEVE-1 dataset, so it has no "
                              f"embeddings to reuse; set embeddings: mineclip (or auto) for this set")
         source = source_id(attrs, None)
         out = episode_path(embeds_dir, eid)
-        entries[eid] = {"n_frames": n, "n_valid": max(0, n - F.NONE_EMBED_OFFSET)}
+        entries[eid] = {"n_frames": n, "n_valid": max(0, n - formats.NONE_EMBED_OFFSET)}
         if is_up_to_date(out, weights_id, n, store_dtype, source):
             continue
-        companion = Path(raw_dir) / f"{eid}{F.DATASET_EMBEDS_SUFFIX}"
+        companion = Path(raw_dir) / f"{eid}{formats.DATASET_EMBEDS_SUFFIX}"
         if not companion.is_file():
             raise FileNotFoundError(f"{companion}: the dataset's embeddings of episode {eid} are missing "
                                     f"(rerun import-set)")
         vectors = np.load(companion, allow_pickle=False)
-        if vectors.shape != (n, F.STEVE1_EMBED_DIM) or vectors.dtype != np.float32:
+        if vectors.shape != (n, formats.STEVE1_EMBED_DIM) or vectors.dtype != np.float32:
             raise ValueError(f"{companion}: {vectors.dtype} {list(vectors.shape)}, expected float32 "
-                             f"[{n},{F.STEVE1_EMBED_DIM}] like its episode (rerun import-set)")
-        valid = np.arange(n) >= F.NONE_EMBED_OFFSET
+                             f"[{n},{formats.STEVE1_EMBED_DIM}] like its episode (rerun import-set)")
+        valid = np.arange(n) >= formats.NONE_EMBED_OFFSET
         write_embeds(out, eid, vectors, valid, weights=weights_id, store_dtype=store_dtype,
-                     extra_attrs={F.A_SOURCE_ID: source, "embeddings_source": "dataset"})
-    manifest = {"format_version": F.EMBED_FORMAT_VERSION, "weights": weights_id,
-                "weights_info": {"source": "dataset", "mineclip_space": F.mineclip_space(weights_id)},
-                "mineclip_config": None, "embed_dim": F.STEVE1_EMBED_DIM, "window": F.WINDOW,
-                "first_valid": F.NONE_EMBED_OFFSET, "store_dtype": store_dtype, "episodes": entries}
+                     extra_attrs={formats.A_SOURCE_ID: source, "embeddings_source": "dataset"})
+    manifest = {"format_version": formats.EMBED_FORMAT_VERSION, "weights": weights_id,
+                "weights_info": {"source": "dataset", "mineclip_space": formats.mineclip_space(weights_id)},
+                "mineclip_config": None, "embed_dim": formats.STEVE1_EMBED_DIM, "window": formats.WINDOW,
+                "first_valid": formats.NONE_EMBED_OFFSET, "store_dtype": store_dtype, "episodes": entries}
     write_json_atomic(embeds_dir / MANIFEST, manifest)
     return manifest

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import Episode, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 EXPECTED_SIZE = (640, 360)      # (W, H) of contractor recordings
 EXPECTED_FPS = 20.0
-AGENT_SIZE = (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0])   # (W, H) for cv2
+AGENT_SIZE = (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0])   # (W, H) for cv2
 DRAWN_CURSOR = "drawn-arrow-v1"
 
 
@@ -48,12 +48,12 @@ def conversion_settings(settings: DecodeParams) -> dict[str, Any]:
     """Everything that shapes an episode's bytes; stored in the file and compared on resume."""
     cursor = DRAWN_CURSOR if settings.cursor_png is None else f"png:sha256={sha256_file(Path(settings.cursor_png))}"
     return {
-        "format_version": F.EPISODE_FORMAT_VERSION,
+        "format_version": formats.EPISODE_FORMAT_VERSION,
         "camera_int_truncation": settings.camera_int_truncation,
         "frame_codec": settings.frame_codec,
         "codec_level": settings.codec_level,
-        "frame_quality": settings.frame_quality if settings.frame_codec in F.PER_FRAME_CODECS else None,
-        "codec_library": F.codec_library(settings.frame_codec),
+        "frame_quality": settings.frame_quality if settings.frame_codec in formats.PER_FRAME_CODECS else None,
+        "codec_library": formats.codec_library(settings.frame_codec),
         "chunk_frames": settings.chunk_frames,
         "cursor": cursor,
         "frame_size": list(AGENT_SIZE),
@@ -83,7 +83,7 @@ def decode_recording(video: str | Path, jsonl: str | Path, episode_id: str, sett
         raise DecodeSkip(str(exc)) from None
     _check_counts(video, rec.n_lines, info.n_frames, settings.max_frame_mismatch, "header")
 
-    frames = np.empty((rec.n_kept,) + F.FRAME_SHAPE, np.uint8)            # [K,128,128,3]
+    frames = np.empty((rec.n_kept,) + formats.FRAME_SHAPE, np.uint8)            # [K,128,128,3]
     stats = ReadStats()
     try:
         for k, bgr in enumerate(iter_kept_bgr(video, rec.kept_steps, rec.gui_open, rec.cursor_xy,
@@ -118,7 +118,7 @@ def decode_recording(video: str | Path, jsonl: str | Path, episode_id: str, sett
     return Episode(
         episode_id=episode_id, frames=frames, buttons=buttons, camera=camera, env_actions=rec.env,
         source_step=rec.kept_steps, gui_open=rec.gui_open, cursor_xy=rec.cursor_xy,
-        attrs={F.A_FPS: info.fps, F.A_DECODE_COUNTS: json.dumps(counts, sort_keys=True), **(attrs or {})},
+        attrs={formats.A_FPS: info.fps, formats.A_DECODE_COUNTS: json.dumps(counts, sort_keys=True), **(attrs or {})},
     )
 
 
@@ -175,12 +175,12 @@ def find_sources(raw_dir: str | Path) -> list[Source]:
         for eid, row in sorted(episodes.items()):
             if row.get("status") != "ok":
                 continue
-            out.append(Source(eid, raw_dir / f"{eid}{F.RAW_VIDEO_SUFFIX}", raw_dir / f"{eid}{F.RAW_ACTIONS_SUFFIX}",
+            out.append(Source(eid, raw_dir / f"{eid}{formats.RAW_VIDEO_SUFFIX}", raw_dir / f"{eid}{formats.RAW_ACTIONS_SUFFIX}",
                               row.get("url"), row.get("version")))
         return out
     stems = {p.stem for p in raw_dir.iterdir()
-             if p.suffix in (F.RAW_VIDEO_SUFFIX, F.RAW_ACTIONS_SUFFIX) and not p.name.startswith(".")}
-    return [Source(s, raw_dir / f"{s}{F.RAW_VIDEO_SUFFIX}", raw_dir / f"{s}{F.RAW_ACTIONS_SUFFIX}") for s in sorted(stems)]
+             if p.suffix in (formats.RAW_VIDEO_SUFFIX, formats.RAW_ACTIONS_SUFFIX) and not p.name.startswith(".")}
+    return [Source(s, raw_dir / f"{s}{formats.RAW_VIDEO_SUFFIX}", raw_dir / f"{s}{formats.RAW_ACTIONS_SUFFIX}") for s in sorted(stems)]
 
 
 def existing_episode_counts(path: Path, conversion: str, video_sha: str, jsonl_sha: str) -> Optional[dict[str, Any]]:
@@ -188,9 +188,9 @@ def existing_episode_counts(path: Path, conversion: str, video_sha: str, jsonl_s
     try:
         with h5py.File(path, "r") as f:
             a = f.attrs
-            if (a.get(F.A_CONVERSION) == conversion and a.get(F.A_VIDEO_SHA256) == video_sha
-                    and a.get(F.A_JSONL_SHA256) == jsonl_sha):
-                return json.loads(a[F.A_DECODE_COUNTS])
+            if (a.get(formats.A_CONVERSION) == conversion and a.get(formats.A_VIDEO_SHA256) == video_sha
+                    and a.get(formats.A_JSONL_SHA256) == jsonl_sha):
+                return json.loads(a[formats.A_DECODE_COUNTS])
     except (OSError, KeyError, ValueError):
         pass
     return None
@@ -204,9 +204,9 @@ def write_or_reuse(dest: Path, settings: DecodeParams, conversion: str, video_sh
         counts = existing_episode_counts(dest, conversion, video_sha, jsonl_sha)
         if counts is not None:
             return counts, True
-    ep = make({F.A_VIDEO_SHA256: video_sha, F.A_JSONL_SHA256: jsonl_sha, F.A_CONVERSION: conversion})
+    ep = make({formats.A_VIDEO_SHA256: video_sha, formats.A_JSONL_SHA256: jsonl_sha, formats.A_CONVERSION: conversion})
     write_episode(dest, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
-    return json.loads(ep.attrs[F.A_DECODE_COUNTS]), False
+    return json.loads(ep.attrs[formats.A_DECODE_COUNTS]), False
 
 
 def skipped_row(reason: Optional[str] = None) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def _decode_one(src: Source, out_dir: Path, settings: DecodeParams, conversion: 
         for p in (src.video, src.jsonl):
             if not p.is_file():
                 raise DecodeSkip(f"missing pair: {p.name} not found")
-        origin = {F.A_SOURCE_URL: src.url or "", F.A_RECORDER_VERSION: src.version or ""}
+        origin = {formats.A_SOURCE_URL: src.url or "", formats.A_RECORDER_VERSION: src.version or ""}
         counts, reused = write_or_reuse(
             dest, settings, conversion, sha256_file(src.video), sha256_file(src.jsonl),
             lambda attrs: decode_recording(src.video, src.jsonl, src.episode_id, settings, {**origin, **attrs}))
@@ -250,7 +250,7 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
         log.info("removed %d temp file(s) of an interrupted run", len(removed))
     sources = find_sources(raw_dir)
     ids = {s.episode_id for s in sources}
-    stale = [p for p in out_dir.glob(f"*{F.EPISODE_SUFFIX}") if p.stem not in ids and not p.name.startswith(".")]
+    stale = [p for p in out_dir.glob(f"*{formats.EPISODE_SUFFIX}") if p.stem not in ids and not p.name.startswith(".")]
     for p in stale:   # episodes whose recording left the raw folder
         p.unlink()
     conversion = json.dumps(conversion_settings(settings), sort_keys=True)
@@ -269,7 +269,7 @@ def decode_all(raw_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
             bar.update()
     remove_stale_temps(out_dir)     # temps of workers that died (their episodes were rewritten or skipped)
     write_json_atomic(report.manifest_path, {
-        "format_version": F.DECODE_MANIFEST_VERSION,
+        "format_version": formats.DECODE_MANIFEST_VERSION,
         "conversion": json.loads(conversion),
         "episodes": dict(sorted(report.rows.items())),
     })

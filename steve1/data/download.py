@@ -2,7 +2,7 @@
 
 Each selected episode becomes ``<raw>/<id>.mp4`` + ``<raw>/<id>.jsonl``. Files stream into the
 staging folder ``<raw>.partial/`` beside the raw folder (``<id>.mp4.part``, sha256 computed on the
-way), a broken transfer resumes with an HTTP ``Range`` request, and an episode moves into the raw
+way) through the resumable fetcher (``steve1.fetch``), and an episode moves into the raw
 folder only once both files are complete and verified. A body shorter than the size the server
 declared is refused; a body without a declared size is confirmed by a ``Range`` request past its
 end where the server supports it, else (a jsonl) by a line for every frame of the video. An episode is ``ok`` once every jsonl line parses and the mp4
@@ -24,222 +24,36 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import requests
-import urllib3
 from tqdm import tqdm
 
-from steve1.data.formats import (
-    PART_SUFFIX,
-    RAW_ACTIONS_SUFFIX,
-    RAW_FORMAT_VERSION,
-    RAW_VIDEO_SUFFIX,
-)
-from steve1.data.index import (Entry, Index, file_url_path, load_indices, recorded_url, redact_text, redact_url,
-                               select_entries)
+from steve1.data.formats import RAW_ACTIONS_SUFFIX, RAW_FORMAT_VERSION, RAW_VIDEO_SUFFIX
+from steve1.data.index import Entry, Index, load_indices, select_entries
 from steve1.data.video import VideoError, probe_video
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
+from steve1.fetch import (PART_SUFFIX, FetchError, OnBytes, RetryPolicy, fetch_file, file_url_path, part_path,
+                          redact_text)
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20           # streamed to disk in pieces this large; never a whole file in memory
-MAX_BACKOFF_S = 60.0            # cap of the doubling retry delay
 MANIFEST_EVERY_S = 1.0          # the manifest is rewritten at most this often while episodes finish
-_RETRY_STATUS = {408, 429}      # plus every 5xx
-_PERMANENT_REQUEST_ERRORS = (
-    requests.exceptions.InvalidURL,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.InvalidHeader,
-)
-_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
-
-OnBytes = Callable[[int], None]
 
 
-class FetchError(RuntimeError):
-    """A file could not be fetched: permanently (404, missing file) or after all retries."""
-
-
-class VerifyError(ValueError):
+class VerifyError(UserError, ValueError):
     """A fetched file is not what it should be (truncated, unparsable jsonl, undecodable mp4)."""
-
-
-class _Retry(Exception):
-    """A transient failure of one attempt (5xx, short body, bad resume): try again after a pause."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 5            # extra attempts after the first
-    backoff_s: float = 0.5      # pause before the first retry; doubles each time
-    timeout_s: float = 60.0     # connect and per-read socket timeout
-
-    def delay(self, attempt: int) -> float:
-        return min(self.backoff_s * (2**attempt), MAX_BACKOFF_S)
-
-
-@dataclass(frozen=True)
-class FileResult:
-    bytes: int
-    sha256: str
-    size_known: bool = True     # the server declared the size, or confirmed the end (416 past it)
-
-
-# ------------------------------------------------------------------------------------ one file
-
-
-def part_path(dest: Path) -> Path:
-    return dest.with_name(dest.name + PART_SUFFIX)
-
-
-def staging_dir(raw_dir: str | Path) -> Path:
-    """Where partial downloads wait: ``<raw>.partial/`` beside the (DVC-tracked) raw folder."""
-    raw = Path(os.path.abspath(raw_dir))
-    return raw.with_name(raw.name + ".partial")
-
-
-def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
-    """(first byte, total size) of a ``Content-Range`` header; None where absent or '*'."""
-    m = _CONTENT_RANGE.fullmatch((value or "").strip())
-    if not m:
-        return None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(3)) if m.group(3) != "*" else None
-    return start, total
-
-
-def _http_attempt(
-    session: requests.Session, url: str, part: Path, timeout_s: float, chunk_bytes: int, on_bytes: OnBytes
-) -> FileResult:
-    """One GET, resuming ``part`` if it holds bytes; returns when ``part`` is complete."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Accept-Encoding": "identity"}  # byte ranges and Content-Length refer to the stored bytes
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    with session.get(url, headers=headers, stream=True, timeout=timeout_s, allow_redirects=True) as resp:
-        code = resp.status_code
-        if code == 416:
-            _, total = _content_range(resp.headers.get("Content-Range"))
-            if have and total == have:  # the partial already holds every byte
-                return FileResult(have, sha256_file(part))
-            part.unlink(missing_ok=True)
-            raise _Retry(f"HTTP 416 for 'Range: bytes={have}-' (size {total}); restarting from byte 0")
-        if code >= 500 or code in _RETRY_STATUS:
-            raise _Retry(f"HTTP {code} {resp.reason}")
-        if code not in (200, 206):
-            raise FetchError(f"{redact_url(url)}: HTTP {code} {resp.reason}; expected 200 (not retried)")
-        hasher = hashlib.sha256()
-        if code == 206:
-            start, total = _content_range(resp.headers.get("Content-Range"))
-            if start != have:
-                part.unlink(missing_ok=True)
-                raise _Retry(f"asked to resume at byte {have} but the server sent Content-Range "
-                             f"{resp.headers.get('Content-Range')!r}; restarting from byte 0")
-            if total is None and resp.headers.get("Content-Length"):
-                total = have + int(resp.headers["Content-Length"])
-            with open(part, "rb") as f:
-                while block := f.read(chunk_bytes):
-                    hasher.update(block)
-            mode, written, expected = "ab", have, total
-        else:  # 200: a fresh transfer, or a server that ignores Range (then the partial is dropped)
-            length = resp.headers.get("Content-Length")
-            mode, written, expected = "wb", 0, int(length) if length and length.isdigit() else None
-        read = getattr(resp.raw, "read1", resp.raw.read)  # read1 hands over bytes before a dropped connection
-        with open(part, mode) as f:
-            while data := read(chunk_bytes, decode_content=False):
-                f.write(data)
-                hasher.update(data)
-                written += len(data)
-                on_bytes(len(data))
-    if expected is not None and written != expected:
-        raise _Retry(f"short body: {written} of {expected} bytes")
-    size_known = expected is not None or _confirm_end(session, url, written, timeout_s)
-    return FileResult(written, hasher.hexdigest(), size_known)
-
-
-def _confirm_end(session: requests.Session, url: str, have: int, timeout_s: float) -> bool:
-    """Ask for the bytes after ``have`` of a body sent without a size: True when the server says
-    there are none (416), False when it cannot say (it ignores ``Range``); more bytes: retry."""
-    with session.get(url, headers={"Accept-Encoding": "identity", "Range": f"bytes={have}-"}, stream=True,
-                     timeout=timeout_s, allow_redirects=True) as resp:
-        if resp.status_code == 416:
-            _, total = _content_range(resp.headers.get("Content-Range"))
-            if total is None or total == have:
-                return True
-            raise _Retry(f"the body ended at byte {have} without a declared size, but the file has {total} bytes")
-        if resp.status_code == 206:
-            raise _Retry(f"the body ended at byte {have} without a declared size, but the server has more "
-                         f"(Content-Range {resp.headers.get('Content-Range')!r}); resuming")
-    return False
-
-
-def _copy_local(url: str, part: Path, chunk_bytes: int, on_bytes: OnBytes) -> FileResult:
-    src = file_url_path(url)
-    if not src.is_file():
-        raise FetchError(f"{recorded_url(url)}: file not found")
-    hasher, written = hashlib.sha256(), 0
-    with open(src, "rb") as fin, open(part, "wb") as fout:
-        while block := fin.read(chunk_bytes):
-            fout.write(block)
-            hasher.update(block)
-            written += len(block)
-            on_bytes(len(block))
-    if written != src.stat().st_size:
-        raise FetchError(f"{src}: copied {written} bytes but the file holds {src.stat().st_size}; it changed while copying")
-    return FileResult(written, hasher.hexdigest())
-
-
-def fetch_file(
-    url: str,
-    dest: str | Path,
-    policy: RetryPolicy = RetryPolicy(),
-    session: Optional[requests.Session] = None,
-    on_bytes: OnBytes = lambda n: None,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> FileResult:
-    """Fetch ``url`` to ``dest`` through ``dest.part``, resuming and retrying; raise FetchError."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = part_path(dest)
-    if url.lower().startswith("file:"):
-        result = _copy_local(url, part, chunk_bytes, on_bytes)
-        os.replace(part, dest)
-        return result
-    own = session is None
-    session = session or requests.Session()
-    try:
-        for attempt in range(policy.retries + 1):
-            try:
-                result = _http_attempt(session, url, part, policy.timeout_s, chunk_bytes, on_bytes)
-                break
-            except _PERMANENT_REQUEST_ERRORS as exc:
-                raise FetchError(redact_text(f"{redact_url(url)}: {exc}")) from None
-            except (_Retry, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Retry) else str(exc)
-                if attempt == policy.retries:
-                    raise FetchError(redact_text(f"{redact_url(url)}: gave up after {attempt + 1} attempt(s); "
-                                                 f"last: {reason}")) from None
-                log.debug("%s: attempt %d failed (%s); retrying", redact_url(url), attempt + 1, redact_text(reason))
-                time.sleep(policy.delay(attempt))
-    finally:
-        if own:
-            session.close()
-    os.replace(part, dest)
-    return result
 
 
 # ------------------------------------------------------------------------------------ verify
@@ -294,6 +108,12 @@ def verify_unsized_jsonl(path: Path, n_lines: int, n_frames: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ episodes
+
+
+def staging_dir(raw_dir: str | Path) -> Path:
+    """Where partial downloads wait: ``<raw>.partial/`` beside the (DVC-tracked) raw folder."""
+    raw = Path(os.path.abspath(raw_dir))
+    return raw.with_name(raw.name + ".partial")
 
 
 def episode_paths(raw_dir: Path, episode_id: str) -> dict[str, Path]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
 from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
@@ -101,7 +101,7 @@ def frame_features(embedder: Embedder, batches: Iterable[np.ndarray]) -> torch.T
 
 
 @torch.no_grad()
-def window_embeddings(embedder: Embedder, features: torch.Tensor, window: int = F.WINDOW) -> tuple[np.ndarray, np.ndarray]:
+def window_embeddings(embedder: Embedder, features: torch.Tensor, window: int = formats.WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Temporal pooling of each window ending at t: features [N,E] -> (embeds [N,E] float32, valid [N])."""
     n, dim = features.shape
     embeds = np.zeros((n, dim), np.float32)
@@ -130,23 +130,6 @@ def embed_frames(embedder: Embedder, frames: np.ndarray | Iterable[np.ndarray]) 
     return window_embeddings(embedder, frame_features(embedder, frames))
 
 
-@torch.no_grad()
-def naive_window_embeddings(embedder: Embedder, frames: np.ndarray, windows_per_call: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """STEVE-1's method, the reference: every window's 16 frames through ``encode_video``."""
-    n = len(frames)
-    embeds = np.zeros((n, embedder.model.embed_dim), np.float32)
-    valid = np.zeros(n, bool)
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # [N,3,H,W]
-    ends = list(range(F.WINDOW - 1, n))
-    for i in range(0, len(ends), windows_per_call):
-        group = ends[i:i + windows_per_call]
-        clips = torch.stack([video[t - F.WINDOW + 1: t + 1] for t in group]).to(embedder.device)  # [w,16,3,H,W]
-        with embedder.autocast():
-            embeds[group] = embedder.model.encode_video(clips).float().cpu().numpy()
-        valid[group] = True
-    return embeds, valid
-
-
 # ---------------------------------------------------------------------------------------------- episodes
 
 
@@ -157,7 +140,7 @@ def shard(items: Sequence[str], rank: int, world_size: int) -> list[str]:
 
 def source_id(episode_attrs: dict[str, Any], cursor_png: Optional[str]) -> str:
     """Digest of what an episode's frames were made from (source hashes, conversion settings, cursor)."""
-    keys = (F.A_VIDEO_SHA256, F.A_JSONL_SHA256, F.A_CONVERSION)
+    keys = (formats.A_VIDEO_SHA256, formats.A_JSONL_SHA256, formats.A_CONVERSION)
     ident = {k: str(episode_attrs.get(k)) for k in keys}
     ident["cursor_png"] = str(cursor_png)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -170,11 +153,11 @@ def is_up_to_date(path: Path, weights_id: str, n_frames: int, store_dtype: Optio
         return False
     try:
         with h5py.File(path, "r") as f:
-            return (f.attrs.get(F.A_FORMAT_VERSION) == F.EMBED_FORMAT_VERSION
-                    and str(f.attrs.get(F.A_WEIGHTS)) == weights_id
-                    and (source is None or str(f.attrs.get(F.A_SOURCE_ID)) == source)
-                    and int(f.attrs.get(F.A_N_FRAMES, -1)) == n_frames
-                    and (store_dtype is None or f[F.EMBEDS].dtype == np.dtype(store_dtype)))
+            return (f.attrs.get(formats.A_FORMAT_VERSION) == formats.EMBED_FORMAT_VERSION
+                    and str(f.attrs.get(formats.A_WEIGHTS)) == weights_id
+                    and (source is None or str(f.attrs.get(formats.A_SOURCE_ID)) == source)
+                    and int(f.attrs.get(formats.A_N_FRAMES, -1)) == n_frames
+                    and (store_dtype is None or f[formats.EMBEDS].dtype == np.dtype(store_dtype)))
     except (OSError, KeyError):
         return False
 
@@ -187,9 +170,9 @@ def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_
 
     with EpisodeReader(episode_file) as ep:
         episode_id, n = ep.episode_id, ep.n_frames
-        source_step, gui_open, cursor = ep.array(F.SOURCE_STEP), ep.array(F.GUI_OPEN), ep.array(F.GUI_CURSOR)
+        source_step, gui_open, cursor = ep.array(formats.SOURCE_STEP), ep.array(formats.GUI_OPEN), ep.array(formats.GUI_CURSOR)
         source = source_id(ep.attrs, cursor_png)
-    entry = {"n_frames": n, "n_valid": max(0, n - F.NONE_EMBED_OFFSET)}
+    entry = {"n_frames": n, "n_valid": max(0, n - formats.NONE_EMBED_OFFSET)}
     if is_up_to_date(out_file, embedder.weights.weights_id, n, store_dtype, source):
         return {**entry, "status": "skipped"}
     if not video_file.is_file():
@@ -202,7 +185,7 @@ def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_
         raise ValueError(f"{video_file}: {len(features)} frames decoded but {episode_file} has n_frames={n}")
     embeds, valid = window_embeddings(embedder, features)
     write_embeds(out_file, episode_id, embeds, valid, weights=embedder.weights.weights_id, store_dtype=store_dtype,
-                 extra_attrs={F.A_SOURCE_ID: source, "weights_info": embedder.weights.as_attrs(),
+                 extra_attrs={formats.A_SOURCE_ID: source, "weights_info": embedder.weights.as_attrs(),
                               "mineclip_config": asdict(embedder.model.config)})
     return {**entry, "status": "written"}
 
@@ -288,10 +271,10 @@ def write_manifest(model: Embedder | dict[str, Any], episodes_dir: Path, embeds_
             n = ep.n_frames
         if not is_up_to_date(episode_path(embeds_dir, eid), identity["weights"], n, store_dtype):
             raise RuntimeError(f"{episode_path(embeds_dir, eid)}: missing or stale after embedding; rerun the stage")
-        episodes[eid] = {"n_frames": n, "n_valid": max(0, n - F.NONE_EMBED_OFFSET)}
-    manifest = {"format_version": F.EMBED_FORMAT_VERSION, "weights": identity["weights"],
+        episodes[eid] = {"n_frames": n, "n_valid": max(0, n - formats.NONE_EMBED_OFFSET)}
+    manifest = {"format_version": formats.EMBED_FORMAT_VERSION, "weights": identity["weights"],
                 "weights_info": identity["weights_info"], "mineclip_config": identity["mineclip_config"],
-                "embed_dim": identity["embed_dim"], "window": F.WINDOW, "first_valid": F.NONE_EMBED_OFFSET,
+                "embed_dim": identity["embed_dim"], "window": formats.WINDOW, "first_valid": formats.NONE_EMBED_OFFSET,
                 "store_dtype": store_dtype, "episodes": episodes}
     write_json_atomic(Path(embeds_dir) / MANIFEST, manifest)
     return manifest

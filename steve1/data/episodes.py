@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 import h5py
 import numpy as np
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.io import write_bytes_atomic
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError)  # what h5py raises for damaged files and missing objects
@@ -92,7 +92,7 @@ def _write_store(path: Path, fill: Callable[[h5py.File], None]) -> None:
         fill(f)
         f.flush()
         image = f.id.get_file_image()
-    write_bytes_atomic(path, image, suffix=F.EPISODE_SUFFIX)
+    write_bytes_atomic(path, image, suffix=formats.EPISODE_SUFFIX)
 
 
 @dataclass
@@ -112,16 +112,16 @@ class Episode:
     def __post_init__(self) -> None:
         n = len(self.frames)
         checks = {
-            F.BUTTONS: self.buttons, F.CAMERA: self.camera, F.SOURCE_STEP: self.source_step,
-            F.GUI_OPEN: self.gui_open, F.GUI_CURSOR: self.cursor_xy,
-            **{f"{F.ENV_ACTIONS}/{k}": v for k, v in self.env_actions.items()},
+            formats.BUTTONS: self.buttons, formats.CAMERA: self.camera, formats.SOURCE_STEP: self.source_step,
+            formats.GUI_OPEN: self.gui_open, formats.GUI_CURSOR: self.cursor_xy,
+            **{f"{formats.ENV_ACTIONS}/{k}": v for k, v in self.env_actions.items()},
         }
         bad = {k: len(v) for k, v in checks.items() if len(v) != n}
         if bad:
             raise EpisodeFormatError(f"episode {self.episode_id}: lengths differ from frames ({n}): {bad}")
-        if self.frames.dtype != np.uint8 or self.frames.shape[1:] != F.FRAME_SHAPE:
+        if self.frames.dtype != np.uint8 or self.frames.shape[1:] != formats.FRAME_SHAPE:
             raise EpisodeFormatError(
-                f"episode {self.episode_id}: frames must be uint8 [N,{','.join(map(str, F.FRAME_SHAPE))}], "
+                f"episode {self.episode_id}: frames must be uint8 [N,{','.join(map(str, formats.FRAME_SHAPE))}], "
                 f"got {self.frames.dtype} {list(self.frames.shape)}"
             )
 
@@ -139,49 +139,49 @@ def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int 
     """
     path = Path(path)
     n = ep.n_frames
-    if codec not in F.CODECS:
-        raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(F.CODECS)}")
-    encoded = F.encode_frames(ep.frames, quality) if codec in F.PER_FRAME_CODECS else None
+    if codec not in formats.CODECS:
+        raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(formats.CODECS)}")
+    encoded = formats.encode_frames(ep.frames, quality) if codec in formats.PER_FRAME_CODECS else None
 
     def fill(f: h5py.File) -> None:
         if encoded is not None:
-            f.create_dataset(F.FRAME_BYTES, data=encoded[0])
-            f.create_dataset(F.FRAME_OFFSETS, data=encoded[1])
-            f.attrs[F.A_FRAME_QUALITY] = quality
+            f.create_dataset(formats.FRAME_BYTES, data=encoded[0])
+            f.create_dataset(formats.FRAME_OFFSETS, data=encoded[1])
+            f.attrs[formats.A_FRAME_QUALITY] = quality
         else:
-            chunks = (max(1, min(chunk_frames, n)),) + F.FRAME_SHAPE if n else None
-            f.create_dataset(F.FRAMES, data=ep.frames, chunks=chunks, **(F.codec_kwargs(codec, level) if n else {}))
-        f.attrs[F.A_FRAME_CODEC] = codec
-        f.create_dataset(F.BUTTONS, data=np.asarray(ep.buttons, dtype=np.int16))
-        f.create_dataset(F.CAMERA, data=np.asarray(ep.camera, dtype=np.int16))
+            chunks = (max(1, min(chunk_frames, n)),) + formats.FRAME_SHAPE if n else None
+            f.create_dataset(formats.FRAMES, data=ep.frames, chunks=chunks, **(formats.codec_kwargs(codec, level) if n else {}))
+        f.attrs[formats.A_FRAME_CODEC] = codec
+        f.create_dataset(formats.BUTTONS, data=np.asarray(ep.buttons, dtype=np.int16))
+        f.create_dataset(formats.CAMERA, data=np.asarray(ep.camera, dtype=np.int16))
         for key, col in ep.env_actions.items():
             dtype = np.float32 if key == "camera" else np.uint8
-            f.create_dataset(f"{F.ENV_ACTIONS}/{key}", data=np.asarray(col, dtype=dtype))
-        f.create_dataset(F.SOURCE_STEP, data=np.asarray(ep.source_step, dtype=np.int32))
-        f.create_dataset(F.GUI_OPEN, data=np.asarray(ep.gui_open, dtype=bool))
-        f.create_dataset(F.GUI_CURSOR, data=np.asarray(ep.cursor_xy, dtype=np.float32).reshape(n, 2))
+            f.create_dataset(f"{formats.ENV_ACTIONS}/{key}", data=np.asarray(col, dtype=dtype))
+        f.create_dataset(formats.SOURCE_STEP, data=np.asarray(ep.source_step, dtype=np.int32))
+        f.create_dataset(formats.GUI_OPEN, data=np.asarray(ep.gui_open, dtype=bool))
+        f.create_dataset(formats.GUI_CURSOR, data=np.asarray(ep.cursor_xy, dtype=np.float32).reshape(n, 2))
         attrs = {
-            F.A_FORMAT_VERSION: F.EPISODE_FORMAT_VERSION,
-            F.A_EPISODE_ID: ep.episode_id,
-            F.A_N_FRAMES: n,
+            formats.A_FORMAT_VERSION: formats.EPISODE_FORMAT_VERSION,
+            formats.A_EPISODE_ID: ep.episode_id,
+            formats.A_N_FRAMES: n,
         }
         for k, v in {**ep.attrs, **attrs}.items():
             f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
-    with F.deterministic_compression():
+    with formats.deterministic_compression():
         _write_store(path, fill)
     return path
 
 
 def check_episode_version(f: h5py.File, path: str | Path) -> int:
     """The file's episode format version, or :class:`EpisodeFormatError` saying what to do."""
-    version = f.attrs.get(F.A_FORMAT_VERSION)
-    if version not in F.READABLE_EPISODE_VERSIONS:
-        newer = isinstance(version, (int, np.integer)) and version > F.EPISODE_FORMAT_VERSION
+    version = f.attrs.get(formats.A_FORMAT_VERSION)
+    if version not in formats.READABLE_EPISODE_VERSIONS:
+        newer = isinstance(version, (int, np.integer)) and version > formats.EPISODE_FORMAT_VERSION
         hint = ("it was written by a newer steve1: update this checkout" if newer
                 else "it is not a steve1 episode file: run the decode stage again")
         raise EpisodeFormatError(f"{path}: episode format_version {version!r}, this code reads "
-                                 f"{', '.join(map(str, F.READABLE_EPISODE_VERSIONS))}; {hint}")
+                                 f"{', '.join(map(str, formats.READABLE_EPISODE_VERSIONS))}; {hint}")
     return int(version)
 
 
@@ -198,18 +198,18 @@ class FrameStore:
         self.path = Path(path)
         with reading(self.path, "episode", "frames"):
             check_episode_version(f, self.path)
-            codec = f.attrs.get(F.A_FRAME_CODEC)
+            codec = f.attrs.get(formats.A_FRAME_CODEC)
             self.codec = codec.decode() if isinstance(codec, bytes) else codec
-            if F.FRAMES in f:
-                self.frames: Optional[h5py.Dataset] = f[F.FRAMES]
+            if formats.FRAMES in f:
+                self.frames: Optional[h5py.Dataset] = f[formats.FRAMES]
                 self.data, self.offsets = None, None
             else:
-                if self.codec not in F.PER_FRAME_CODECS:
-                    raise EpisodeFormatError(f"{self.path}: no {F.FRAMES} dataset and frame codec {self.codec!r}; "
-                                             f"this code decodes {', '.join(F.PER_FRAME_CODECS)}: update this checkout")
+                if self.codec not in formats.PER_FRAME_CODECS:
+                    raise EpisodeFormatError(f"{self.path}: no {formats.FRAMES} dataset and frame codec {self.codec!r}; "
+                                             f"this code decodes {', '.join(formats.PER_FRAME_CODECS)}: update this checkout")
                 self.frames = None
-                self.data = f[F.FRAME_BYTES]
-                self.offsets = f[F.FRAME_OFFSETS][:]   # [N+1] int64: small, read once
+                self.data = f[formats.FRAME_BYTES]
+                self.offsets = f[formats.FRAME_OFFSETS][:]   # [N+1] int64: small, read once
         self.n_frames = len(self.frames) if self.frames is not None else len(self.offsets) - 1
 
     def read_into(self, out: np.ndarray, start: int, end: int, pool: Optional[Executor] = None,
@@ -235,7 +235,7 @@ class FrameStore:
 
         def decode(a: int, b: int) -> None:
             try:
-                F.decode_frames_into(data[int(offsets[a] - offsets[0]):], offsets[a:b + 1], out[a:b], self.codec)
+                formats.decode_frames_into(data[int(offsets[a] - offsets[0]):], offsets[a:b + 1], out[a:b], self.codec)
             except ValueError as exc:
                 raise _store_error(self.path, "episode", f"decode {rows} of", exc) from None
 
@@ -255,7 +255,7 @@ class FrameStore:
         """Frames ``[start:end]`` with Python slice semantics (negative and open ends)."""
         rows = range(self.n_frames)[start:end]
         start, end = rows.start, max(rows.start, rows.stop)
-        out = np.empty((end - start,) + F.FRAME_SHAPE, np.uint8)
+        out = np.empty((end - start,) + formats.FRAME_SHAPE, np.uint8)
         self.read_into(out, start, end)
         return out
 
@@ -298,11 +298,11 @@ class EpisodeReader:
 
     @property
     def episode_id(self) -> str:
-        return str(self._file().attrs[F.A_EPISODE_ID])
+        return str(self._file().attrs[formats.A_EPISODE_ID])
 
     @property
     def n_frames(self) -> int:
-        return int(self._file().attrs[F.A_N_FRAMES])
+        return int(self._file().attrs[formats.A_N_FRAMES])
 
     @property
     def frame_codec(self) -> str:
@@ -320,7 +320,7 @@ class EpisodeReader:
 
     def array(self, name: str, start: int = 0, end: Optional[int] = None) -> np.ndarray:
         """Any per-step dataset by its formats name, e.g. ``formats.BUTTONS`` (``FRAMES`` decodes)."""
-        if name == F.FRAMES:
+        if name == formats.FRAMES:
             return self.frames(start, end)
         f = self._file()
         with reading(self.path, "episode", f"{name} [{start}, {'end' if end is None else end})"):
@@ -328,8 +328,8 @@ class EpisodeReader:
 
     def env_action_keys(self) -> list[str]:
         f = self._file()
-        with reading(self.path, "episode", F.ENV_ACTIONS):
-            return list(f[F.ENV_ACTIONS].keys())
+        with reading(self.path, "episode", formats.ENV_ACTIONS):
+            return list(f[formats.ENV_ACTIONS].keys())
 
 
 def write_embeds(path: str | Path, episode_id: str, embeds: np.ndarray, valid: np.ndarray,
@@ -340,13 +340,13 @@ def write_embeds(path: str | Path, episode_id: str, embeds: np.ndarray, valid: n
         raise EpisodeFormatError(f"{episode_id}: {len(embeds)} embeddings but {len(valid)} valid flags")
 
     def fill(f: h5py.File) -> None:
-        f.create_dataset(F.EMBEDS, data=np.asarray(embeds, dtype=store_dtype))
-        f.create_dataset(F.EMBED_VALID, data=np.asarray(valid, dtype=bool))
-        f.attrs[F.A_FORMAT_VERSION] = F.EMBED_FORMAT_VERSION
-        f.attrs[F.A_EPISODE_ID] = episode_id
-        f.attrs[F.A_N_FRAMES] = len(embeds)
-        f.attrs[F.A_WEIGHTS] = weights
-        f.attrs[F.A_EMBED_DIM] = int(embeds.shape[1]) if embeds.ndim == 2 else 0
+        f.create_dataset(formats.EMBEDS, data=np.asarray(embeds, dtype=store_dtype))
+        f.create_dataset(formats.EMBED_VALID, data=np.asarray(valid, dtype=bool))
+        f.attrs[formats.A_FORMAT_VERSION] = formats.EMBED_FORMAT_VERSION
+        f.attrs[formats.A_EPISODE_ID] = episode_id
+        f.attrs[formats.A_N_FRAMES] = len(embeds)
+        f.attrs[formats.A_WEIGHTS] = weights
+        f.attrs[formats.A_EMBED_DIM] = int(embeds.shape[1]) if embeds.ndim == 2 else 0
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
@@ -358,15 +358,15 @@ def read_embeds(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     """Return ``(embeds [N,D] float32, valid [N] bool, attrs)`` of an embeds file."""
     path = Path(path)
     with open_store(path, "embeds") as f:
-        if f.attrs.get(F.A_FORMAT_VERSION) != F.EMBED_FORMAT_VERSION:
-            raise EpisodeFormatError(f"{path}: embeds format_version {f.attrs.get(F.A_FORMAT_VERSION)!r}, "
-                                     f"expected {F.EMBED_FORMAT_VERSION}")
-        with reading(path, "embeds", f"{F.EMBEDS} and {F.EMBED_VALID}"):
-            return f[F.EMBEDS][:].astype(np.float32), f[F.EMBED_VALID][:], dict(f.attrs)
+        if f.attrs.get(formats.A_FORMAT_VERSION) != formats.EMBED_FORMAT_VERSION:
+            raise EpisodeFormatError(f"{path}: embeds format_version {f.attrs.get(formats.A_FORMAT_VERSION)!r}, "
+                                     f"expected {formats.EMBED_FORMAT_VERSION}")
+        with reading(path, "embeds", f"{formats.EMBEDS} and {formats.EMBED_VALID}"):
+            return f[formats.EMBEDS][:].astype(np.float32), f[formats.EMBED_VALID][:], dict(f.attrs)
 
 
 def episode_path(directory: str | Path, episode_id: str) -> Path:
-    return Path(directory) / f"{episode_id}{F.EPISODE_SUFFIX}"
+    return Path(directory) / f"{episode_id}{formats.EPISODE_SUFFIX}"
 
 
 def list_episode_ids(directory: str | Path) -> list[str]:
@@ -374,4 +374,4 @@ def list_episode_ids(directory: str | Path) -> list[str]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p.stem for p in directory.glob(f"*{F.EPISODE_SUFFIX}") if not p.name.startswith("."))
+    return sorted(p.stem for p in directory.glob(f"*{formats.EPISODE_SUFFIX}") if not p.name.startswith("."))

@@ -44,13 +44,12 @@ os.environ.setdefault("BLOSC_NTHREADS", str(min(4, available_cores())))
 import hdf5plugin  # noqa: E402  registers the Blosc filters with h5py: every reader of a blosc file needs it
 import simplejpeg  # noqa: E402  libjpeg-turbo; releases the GIL, so threads decode in parallel
 
-from steve1.params import FrameCodec  # noqa: E402
+from steve1.names import FrameCodec  # noqa: E402
 
 # ---------------------------------------------------------------- raw recordings: data/raw/<id>.{mp4,jsonl}
 RAW_FORMAT_VERSION = 1                  # of data/raw/manifest.json
 RAW_VIDEO_SUFFIX = ".mp4"
 RAW_ACTIONS_SUFFIX = ".jsonl"
-PART_SUFFIX = ".part"                   # a resumable partial download: <id>.mp4.part
 
 # ---------------------------------------------------------------- episodes: data/episodes/<id>.h5
 # Version 2 records the frame codec (attribute ``frame_codec``) and adds the per-frame encoded

@@ -6,7 +6,7 @@ may be http(s):// URLs, file:// URLs or plain paths; a relative ``basedir`` (lik
 resolved against the index file's own folder. Everything is turned into absolute URLs here so
 the downloader sees only ``http(s)://`` and ``file://``.
 
-What outputs and logs record of a location is :func:`recorded_url`: no credentials (``user:password@``
+What outputs and logs record of a location is :func:`steve1.fetch.recorded_url`: no credentials (``user:password@``
 is dropped) and, for local files, no trace of where the workspace lives (a path relative to the
 working directory, else to the index's folder), so two clones give the same bytes.
 """
@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
-from urllib.request import url2pathname
+from urllib.parse import quote, urljoin, urlsplit
 
+from steve1.fetch import file_url_path, recorded_url, redact_text, redact_url
 from steve1.io import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -72,37 +72,6 @@ class Index:
         return list(dict.fromkeys(e.episode_id for e in self.entries))
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its userinfo (``user:password@``): what logs, messages and outputs may hold."""
-    parts = urlsplit(str(url))
-    if "@" not in parts.netloc:
-        return str(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def redact_text(text: str) -> str:
-    """Every URL's userinfo removed from a message (a reason recorded in a manifest, a log line)."""
-    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1", str(text))
-
-
-def recorded_url(url: str, index_url: Optional[str] = None, workspace: Optional[Path] = None) -> str:
-    """How an output records ``url``: a ``file://`` URL as a POSIX path relative to the workspace (the
-    working directory) or, outside it, to the index file's folder; kept absolute only when it lies
-    outside both (then params or the index named it so). Other URLs lose their credentials."""
-    if urlsplit(url).scheme.lower() != "file":
-        return redact_url(url)
-    path = file_url_path(url)
-    bases = [Path.cwd() if workspace is None else workspace]
-    if index_url is not None and index_url.lower().startswith("file:"):
-        bases.append(file_url_path(index_url).parent)
-    for base in bases:
-        try:
-            return path.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return url
-
-
 def is_url(location: str) -> bool:
     return urlsplit(location).scheme.lower() in _URL_SCHEMES
 
@@ -113,14 +82,6 @@ def to_url(location: str | Path) -> str:
     if is_url(location):
         return location
     return Path(location).expanduser().resolve().as_uri()
-
-
-def file_url_path(url: str) -> Path:
-    """The local path of a file:// URL."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "file":
-        raise ValueError(f"{url}: not a file:// URL")
-    return Path(url2pathname(unquote(parts.path)))
 
 
 def join_url(base: str, relpath: str) -> str:

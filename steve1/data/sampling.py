@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import EpisodeFormatError, episode_path, list_episode_ids, open_store, reading, verify_store
 from steve1.io import check_writable, write_json_atomic
 from steve1.params import SampleParams
@@ -112,15 +112,15 @@ def episode_files(key: str, dirs: Mapping[str, tuple[Path, Path]]) -> tuple[Path
 
 def min_episode_frames(T: int, min_btwn_goals: int) -> int:
     """Shortest usable episode: STEVE-1's ``max(T, min_btwn_goals) + NONE_EMBED_OFFSET``."""
-    return max(T, min_btwn_goals) + F.NONE_EMBED_OFFSET
+    return max(T, min_btwn_goals) + formats.NONE_EMBED_OFFSET
 
 
 def episode_chunks(episode_id: str, n_frames: int, T: int) -> list[Chunk]:
     """STEVE-1 chunking of one valid episode; the short last chunk is shifted back to end at n."""
-    if n_frames < T + F.NONE_EMBED_OFFSET:
+    if n_frames < T + formats.NONE_EMBED_OFFSET:
         raise SamplingError(f"episode {episode_id}: {n_frames} frames is too short for T={T} "
-                            f"(needs {T + F.NONE_EMBED_OFFSET})")
-    starts = np.arange(F.NONE_EMBED_OFFSET, n_frames, T)
+                            f"(needs {T + formats.NONE_EMBED_OFFSET})")
+    starts = np.arange(formats.NONE_EMBED_OFFSET, n_frames, T)
     starts = np.minimum(starts, n_frames - T)
     return [(episode_id, int(s), int(s) + T) for s in starts]
 
@@ -135,8 +135,8 @@ class EpisodeScan:
 
 
 def _n_frames(path: Path) -> int:
-    with open_store(path, "episode") as f, reading(path, "episode", f"attribute {F.A_N_FRAMES}"):
-        return int(f.attrs[F.A_N_FRAMES])
+    with open_store(path, "episode") as f, reading(path, "episode", f"attribute {formats.A_N_FRAMES}"):
+        return int(f.attrs[formats.A_N_FRAMES])
 
 
 def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_btwn_goals: int) -> EpisodeScan:
@@ -158,11 +158,11 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             verify_store(episode_path(embeds_dir, eid), "embeds")
             n = _n_frames(episode_path(episodes_dir, eid))
             with open_store(episode_path(embeds_dir, eid), "embeds") as f:
-                with reading(episode_path(embeds_dir, eid), "embeds", F.EMBED_VALID):
-                    valid = f[F.EMBED_VALID][:]
-                with reading(episode_path(embeds_dir, eid), "embeds", F.EMBEDS):
-                    finite = np.isfinite(f[F.EMBEDS][:]).all(axis=1)
-                weights = str(f.attrs.get(F.A_WEIGHTS, ""))
+                with reading(episode_path(embeds_dir, eid), "embeds", formats.EMBED_VALID):
+                    valid = f[formats.EMBED_VALID][:]
+                with reading(episode_path(embeds_dir, eid), "embeds", formats.EMBEDS):
+                    finite = np.isfinite(f[formats.EMBEDS][:]).all(axis=1)
+                weights = str(f.attrs.get(formats.A_WEIGHTS, ""))
         except (OSError, EpisodeFormatError) as exc:
             scan.invalid[eid] = f"unreadable: {exc}"
             continue
@@ -170,10 +170,10 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
             scan.invalid[eid] = f"embeds have {len(valid)} rows but the episode has {n} frames"
         elif n < need:
             scan.invalid[eid] = (f"too short: {n} frames < {need} = max(T={T}, min_btwn_goals={min_btwn_goals})"
-                                 f" + {F.NONE_EMBED_OFFSET}")
-        elif not valid[F.NONE_EMBED_OFFSET:].all():
-            bad = int(np.flatnonzero(~valid[F.NONE_EMBED_OFFSET:])[0]) + F.NONE_EMBED_OFFSET
-            scan.invalid[eid] = f"embedding row {bad} is marked invalid (rows >= {F.NONE_EMBED_OFFSET} must be valid)"
+                                 f" + {formats.NONE_EMBED_OFFSET}")
+        elif not valid[formats.NONE_EMBED_OFFSET:].all():
+            bad = int(np.flatnonzero(~valid[formats.NONE_EMBED_OFFSET:])[0]) + formats.NONE_EMBED_OFFSET
+            scan.invalid[eid] = f"embedding row {bad} is marked invalid (rows >= {formats.NONE_EMBED_OFFSET} must be valid)"
         elif not finite[valid].all():       # a goal of NaNs trains on NaNs (rows marked invalid are never read)
             bad = int(np.flatnonzero(valid & ~finite)[0])
             scan.invalid[eid] = (f"{episode_path(embeds_dir, eid)}: embedding row {bad} is not finite (NaN or "
@@ -187,7 +187,7 @@ def scan_episodes(episodes_dir: str | Path, embeds_dir: str | Path, T: int, min_
 def too_short_hint(T: int, min_btwn_goals: int) -> str:
     """What to change when episodes are too short for the chunk length."""
     return (f"each needs >= {min_episode_frames(T, min_btwn_goals)} frames = max(T={T}, min_btwn_goals="
-            f"{min_btwn_goals}) + {F.NONE_EMBED_OFFSET}; lower sample.T (train.trunc_t must divide it; "
+            f"{min_btwn_goals}) + {formats.NONE_EMBED_OFFSET}; lower sample.T (train.trunc_t must divide it; "
             f"`steve1 fit-t` picks the largest T the episodes allow and writes it to params.yaml) or "
             f"use longer recordings")
 
@@ -352,8 +352,8 @@ def load_sampling(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: sampling JSON not found (run the sample stage)")
     data = json.loads(path.read_text())
     version = data.get("format_version")
-    if version != F.SAMPLING_FORMAT_VERSION:
-        raise SamplingError(f"{path}: sampling format_version {version!r}, expected {F.SAMPLING_FORMAT_VERSION}")
+    if version != formats.SAMPLING_FORMAT_VERSION:
+        raise SamplingError(f"{path}: sampling format_version {version!r}, expected {formats.SAMPLING_FORMAT_VERSION}")
     return data
 
 
@@ -387,7 +387,7 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
     for w in body["warnings"]:
         log.warning("%s", w)
     out = Path(out)
-    doc = {"format_version": F.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"),
+    doc = {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"),
            "invalid": [{"episode_id": e, "reason": r} for e, r in scan.invalid.items()], **body}
     write_json_atomic(out, doc)
     t = body["totals"]
@@ -401,15 +401,15 @@ def check_one_mineclip_space(weights: Mapping[str, str]) -> None:
     so every set of a sampling must be embedded by one MineCLIP, or reuse a dataset's embeddings that
     its ``custom.<name>.dataset_mineclip`` declares were made by that MineCLIP. ``weights`` maps each
     ``weights`` id found to where (a set and its embeds folder)."""
-    spaces = {F.mineclip_space(w) for w in weights}
+    spaces = {formats.mineclip_space(w) for w in weights}
     if len(spaces) <= 1:
         for w, where in weights.items():
-            if w.startswith(F.DATASET_WEIGHTS_PREFIX) and len(weights) > 1:
+            if w.startswith(formats.DATASET_WEIGHTS_PREFIX) and len(weights) > 1:
                 log.info("%s reuses a dataset's embeddings, mixed as %r by its declared dataset_mineclip",
-                         where, F.mineclip_space(w))
+                         where, formats.mineclip_space(w))
         return
     undeclared = [where for w, where in weights.items()
-                  if F.mineclip_space(w).startswith(F.UNVERIFIED_SPACE)]
+                  if formats.mineclip_space(w).startswith(formats.UNVERIFIED_SPACE)]
     hint = "; embed every set with the same embed params (dvc repro embed-set@<name>)"
     if undeclared:
         hint += (f"; {', '.join(undeclared)} reuse(s) a dataset's embeddings from an undeclared MineCLIP: set "
@@ -460,7 +460,7 @@ def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: s
         log.warning("%s", w)
     for name, ep_dir, em_dir, _, _ in sets:
         body["sets"][name] = {"episodes": ep_dir, "embeds": em_dir, **body["sets"][name]}
-    doc = {"format_version": F.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"), "invalid": invalid,
+    doc = {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"), "invalid": invalid,
            **body}
     write_json_atomic(out, doc)
     for name, entry in body["sets"].items():

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from steve1 import actions as A
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.decode import DecodeSkip
 from steve1.data.episodes import Episode
 from steve1.data.recording import RecordingActions
@@ -54,7 +54,7 @@ EMBEDS = "embeds_attn.pkl"
 LENGTH = "len.txt"
 METADATA = "metadata.json"                 # free-form; never read
 FILES = (VIDEO, ACTIONS, EMBEDS, LENGTH)   # what an episode folder must hold
-EMBED_DIM = F.STEVE1_EMBED_DIM
+EMBED_DIM = formats.STEVE1_EMBED_DIM
 MAX_PICKLE_BYTES = 1 << 31                 # refuse absurd files before reading them into memory
 
 
@@ -63,7 +63,7 @@ def is_steve1_folder(folder: Path) -> bool:
 
 
 def embeds_companion(raw_dir: str | Path, episode_id: str) -> Path:
-    return Path(raw_dir) / f"{episode_id}{F.DATASET_EMBEDS_SUFFIX}"
+    return Path(raw_dir) / f"{episode_id}{formats.DATASET_EMBEDS_SUFFIX}"
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -159,15 +159,15 @@ def env_actions(actions: Any, path: Path) -> RecordingActions:
 
 
 def embeddings(rows: Any, path: Path) -> np.ndarray:
-    """The pickled list -> float32 [N,512], zero rows before :data:`F.NONE_EMBED_OFFSET` (never read)."""
+    """The pickled list -> float32 [N,512], zero rows before :data:`formats.NONE_EMBED_OFFSET` (never read)."""
     if not isinstance(rows, list):
         raise DecodeSkip(f"{path}: holds a {type(rows).__name__}, expected a list (None x 15, then [1,512] arrays)")
     out = np.zeros((len(rows), EMBED_DIM), np.float32)
-    for t in range(F.NONE_EMBED_OFFSET, len(rows)):
+    for t in range(formats.NONE_EMBED_OFFSET, len(rows)):
         v = rows[t]
         if not isinstance(v, np.ndarray):
             raise DecodeSkip(f"{path}: row {t} is {type(v).__name__ if v is not None else 'None'}; rows from "
-                             f"{F.NONE_EMBED_OFFSET} on must be [1,{EMBED_DIM}] arrays")
+                             f"{formats.NONE_EMBED_OFFSET} on must be [1,{EMBED_DIM}] arrays")
         if v.dtype.kind != "f" or v.size != EMBED_DIM or v.ndim > 2 or (v.ndim == 2 and v.shape[0] != 1):
             raise DecodeSkip(f"{path}: row {t} is {v.dtype} {list(v.shape)}, expected float [1,{EMBED_DIM}]")
         v = v.reshape(EMBED_DIM)
@@ -179,8 +179,8 @@ def embeddings(rows: Any, path: Path) -> np.ndarray:
 
 def decode_frames(video: Path, n: int) -> np.ndarray:
     """The episode's frames as the official ``load_frames(to_rgb=True)`` returns them: uint8 RGB [n,128,128,3]."""
-    size = (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0])
-    frames = np.empty((n,) + F.FRAME_SHAPE, np.uint8)
+    size = (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0])
+    frames = np.empty((n,) + formats.FRAME_SHAPE, np.uint8)
     count = 0
     try:
         check_container_size(video)
@@ -219,7 +219,7 @@ def import_steve1_episode(folder: Path, episode_id: str, video_out: Path, embeds
     buttons, camera = rec.agent_actions()
     counts = {"n_lines": n, "n_frames_video": n, "n_kept": n, "n_null": int(rec.is_null.sum()),
               "n_kept_without_frame": 0, "n_attack_removed": 0, "n_hotbar_changes": 0, "n_gui": 0,
-              "n_embeddings": n - min(n, F.NONE_EMBED_OFFSET)}
+              "n_embeddings": n - min(n, formats.NONE_EMBED_OFFSET)}
     return Episode(episode_id=episode_id, frames=frames, buttons=buttons, camera=camera, env_actions=rec.env,
                    source_step=rec.kept_steps, gui_open=rec.gui_open, cursor_xy=rec.cursor_xy,
-                   attrs={F.A_FPS: 20.0, F.A_DECODE_COUNTS: json.dumps(counts, sort_keys=True), **(attrs or {})})
+                   attrs={formats.A_FPS: 20.0, formats.A_DECODE_COUNTS: json.dumps(counts, sort_keys=True), **(attrs or {})})

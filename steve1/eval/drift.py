@@ -27,7 +27,7 @@ import pandas as pd
 
 from steve1 import headline
 from steve1.actions import CAMERA_KEY, CAMERA_NULL_IDX, NULL_BUTTONS_IDX
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, read_embeds
 from steve1.data.sampling import episode_files, set_dirs
 from steve1.io import atomic_path, read_json, remove_stale_temps, write_json_atomic, write_text_atomic
@@ -85,21 +85,21 @@ class SplitTables:
 def _episode_step_features(reader: EpisodeReader, embeds: np.ndarray, valid: np.ndarray) -> pd.DataFrame:
     """Every step of one episode as a row of features (vectorised; no per-step Python)."""
     n = reader.n_frames
-    buttons = reader.array(F.BUTTONS)
-    camera_idx = reader.array(F.CAMERA)
-    cam = reader.array(F.ENV_CAMERA).astype(np.float64).reshape(n, 2)
+    buttons = reader.array(formats.BUTTONS)
+    camera_idx = reader.array(formats.CAMERA)
+    cam = reader.array(formats.ENV_CAMERA).astype(np.float64).reshape(n, 2)
     cols: dict[str, Any] = {
         "episode_id": np.full(n, reader.episode_id, dtype=object),
         "step": np.arange(n),
-        "recorder_version": np.full(n, str(reader.attrs.get(F.A_RECORDER_VERSION, "unknown")), dtype=object),
+        "recorder_version": np.full(n, str(reader.attrs.get(formats.A_RECORDER_VERSION, "unknown")), dtype=object),
         "camera_deg": np.hypot(cam[:, 0], cam[:, 1]),
         "camera_null": (camera_idx == CAMERA_NULL_IDX).astype(np.int8),
-        "gui_open": reader.array(F.GUI_OPEN).astype(np.int8),
+        "gui_open": reader.array(formats.GUI_OPEN).astype(np.int8),
         "agent_null": ((buttons == NULL_BUTTONS_IDX) & (camera_idx == CAMERA_NULL_IDX)).astype(np.int8),
     }
     for key in sorted(reader.env_action_keys()):
         if key != CAMERA_KEY:
-            cols[PRESS_PREFIX + key] = (reader.array(f"{F.ENV_ACTIONS}/{key}") > 0).astype(np.int8)
+            cols[PRESS_PREFIX + key] = (reader.array(f"{formats.ENV_ACTIONS}/{key}") > 0).astype(np.int8)
     e = np.where(valid[:, None], embeds, np.nan)
     cols["embed_norm"] = np.linalg.norm(e, axis=1)
     cols["embed_mean"] = e.mean(axis=1)

@@ -39,7 +39,7 @@ import torch
 
 from steve1.actions import N_CAMERA_BINS
 from steve1 import headline
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.dataset import make_dataloader
 from steve1.data.episodes import read_embeds
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
@@ -283,7 +283,7 @@ def other_episode_goals(chunks: Sequence[tuple[str, int, int]], lengths: Mapping
             return None
         rng = np.random.default_rng([seed, i])
         other = pool[int(rng.integers(len(pool)))]
-        pick.append((other, int(rng.integers(F.NONE_EMBED_OFFSET, int(lengths[other])))))
+        pick.append((other, int(rng.integers(formats.NONE_EMBED_OFFSET, int(lengths[other])))))
     out: Optional[np.ndarray] = None
     for eid in sorted({e for e, _ in pick}):
         _, emb_path = episode_files(eid, dirs)

@@ -419,11 +419,6 @@ def resize_pos_embed_grid(grid: torch.Tensor, in_grid: Sequence[int], out_grid: 
     return x.permute(0, 2, 3, 1).reshape(-1, c)
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, in_grid: Sequence[int], out_grid: Sequence[int]) -> torch.Tensor:
-    """Resize a CLS-first table [1+gh*gw, C] -> [1+oh*ow, C]; the CLS row is kept unchanged."""
-    return torch.cat([pos_embed[:1], resize_pos_embed_grid(pos_embed[1:], in_grid, out_grid)], dim=0)
-
-
 @torch.no_grad()
 def init_random_(model: MineCLIP, seed: int) -> MineCLIP:
     """Deterministic seeded init (CPU generator, parameters in ``named_parameters`` order).

@@ -1,6 +1,6 @@
 """The official checkpoint files: where they come from, how to check them, how to fetch them.
 
-Direct links (OpenAI's blob store) are fetched with the resumable downloader of the data path.
+Direct links (OpenAI's blob store) are fetched with the resumable fetcher (``steve1.fetch``).
 Google-Drive files (MineCLIP, STEVE-1, the prior) need a manual download: the stage stops
 with the exact link and destination instead of scraping Drive's confirmation pages.
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from steve1.data.download import FetchError, RetryPolicy, fetch_file
+from steve1.errors import UserError
+from steve1.fetch import FetchError, RetryPolicy, fetch_file
 from steve1.io import file_digest, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {f.name: f for f in (
 )}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """An official file is missing, needs a manual download, or fails its checksum."""
 
 

@@ -8,7 +8,6 @@ branch, transformer trunk, ``lastlayer``, ``final_ln`` and, for STEVE-1, ``minec
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -254,16 +253,3 @@ def build_policy(policy_kwargs: Mapping[str, Any], pi_head_kwargs: Mapping[str, 
     with torch.device(device) if device is not None else contextlib.nullcontext():
         policy = AgentPolicy(cfg)
     return policy.set_gradient_checkpointing(gradient_checkpointing)
-
-
-def build_policy_from_preset(name: str, **overrides) -> AgentPolicy:
-    """``PRESETS[name]`` with policy_kwargs overrides; ``temperature=``, ``gradient_checkpointing=`` and
-    ``device=`` are routed to the pi head and :func:`build_policy`."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown policy preset {name!r}; choose one of {sorted(PRESETS)}")
-    preset = copy.deepcopy(PRESETS[name])
-    build_kwargs = {k: overrides.pop(k) for k in ("gradient_checkpointing", "device") if k in overrides}
-    if "temperature" in overrides:
-        preset["pi_head_kwargs"]["temperature"] = overrides.pop("temperature")
-    preset["policy_kwargs"].update(overrides)
-    return build_policy(preset["policy_kwargs"], preset["pi_head_kwargs"], **build_kwargs)

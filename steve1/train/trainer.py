@@ -42,7 +42,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from steve1.data.dataset import ChunkLoader, make_dataloader
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import open_store
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
 from steve1.io import check_writable, sha256_file, write_json_atomic
@@ -136,9 +136,9 @@ def check_embed_dim(sampling: Mapping[str, Any], episodes_dir, embeds_dir, expec
         if not path.is_file():
             continue  # the loader names missing files
         with open_store(path, "embeds") as f:
-            dim = int(f.attrs.get(F.A_EMBED_DIM, f[F.EMBEDS].shape[-1] if F.EMBEDS in f else expected))
+            dim = int(f.attrs.get(formats.A_EMBED_DIM, f[formats.EMBEDS].shape[-1] if formats.EMBEDS in f else expected))
         if dim != expected:
-            raise EmbedDimError(f"{path}: goal embeddings are {dim}-d (attr {F.A_EMBED_DIM}) but "
+            raise EmbedDimError(f"{path}: goal embeddings are {dim}-d (attr {formats.A_EMBED_DIM}) but "
                                 f"train.mineclip_embed_dim is {expected}; set train.mineclip_embed_dim: {dim} "
                                 f"or re-embed with a {expected}-d model")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from steve1 import actions as A
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.custom import (MINERL_KEYS, import_all, import_frames_episode, list_frames,
                                 read_actions_file)
 from steve1.data.decode import DecodeSkip, decode_recording
@@ -96,7 +96,7 @@ def test_env_lines_agent_indices_equal_env_to_agent(tmp_path):
     expected = np.stack([to_rgb_resized(_image(i), (128, 128)) for i in kept])   # decode's resize
     np.testing.assert_array_equal(ep.frames, expected)
     assert not ep.gui_open.any()
-    assert json.loads(ep.attrs[F.A_DECODE_COUNTS])["line_format"] == "env"
+    assert json.loads(ep.attrs[formats.A_DECODE_COUNTS])["line_format"] == "env"
 
 
 def test_contractor_lines_match_decode_of_the_same_recording(tmp_path):
@@ -145,9 +145,9 @@ def test_minerl_trajectory_aligned_to_the_last_states(tmp_path):
     report = import_all(tmp_path / "src", tmp_path / "out", _settings(), progress=False)
     assert report.skipped == {}
     with EpisodeReader(episode_path(tmp_path / "out", "traj")) as ep:
-        steps, frames = ep.array(F.SOURCE_STEP), ep.frames()
-        buttons, use = ep.array(F.BUTTONS), ep.array(f"{F.ENV_ACTIONS}/use")
-        counts = json.loads(ep.attrs[F.A_DECODE_COUNTS])
+        steps, frames = ep.array(formats.SOURCE_STEP), ep.frames()
+        buttons, use = ep.array(formats.BUTTONS), ep.array(f"{formats.ENV_ACTIONS}/use")
+        counts = json.loads(ep.attrs[formats.A_DECODE_COUNTS])
     # actions 0 (forward), 1 (place -> use), 3 (camera) are kept; 2 and 4 are null (4: craft only)
     np.testing.assert_array_equal(steps, [2, 3, 5])                   # lead of 2 frames skipped
     np.testing.assert_array_equal(use, [0, 1, 0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.dataset import (ChunkBatchSampler, ChunkDataset, draw_gaps, goal_times_from_gaps,
                                  make_dataloader, process_threads, step_goal_times)
 from steve1.data.episodes import EpisodeFormatError, EpisodeReader, episode_path
@@ -107,7 +107,7 @@ def test_samples_hold_the_right_frames_actions_and_goals(world):
             assert x["firsts"].tolist() == [True] + [False] * (T - 1)
             g = x["goal_times"]
             # invariants: index >= 15, goal at or after the step, inside the episode, gaps in bounds
-            assert (g >= F.NONE_EMBED_OFFSET).all() and (g >= np.arange(s, e)).all() and (g <= n - 1).all()
+            assert (g >= formats.NONE_EMBED_OFFSET).all() and (g >= np.arange(s, e)).all() and (g <= n - 1).all()
             d = np.diff(np.unique(g[g < n - 1]))
             assert ((d >= MIN) & (d < MAX)).all()
             # the goal embedding is row g of this very episode (no leakage, no off-by-one)
@@ -255,7 +255,7 @@ def _plain_jpeg_frames(path, start, end):
     import simplejpeg
 
     with h5py.File(path, "r") as f:
-        data, offsets = f[F.FRAME_BYTES][:].tobytes(), f[F.FRAME_OFFSETS][:]
+        data, offsets = f[formats.FRAME_BYTES][:].tobytes(), f[formats.FRAME_OFFSETS][:]
     return np.stack([simplejpeg.decode_jpeg(data[offsets[t]:offsets[t + 1]], colorspace="RGB")
                      for t in range(start, end)])
 
@@ -428,7 +428,7 @@ def test_a_damaged_chunk_is_named_with_the_file_and_frames_read(episode_factory)
 
     episode_factory("ep", 100)  # frames stored in chunks of 64 rows
     path = episode_path(episode_factory.episodes_dir, "ep")
-    damage_chunk(path, F.FRAMES, index=0)
+    damage_chunk(path, formats.FRAMES, index=0)
     ds = ChunkDataset([("ep", 64, 64 + T), ("ep", 15, 15 + T)], episode_factory.episodes_dir,
                       episode_factory.embeds_dir, seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0)
     ds.sample(0)  # the intact chunk still reads
@@ -457,7 +457,7 @@ def test_a_damaged_jpeg_frame_is_named_when_threads_decode_it(episode_factory):
     episode_factory("ep", 100, codec="jpeg")
     path = episode_path(episode_factory.episodes_dir, "ep")
     with h5py.File(path, "r") as f:
-        where = f[F.FRAME_BYTES].id.get_offset() + int(f[F.FRAME_OFFSETS][20])
+        where = f[formats.FRAME_BYTES].id.get_offset() + int(f[formats.FRAME_OFFSETS][20])
     with open(path, "r+b") as fh:
         fh.seek(where)
         fh.write(b"\x00" * 16)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.decode import DecodeSkip, decode_all, decode_recording, find_sources
 from steve1.data.episodes import EpisodeReader, episode_path
 from steve1.data.recording import convert_recording
@@ -59,8 +59,8 @@ def test_decode_recording_matches_library_pieces(synth):
     np.testing.assert_array_equal(ep.env_actions["camera"], rec.env["camera"])
     frames = np.concatenate(list(iter_processed_frames(video, rec.kept_steps, rec.gui_open, rec.cursor_xy, (128, 128))))
     np.testing.assert_array_equal(ep.frames, frames)
-    assert ep.gui_open.any() and ep.attrs[F.A_FPS] == 20.0
-    counts = json.loads(ep.attrs[F.A_DECODE_COUNTS])
+    assert ep.gui_open.any() and ep.attrs[formats.A_FPS] == 20.0
+    counts = json.loads(ep.attrs[formats.A_DECODE_COUNTS])
     assert counts["n_lines"] == N and counts["n_kept"] == ep.n_frames == rec.n_kept
 
 
@@ -77,13 +77,13 @@ def test_real_pair_end_to_end(tmp_path, repo_root, reference):
     official = g["variants"]["official"]
     with EpisodeReader(episode_path(tmp_path / "eps", REAL)) as r:
         assert r.n_frames == 880
-        np.testing.assert_array_equal(r.array(F.SOURCE_STEP), official["kept_step_indices"])
-        np.testing.assert_array_equal(r.array(F.BUTTONS), official["agent_actions"]["buttons"])
-        np.testing.assert_array_equal(r.array(F.CAMERA), official["agent_actions"]["camera"])
-        np.testing.assert_array_equal(r.array(f"{F.ENV_ACTIONS}/camera"), official["env_actions"]["camera"])
-        frames, gui = r.frames(), r.array(F.GUI_OPEN)
-        assert json.loads(r.attrs[F.A_CONVERSION])["camera_int_truncation"] is True
-        assert r.attrs[F.A_VIDEO_SHA256] == vg["video_sha256"]
+        np.testing.assert_array_equal(r.array(formats.SOURCE_STEP), official["kept_step_indices"])
+        np.testing.assert_array_equal(r.array(formats.BUTTONS), official["agent_actions"]["buttons"])
+        np.testing.assert_array_equal(r.array(formats.CAMERA), official["agent_actions"]["camera"])
+        np.testing.assert_array_equal(r.array(f"{formats.ENV_ACTIONS}/camera"), official["env_actions"]["camera"])
+        frames, gui = r.frames(), r.array(formats.GUI_OPEN)
+        assert json.loads(r.attrs[formats.A_CONVERSION])["camera_int_truncation"] is True
+        assert r.attrs[formats.A_VIDEO_SHA256] == vg["video_sha256"]
     ours = np.array([hashlib.sha256(f.tobytes()).hexdigest() for f in frames])
     np.testing.assert_array_equal(ours[~gui], np.array(vg["agent_frame_sha256"])[~gui])
     row = json.loads(report.manifest_path.read_text())["episodes"][REAL]
@@ -104,7 +104,7 @@ def test_real_pair_with_the_default_codec_is_small_and_close_to_the_frames(tmp_p
     lossless = decode_recording(raw / f"{REAL}.mp4", raw / f"{REAL}.jsonl", REAL, settings).frames
     with EpisodeReader(episode_path(tmp_path / "eps", REAL)) as r:
         frames, stored = r.frames(), r.frame_store.offsets[-1]
-        conversion = json.loads(r.attrs[F.A_CONVERSION])
+        conversion = json.loads(r.attrs[formats.A_CONVERSION])
     assert conversion["frame_codec"] == "jpeg" and conversion["frame_quality"] == 85
     assert conversion["codec_library"].startswith("simplejpeg==")
     assert stored / len(frames) <= 3000, stored / len(frames)
@@ -162,8 +162,8 @@ def test_resume_after_kill_and_redecode_on_settings_change(tmp_path, synth):
     report = decode_all(raw, eps, DecodeParams(camera_int_truncation=True), progress=False)
     assert report.reused == 0
     with EpisodeReader(kept) as r:
-        assert json.loads(r.attrs[F.A_CONVERSION])["camera_int_truncation"] is True
-        cam = r.array(f"{F.ENV_ACTIONS}/camera")
+        assert json.loads(r.attrs[formats.A_CONVERSION])["camera_int_truncation"] is True
+        cam = r.array(f"{formats.ENV_ACTIONS}/camera")
         assert np.array_equal(cam, np.trunc(cam))
     with open(raw / "synthetic-0-1.jsonl", "a") as f:
         f.write((raw / "synthetic-0-1.jsonl").read_text().splitlines()[-1] + "\n")
@@ -187,7 +187,7 @@ def test_download_manifest_selects_and_annotates(tmp_path, synth):
     report = decode_all(raw, tmp_path / "eps", DecodeParams(), progress=False)
     assert list(report.rows) == ["synthetic-0-0"]
     with EpisodeReader(episode_path(tmp_path / "eps", "synthetic-0-0")) as r:
-        assert r.attrs[F.A_SOURCE_URL].endswith("synthetic-0-0.mp4") and r.attrs[F.A_RECORDER_VERSION] == "10.0"
+        assert r.attrs[formats.A_SOURCE_URL].endswith("synthetic-0-0.mp4") and r.attrs[formats.A_RECORDER_VERSION] == "10.0"
 
 
 def test_workers_give_the_same_bytes(tmp_path, synth):
@@ -227,8 +227,8 @@ def test_cli_decode_one(tmp_path, synth):
     ep = decode_recording(synth / "synthetic-0-0.mp4", synth / "synthetic-0-0.jsonl", "one", DecodeParams(camera_int_truncation=True))
     with EpisodeReader(out) as r:
         np.testing.assert_array_equal(r.frames(), ep.frames)
-        np.testing.assert_array_equal(r.array(F.BUTTONS), ep.buttons)
-        assert json.loads(r.attrs[F.A_CONVERSION])["frame_codec"] == "gzip"
+        np.testing.assert_array_equal(r.array(formats.BUTTONS), ep.buttons)
+        assert json.loads(r.attrs[formats.A_CONVERSION])["frame_codec"] == "gzip"
     bad = CliRunner().invoke(app, args + ["--codec", "zip"])
     assert bad.exit_code == 2 and "not a frame codec" in bad.output
 

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from stages import download as download_stage
-from steve1.data.download import RetryPolicy, fetch_file, read_manifest, run_download
-from steve1.data.formats import PART_SUFFIX, RAW_FORMAT_VERSION
+from steve1.data.download import read_manifest, run_download
+from steve1.data.formats import RAW_FORMAT_VERSION
+from steve1.fetch import PART_SUFFIX, RetryPolicy, fetch_file
 from steve1.layout import MANIFEST as RAW_MANIFEST
 
 FAST = RetryPolicy(retries=3, backoff_s=0.01, timeout_s=2.0)

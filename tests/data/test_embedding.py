@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.data import formats as F
-from steve1.data.embedding import (Embedder, embed_all, embed_frames, make_embedder, naive_window_embeddings,
-                                   shard, write_manifest)
+from steve1.data import formats
+from fixtures.embedding import naive_window_embeddings
+from steve1.data.embedding import Embedder, embed_all, embed_frames, make_embedder, shard, write_manifest
 from steve1.data.episodes import Episode, read_embeds, write_episode
 from steve1.models.mineclip import build_mineclip
 from steve1.models.mineclip_files import random_weights_info
@@ -34,7 +34,7 @@ def test_windowed_embeddings_equal_naive_encode_video(batch_size):
     embeds, valid = embed_frames(embedder, frames)
     naive, naive_valid = naive_window_embeddings(embedder, frames, windows_per_call=3)
     assert embeds.shape == (23, 64) and embeds.dtype == np.float32
-    np.testing.assert_array_equal(valid, np.arange(23) >= F.NONE_EMBED_OFFSET)
+    np.testing.assert_array_equal(valid, np.arange(23) >= formats.NONE_EMBED_OFFSET)
     np.testing.assert_array_equal(valid, naive_valid)
     assert not embeds[:15].any()
     assert_close(embeds, naive, atol=1e-5, rtol=1e-5)
@@ -79,7 +79,7 @@ def test_embed_all_writes_resumes_and_records_weights(tmp_path):
 
     embeds, valid, attrs = read_embeds(tmp_path / "embeds" / "ep-a.h5")
     assert embeds.shape == (18, 512) and valid.sum() == 3
-    assert attrs[F.A_WEIGHTS] == "random-tiny:seed=0" and attrs[F.A_N_FRAMES] == 18
+    assert attrs[formats.A_WEIGHTS] == "random-tiny:seed=0" and attrs[formats.A_N_FRAMES] == 18
     frames = np.concatenate(list(iter_processed_frames(tmp_path / "raw" / "ep-a.mp4", np.arange(18), np.zeros(18, bool),
                                                        np.zeros((18, 2)), size=(256, 160))))
     naive, _ = naive_window_embeddings(embedder, frames)
@@ -96,7 +96,7 @@ def test_embed_all_writes_resumes_and_records_weights(tmp_path):
     # an episode re-decoded from changed sources (same length) is embedded again
     path = tmp_path / "episodes" / "ep-a.h5"
     with h5py.File(path, "a") as f:
-        f.attrs[F.A_VIDEO_SHA256] = "a-new-video"
+        f.attrs[formats.A_VIDEO_SHA256] = "a-new-video"
     assert {k: v["status"] for k, v in embed_all(other, *dirs).items()} == {"ep-a": "written", "ep-b": "skipped"}
 
 
@@ -122,7 +122,7 @@ def test_embed_stage_end_to_end(tmp_path):
     assert main(["--params", str(tmp_path / "params.yaml")]) == 0
     embeds, valid, attrs = read_embeds(tmp_path / "embeds" / "ep-a.h5")
     assert embeds.shape == (17, 512) and valid.tolist() == [False] * 15 + [True] * 2
-    assert attrs[F.A_WEIGHTS] == "random-tiny:seed=0"
+    assert attrs[formats.A_WEIGHTS] == "random-tiny:seed=0"
     assert json.loads((tmp_path / "embeds" / "manifest.json").read_text())["store_dtype"] == "float16"
     params["embed"]["weights"] = str(tmp_path / "absent.pth")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, StoreError, list_episode_ids,
                                   read_embeds, verify_store, write_embeds, write_episode)
 from steve1.io import DiskFullError
@@ -27,23 +27,23 @@ def make_episode(n=10, eid="ep-1"):
     )
 
 
-@pytest.mark.parametrize("codec", F.CODECS)
+@pytest.mark.parametrize("codec", formats.CODECS)
 def test_round_trip(tmp_path, codec):
     ep = make_episode()
-    if codec in F.PER_FRAME_CODECS:
+    if codec in formats.PER_FRAME_CODECS:
         ep.frames = smooth_frames(10)  # lossy: frames like footage, not noise
     path = write_episode(tmp_path / "ep-1.h5", ep, codec=codec)
     with EpisodeReader(path) as r:
         assert r.n_frames == 10 and r.episode_id == "ep-1" and r.frame_codec == codec
-        assert r.attrs[F.A_FORMAT_VERSION] == F.EPISODE_FORMAT_VERSION
-        if codec in F.LOSSLESS_CODECS:
+        assert r.attrs[formats.A_FORMAT_VERSION] == formats.EPISODE_FORMAT_VERSION
+        if codec in formats.LOSSLESS_CODECS:
             np.testing.assert_array_equal(r.frames(2, 5), ep.frames[2:5])
         else:
             err = np.abs(r.frames(2, 5).astype(int) - ep.frames[2:5])
             assert err.mean() < 8.0, err.mean()  # 4:2:0 chroma on the fixture's sharp block edges
         assert r.frames(-2).shape == (2, 128, 128, 3) and r.frames(5, 2).shape == (0, 128, 128, 3)
-        np.testing.assert_array_equal(r.array(F.FRAMES, 1, 4), r.frames(1, 4))
-        np.testing.assert_array_equal(r.array(F.BUTTONS), ep.buttons)
+        np.testing.assert_array_equal(r.array(formats.FRAMES, 1, 4), r.frames(1, 4))
+        np.testing.assert_array_equal(r.array(formats.BUTTONS), ep.buttons)
         assert r.env_action_keys() == ["attack", "camera"]
     assert list_episode_ids(tmp_path) == ["ep-1"]
 
@@ -62,7 +62,7 @@ def test_jpeg_frames_are_each_a_jpeg_of_the_quality_asked(tmp_path):
         with EpisodeReader(path) as r:
             store = r.frame_store
             data, offsets = store.data[:], store.offsets
-            assert offsets[0] == 0 and offsets[-1] == len(data) and r.attrs[F.A_FRAME_QUALITY] == q
+            assert offsets[0] == 0 and offsets[-1] == len(data) and r.attrs[formats.A_FRAME_QUALITY] == q
             third = simplejpeg.decode_jpeg(data[offsets[3]:offsets[4]].tobytes(), colorspace="RGB")
             np.testing.assert_array_equal(r.frames(3, 4)[0], third)
             out = np.empty((37, 128, 128, 3), np.uint8)
@@ -99,9 +99,9 @@ def _set_version(path, version, drop_codec=False):
     import h5py
 
     with h5py.File(path, "r+") as f:
-        f.attrs[F.A_FORMAT_VERSION] = version
+        f.attrs[formats.A_FORMAT_VERSION] = version
         if drop_codec:
-            del f.attrs[F.A_FRAME_CODEC]
+            del f.attrs[formats.A_FRAME_CODEC]
 
 
 def test_version_1_files_still_read(tmp_path):
@@ -130,7 +130,7 @@ def test_a_damaged_jpeg_frame_is_named_with_its_file_and_rows(tmp_path):
     ep.frames = smooth_frames(50)
     path = write_episode(tmp_path / "ep.h5", ep, codec="jpeg")
     with h5py.File(path, "r") as f:
-        where = f[F.FRAME_BYTES].id.get_offset() + int(f[F.FRAME_OFFSETS][20])
+        where = f[formats.FRAME_BYTES].id.get_offset() + int(f[formats.FRAME_OFFSETS][20])
     with open(path, "r+b") as fh:
         fh.seek(where)
         fh.write(b"\x00" * 16)   # frame 20's JPEG header
@@ -149,12 +149,12 @@ def test_length_mismatch_is_refused():
 
 def test_embeds_round_trip(tmp_path):
     e = np.random.default_rng(1).normal(size=(20, 512)).astype(np.float32)
-    valid = np.arange(20) >= F.NONE_EMBED_OFFSET
+    valid = np.arange(20) >= formats.NONE_EMBED_OFFSET
     write_embeds(tmp_path / "ep.h5", "ep", e, valid, weights="random-tiny:seed=0", store_dtype="float16")
     got, got_valid, attrs = read_embeds(tmp_path / "ep.h5")
     np.testing.assert_allclose(got, e, atol=2e-3, rtol=1e-3)
     np.testing.assert_array_equal(got_valid, valid)
-    assert attrs[F.A_WEIGHTS] == "random-tiny:seed=0"
+    assert attrs[formats.A_WEIGHTS] == "random-tiny:seed=0"
 
 
 def test_fresh_process_reads_blosc_frames(tmp_path):
@@ -203,7 +203,7 @@ def test_a_damaged_chunk_is_named_with_its_file_and_rows(tmp_path, codec):
     from fixtures.episodes import damage_chunk
 
     path = _ep_file(tmp_path, codec=codec)
-    start, end = damage_chunk(path, F.FRAMES, index=3)  # a chunk in the middle of the file
+    start, end = damage_chunk(path, formats.FRAMES, index=3)  # a chunk in the middle of the file
     assert (start, end) == (96, 128)
     with EpisodeReader(path) as r:
         assert r.frames(0, 96).shape[0] == 96  # the chunks before it still read
@@ -231,7 +231,7 @@ def test_verify_store_reads_the_last_chunk_of_every_dataset(tmp_path):
 
     path = _ep_file(tmp_path)
     verify_store(path)  # intact
-    damage_chunk(path, F.FRAMES, index=-1)
+    damage_chunk(path, formats.FRAMES, index=-1)
     with pytest.raises(StoreError, match=rf"{path}: cannot read frames rows \[192, 200\) of this episode file"):
         verify_store(path)
 

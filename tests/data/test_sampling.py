@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import episode_path
 from steve1.data.sampling import (SamplingError, SetSpec, episode_chunks, load_sampling, make_mixed_sampling,
                                   make_sampling, min_episode_frames, run_sampling, scan_episodes, split_chunks,
@@ -121,7 +121,7 @@ def test_run_sampling_writes_a_deterministic_json(episode_factory, tmp_path):
     run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "s.json")
     assert out.read_bytes() == first and out.name == "s.json"
     doc = load_sampling(out)
-    assert doc["format_version"] == F.SAMPLING_FORMAT_VERSION
+    assert doc["format_version"] == formats.SAMPLING_FORMAT_VERSION
     assert doc["params"] == p.model_dump(mode="json")
     assert doc["invalid"][0]["episode_id"] == "tiny" and "too short" in doc["invalid"][0]["reason"]
     assert split_chunks(doc, "train")[0] == (doc["train"][0], 15, 35)
@@ -319,7 +319,7 @@ def test_sample_rejects_damaged_stores_naming_them(episode_factory, tmp_path):
     for eid in ("good-1", "good-2", "bad-chunk", "cut-episode", "cut-embeds"):
         episode_factory(eid, 100)  # frames in chunks of 64 rows: [0, 64) and [64, 100)
     ep_dir, em_dir = episode_factory.episodes_dir, episode_factory.embeds_dir
-    damage_chunk(episode_path(ep_dir, "bad-chunk"), F.FRAMES, index=-1)
+    damage_chunk(episode_path(ep_dir, "bad-chunk"), formats.FRAMES, index=-1)
     for path in (episode_path(ep_dir, "cut-episode"), episode_path(em_dir, "cut-embeds")):
         path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 5])
     p = SampleParams(name="s", train_frames=100, val_frames=50, seed=0, T=20, min_btwn_goals=15, max_btwn_goals=30)
@@ -353,7 +353,7 @@ def test_non_finite_embeddings_are_refused_naming_file_and_row(episode_factory, 
     em_dir = episode_factory.embeds_dir
     for eid, row, value in (("nan", 40, np.nan), ("inf", 17, np.inf)):
         with h5py.File(episode_path(em_dir, eid), "r+") as f:
-            f[F.EMBEDS][row, 3] = value
+            f[formats.EMBEDS][row, 3] = value
     scan = scan_episodes(episode_factory.episodes_dir, em_dir, 20, 15)
     assert list(scan.lengths) == ["good"]
     assert scan.invalid == {

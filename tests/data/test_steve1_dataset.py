@@ -25,7 +25,7 @@ import yaml
 from stages import embed_set as embed_set_stage
 from stages import import_set as import_set_stage
 from stages import sample as sample_stage
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.custom import detect_format, import_all
 from steve1.data.dataset_embeds import dataset_weights_id, reuse_dataset_embeds
 from steve1.data.episodes import EpisodeReader, episode_path, read_embeds
@@ -88,10 +88,10 @@ def test_actions_are_the_official_training_codes_exactly(imported, goldens):
     for eid, g in episodes.items():
         with EpisodeReader(episode_path(imported / "episodes", eid)) as ep:
             assert ep.n_frames == g["len"] == g["n_frames_decoded"]
-            assert ep.array(F.BUTTONS).tolist() == g["buttons"]
-            assert ep.array(F.CAMERA).tolist() == g["camera"]
-            assert ep.array(F.SOURCE_STEP).tolist() == list(range(g["len"]))   # no step dropped
-            assert ep.attrs[F.A_RECORDER_VERSION] == F.STEVE1_RECORDER
+            assert ep.array(formats.BUTTONS).tolist() == g["buttons"]
+            assert ep.array(formats.CAMERA).tolist() == g["camera"]
+            assert ep.array(formats.SOURCE_STEP).tolist() == list(range(g["len"]))   # no step dropped
+            assert ep.attrs[formats.A_RECORDER_VERSION] == formats.STEVE1_RECORDER
 
 
 def test_frames_are_the_official_decode_bit_for_bit_with_a_lossless_codec(imported, goldens):
@@ -111,9 +111,9 @@ def test_frames_with_the_jpeg_codec_are_the_codecs_round_trip_of_the_official_de
     assert import_all(src, tmp_path / "ep", settings, "steve1", progress=False).n_ok == 1
     golden = _frames(episode_path(imported / "episodes", SMALL))      # the official decode (lossless import)
     assert _sha256(golden) == episodes[SMALL]["frames_sha256"]
-    data, offsets = F.encode_frames(golden, 85)
+    data, offsets = formats.encode_frames(golden, 85)
     expected = np.empty_like(golden)
-    F.decode_frames_into(data, offsets, expected)
+    formats.decode_frames_into(data, offsets, expected)
     np.testing.assert_array_equal(_frames(episode_path(tmp_path / "ep", SMALL)), expected)
 
 
@@ -123,8 +123,8 @@ def test_embed_set_reuses_the_datasets_embeddings_exactly(imported, goldens):
         emb, valid, attrs = read_embeds(episode_path(imported / "embeds", eid))
         assert emb.dtype == np.float32
         np.testing.assert_array_equal(emb, arrays[f"{eid}__embeds"])
-        assert valid.tolist() == [t >= F.NONE_EMBED_OFFSET for t in range(len(valid))]
-        assert attrs[F.A_WEIGHTS] == "dataset:unverified@custom.old"
+        assert valid.tolist() == [t >= formats.NONE_EMBED_OFFSET for t in range(len(valid))]
+        assert attrs[formats.A_WEIGHTS] == "dataset:unverified@custom.old"
     manifest = json.loads((imported / "embeds" / MANIFEST).read_text())
     assert manifest["weights"] == "dataset:unverified@custom.old" and manifest["first_valid"] == 15
     assert manifest["episodes"][SMALL] == {"n_frames": 217, "n_valid": 202}
@@ -136,7 +136,7 @@ def test_float16_embeddings_within_1e3_and_a_rerun_keeps_the_files(imported, gol
     assert weights == "dataset:attn.pth:md5=abc"
     reuse_dataset_embeds(imported / "episodes", imported / "raw", tmp_path / "e16", weights, "float16")
     emb, _, attrs = read_embeds(episode_path(tmp_path / "e16", SMALL))
-    assert np.abs(emb - arrays[f"{SMALL}__embeds"]).max() < 1e-3 and attrs[F.A_WEIGHTS] == weights
+    assert np.abs(emb - arrays[f"{SMALL}__embeds"]).max() < 1e-3 and attrs[formats.A_WEIGHTS] == weights
     before = episode_path(tmp_path / "e16", SMALL).stat().st_mtime_ns
     reuse_dataset_embeds(imported / "episodes", imported / "raw", tmp_path / "e16", weights, "float16")
     assert episode_path(tmp_path / "e16", SMALL).stat().st_mtime_ns == before
@@ -268,7 +268,7 @@ BAD = {
 def _assert_clean(out: Path, raw: Path, eid: str) -> None:
     """No episode, no companion and no temp file of a skipped episode."""
     assert not episode_path(out, eid).exists()
-    assert not (raw / f"{eid}.mp4").exists() and not (raw / f"{eid}{F.DATASET_EMBEDS_SUFFIX}").exists()
+    assert not (raw / f"{eid}.mp4").exists() and not (raw / f"{eid}{formats.DATASET_EMBEDS_SUFFIX}").exists()
     assert not [p for d in (out, raw) for p in d.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
@@ -433,7 +433,7 @@ def test_embeddings_mineclip_recomputes_from_the_copied_video_and_auto_reuses(da
     assert import_set_stage.main(["old", "--params", str(params)]) == 0
     assert embed_set_stage.main(["old", "--params", str(params)]) == 0       # auto: reused
     emb, _, attrs = read_embeds(embeds)
-    assert attrs[F.A_WEIGHTS] == "dataset:unverified@custom.old"
+    assert attrs[formats.A_WEIGHTS] == "dataset:unverified@custom.old"
     np.testing.assert_array_equal(emb, arrays[f"{SMALL}__embeds"][:40])
     params = _project(tmp_path, src, format="steve1", embeddings="mineclip")
     raw = yaml.safe_load(params.read_text())
@@ -441,7 +441,7 @@ def test_embeddings_mineclip_recomputes_from_the_copied_video_and_auto_reuses(da
     params.write_text(yaml.safe_dump(raw))
     assert embed_set_stage.main(["old", "--params", str(params)]) == 0       # the tiny random MineCLIP
     emb, valid, attrs = read_embeds(embeds)
-    assert attrs[F.A_WEIGHTS] == "random-tiny:seed=0" and emb.shape == (40, 512) and valid[15:].all()
+    assert attrs[formats.A_WEIGHTS] == "random-tiny:seed=0" and emb.shape == (40, 512) and valid[15:].all()
     assert not np.allclose(emb[15:], arrays[f"{SMALL}__embeds"][15:40])
     manifest = json.loads((embeds.parent / MANIFEST).read_text())
     assert manifest["weights"] == "random-tiny:seed=0"
@@ -457,5 +457,5 @@ def test_agent_written_actions_with_a_batch_axis_read_the_same(dataset, goldens,
     (folder / "actions.pkl").write_bytes(pickle.dumps(actions, protocol=4))
     assert import_all(src, tmp_path / "ep", _settings(), "steve1", progress=False).n_ok == 1
     with EpisodeReader(episode_path(tmp_path / "ep", SMALL)) as ep:
-        assert ep.array(F.BUTTONS).tolist() == episodes[SMALL]["buttons"]
-        assert ep.array(F.CAMERA).tolist() == episodes[SMALL]["camera"]
+        assert ep.array(formats.BUTTONS).tolist() == episodes[SMALL]["buttons"]
+        assert ep.array(formats.CAMERA).tolist() == episodes[SMALL]["camera"]

@@ -14,14 +14,14 @@ import torch
 import yaml
 
 from steve1.actions import N_CAMERA_BINS
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.sampling import MAIN_SET, make_sampling
 from steve1.eval.offline import (deltas, evaluate_policies, kl_divergence, other_episode_goals, renormalize,
                                  scale_key, step_metrics)
 from steve1.io import write_json_atomic
 from steve1.models.checkpoints import GOAL_KEYS, save_policy_weights
 from steve1.models.policy import guide
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures.episodes import EpisodeFactory  # noqa: E402
@@ -224,7 +224,7 @@ def make_world(root: Path, evaluate: dict | None = None) -> Path:
                          val_episodes=["ep-b", "ep-c"])
     sample = {"name": "toy", "T": 8, "min_btwn_goals": 15, "max_btwn_goals": 30}
     write_json_atomic(data / "samplings" / "toy.json",
-                      {"format_version": F.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
+                      {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
     save_policy_weights(sharp_policy(seed=0, goal_gain=20.0), root / "models" / "toy" / "best.weights")
     params = {"paths": {"episodes": str(data / "episodes"), "embeds": str(data / "embeds"),
                         "samplings": str(data / "samplings"), "models": str(root / "models"),

@@ -211,7 +211,7 @@ def test_bad_visual_prompt_and_missing_minerl_are_clear_errors(tmp_path):
 def test_policy_agent_drives_the_standin_env():
     torch = pytest.importorskip("torch")
     from steve1.eval.rollout import PolicyAgent
-    from steve1.models.vpt import build_policy_from_preset
+    from fixtures.policy import build_policy_from_preset
 
     torch.manual_seed(0)
     agent = PolicyAgent(build_policy_from_preset("tiny"), seed=0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.models.vpt import PRESETS, build_policy, build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
+from steve1.models.vpt import PRESETS, build_policy
 from steve1.models.checkpoints import (
     GOAL_KEYS,
     CheckpointMismatchError,

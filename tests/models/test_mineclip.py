@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from steve1.models.mineclip import PRESETS, build_mineclip, resize_pos_embed, resize_pos_embed_grid
+from steve1.models.mineclip import PRESETS, build_mineclip, resize_pos_embed_grid
 from steve1.models.mineclip_files import ATTN_PTH_MD5, canonical_key, load_attn_pth, official_keys, save_attn_pth
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -69,7 +69,9 @@ def test_preprocessing_and_pos_embed_resize_match_goldens(ref, tiny):
     full = g["pos_embed_resize_full_grid"]
     assert_close(resize_pos_embed_grid(full["in"], full["in_grid"], full["out_grid"]), full["out"], **TOL)
     with_cls = g["pos_embed_resize_tiny_with_cls"]
-    assert_close(resize_pos_embed(with_cls["in"], with_cls["in_grid"], with_cls["out_grid"]), with_cls["out"], **TOL)
+    table = with_cls["in"]   # CLS row first, kept unchanged (the official VisionTransformer.resize_pos_embed)
+    resized = torch.cat([table[:1], resize_pos_embed_grid(table[1:], with_cls["in_grid"], with_cls["out_grid"])])
+    assert_close(resized, with_cls["out"], **TOL)
 
 
 def test_full_config_has_the_official_788_keys_and_shapes(ref):

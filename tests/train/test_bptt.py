@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 from steve1.train.trainer import BCModule, check_firsts, detach_state, reset_memory
 
 

@@ -14,7 +14,7 @@ import torch
 import steve1.train.trainer as trainer
 from steve1.eval.offline import build_eval_policy
 from steve1.models.checkpoints import CheckpointMismatchError, load_policy_weights
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 from steve1.params import TrainParams, load_params
 from steve1.train.trainer import EmbedDimError, build_start_policy, check_goal_width, train
 from toy_world import make_world

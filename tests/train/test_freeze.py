@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import stages.train as train_stage
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 from steve1.params import TrainParams, load_params, validate_params
 from steve1.train.freeze import GROUPS, apply_freeze
 from steve1.train.optim import make_optimizer

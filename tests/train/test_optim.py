@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 from steve1.train.optim import lr_at, make_optimizer, set_lr, split_decay
 from steve1.train.trainer import BCModule
 

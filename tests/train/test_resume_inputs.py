@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.sampling import make_sampling
 from steve1.io import write_json_atomic
 from steve1.params import load_params, validate_params
@@ -56,7 +56,7 @@ def test_new_data_trains_afresh_and_the_same_data_resumes(tmp_path, caplog):
     sample = {"name": "toy", "train_frames": 10_000, "val_frames": 1, "seed": 0, "T": T, "min_btwn_goals": 15,
               "max_btwn_goals": 30}
     write_json_atomic(tmp_path / "data" / "samplings" / "toy.json",
-                      {"format_version": F.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
+                      {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
     assert _n_chunks(tmp_path) != n_before
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -77,7 +77,7 @@ def test_changed_episode_content_under_the_same_sampling_trains_afresh(tmp_path,
     import h5py
 
     with h5py.File(embeds, "r+") as f:                # same names, same chunk count, other goal embeddings
-        ds = f[F.EMBEDS]
+        ds = f[formats.EMBEDS]
         ds[...] = ds[...] * 0.5 + 0.25
     caplog.clear()
     with caplog.at_level(logging.INFO):

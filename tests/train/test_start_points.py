@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from steve1.models.checkpoints import CheckpointMismatchError
-from steve1.models.vpt import PRESETS, build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
+from steve1.models.vpt import PRESETS
 from steve1.params import ParamsError, TrainParams, validate_params
 from steve1.train.trainer import build_start_policy
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from steve1.models.checkpoints import load_policy_weights
-from steve1.models.vpt import build_policy_from_preset
+from fixtures.policy import build_policy_from_preset
 from steve1.params import TrainParams
 from steve1.train.trainer import build_start_policy
 from toy_world import make_world

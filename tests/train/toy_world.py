@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.sampling import MAIN_SET, SetSpec, make_mixed_sampling, make_sampling
 from steve1.io import write_json_atomic
 
@@ -38,7 +38,7 @@ def make_world(root: Path, train_overrides: dict | None = None, top: dict | None
                              train_frames=10_000, val_frames=1, seed=0, T=T, min_btwn_goals=15,
                              val_episodes=["ep-v"])
         write_json_atomic(data / "samplings" / "toy.json",
-                          {"format_version": F.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
+                          {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
     train = {"run": "toy", "preset": "tiny", "deepspeed": "none", "n_frames": 96, "warmup_frames": 16,
              "batch_size": 2, "trunc_t": 8, "val_freq": 2, "val_freq_begin": 2, "val_freq_switch_steps": 0,
              "val_every_nth": 1, "log_every_steps": 1, "checkpoint_every_steps": 2, "seed": 0,
@@ -76,7 +76,7 @@ def make_mixed_world(root: Path, train_overrides: dict | None = None) -> Path:
         sample = {"name": "mixed", "train_frames": 10_000, "val_frames": 1, "seed": 0, "T": T, "min_btwn_goals": 15,
                   "max_btwn_goals": 30, "mix": [{"name": "mine", "train_frames": 32, "val_frames": 1}]}
         write_json_atomic(data / "samplings" / "mixed.json",
-                          {"format_version": F.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
+                          {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": sample, "invalid": [], **body})
     path = make_world(root, train_overrides, top={"custom": {"mine": {"source": str(root / "recordings")}}})
     params = yaml.safe_load(path.read_text())
     params["sample"].update(name="mixed", mix=[{"name": "mine", "train_frames": 32, "val_frames": 1}])
