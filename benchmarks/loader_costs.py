@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from benchmarks import test_dataloader as bench
     from benchmarks.test_dataloader import _cpu_seconds, _epoch, _write_corpus
-    from steve1.data.dataset import make_dataloader
+    from steve1.data.dataset import LoaderConfig, make_dataloader
 
     B, T = bench.B, bench.T
     with tempfile.TemporaryDirectory(dir=os.environ.get("STEVE1_BENCH_DIR")) as tmp:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         shared.fill(0)
         source = private.copy()
         starts = list(range(F.NONE_EMBED_OFFSET, n - T + 1, T))
-        loader = make_dataloader(sampling, "train", root / "episodes", root / "embeds", batch_size=B, seed=0, T=T,
-                                 p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+        config = LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+        loader = make_dataloader(sampling, "train", config, sampling.set_dirs(root / "episodes", root / "embeds"))
         _epoch(loader)
 
         def loop_only() -> None:

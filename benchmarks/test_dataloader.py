@@ -35,9 +35,9 @@ import pytest
 
 from benchmarks.conftest import QUICK, record
 from steve1.data import formats as F
-from steve1.data.dataset import ChunkLoader, make_dataloader
+from steve1.data.dataset import ChunkLoader, LoaderConfig, make_dataloader
 from steve1.data.episodes import episode_path, write_embeds, write_episode
-from steve1.data.sampling import make_sampling
+from steve1.data.sampling import Sampling, make_sampling
 from tests.fixtures.episodes import make_embeds, make_episode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +78,8 @@ def _write_corpus(root: Path, codec: str, n_episodes: int, repeat: int) -> tuple
         e, v = make_embeds(n, 1)
         write_embeds(episode_path(root / "embeds", ep.episode_id), ep.episode_id, e, v, weights="bench")
     lengths = {f"ep-{i}": n for i in range(n_episodes)}
-    sampling = make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15)
-    sampling["chunks"]["train"] = sampling["chunks"]["train"] * repeat
+    sampling = Sampling.from_body(make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15))
+    sampling.train_chunks = sampling.train_chunks * repeat
     return sampling, size / (n * n_episodes)
 
 
@@ -173,8 +173,8 @@ def _run(benchmark, loader: ChunkLoader, frames_per_epoch: int, rounds: int, set
 @pytest.mark.parametrize("codec", F.CODECS)
 def test_dataloader_frames_per_s(benchmark, corpus, codec, workers):
     d, sampling, bytes_per_frame = corpus(codec)
-    loader = make_dataloader(sampling, "train", d / "episodes", d / "embeds", batch_size=B, seed=0, T=T,
-                             p_uncond=0.1, num_workers=workers, pin_memory=False)
+    loader = make_dataloader(sampling, "train", LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, num_workers=workers,
+                                                           pin_memory=False), sampling.set_dirs(d / "episodes", d / "embeds"))
     frames = len(loader) * B * T
     r = _run(benchmark, loader, frames, ROUNDS)
     memcpy = _memcpy_frames_per_s()
@@ -191,8 +191,8 @@ def test_dataloader_frames_per_s(benchmark, corpus, codec, workers):
 @pytest.mark.parametrize("codec", COLD_CODECS)
 def test_dataloader_cold_frames_per_s(benchmark, corpus, codec, workers):
     d, sampling, bytes_per_frame = corpus(codec, cold=True)
-    loader = make_dataloader(sampling, "train", d / "episodes", d / "embeds", batch_size=B, seed=0, T=T,
-                             p_uncond=0.1, num_workers=workers, pin_memory=False)
+    loader = make_dataloader(sampling, "train", LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, num_workers=workers,
+                                                           pin_memory=False), sampling.set_dirs(d / "episodes", d / "embeds"))
     frames = len(loader) * B * T
     r = _run(benchmark, loader, frames, COLD_ROUNDS, setup=lambda: _evict(d))
     stored = sum(p.stat().st_size for p in d.rglob("*.h5"))
