@@ -50,6 +50,7 @@ from tqdm import tqdm
 from steve1 import actions as A
 from steve1.data import formats as F
 from steve1.data import steve1_format as S1
+from steve1.data.action_dicts import ActionOrigin, parse_action_dicts
 from steve1.data.decode import AGENT_SIZE, DecodeReport, DecodeSkip, conversion_settings, write_or_reuse
 from steve1.data.episodes import Episode, episode_path
 from steve1.data.recording import RecordingActions, RecordingError, convert_recording
@@ -83,41 +84,9 @@ DEFAULT_FPS = 20.0
 
 # ------------------------------------------------------------------------------------ actions
 def env_actions_from_dicts(lines: list[dict[str, Any]], origin: str) -> RecordingActions:
-    """MineRL env-action dicts (one per frame) -> the kept steps, as :func:`convert_steps` gives them.
-
-    Missing keys are 0; a step with no button and a zero camera is null and dropped.
-    """
-    n = len(lines)
-    buttons = np.zeros((n, len(A.ENV_BUTTON_KEYS)), dtype=np.uint8)      # [n,23]
-    camera = np.zeros((n, 2), dtype=np.float64)                          # [n,2] pitch, yaw degrees
-    col = {k: j for j, k in enumerate(A.ENV_BUTTON_KEYS)}
-    for i, line in enumerate(lines):
-        where = f"{origin}:{i + 1}"
-        if not isinstance(line, dict):
-            raise DecodeSkip(f"{where}: expected a JSON object of MineRL actions, got {type(line).__name__}")
-        for key, value in line.items():
-            if key == A.CAMERA_KEY:
-                camera[i] = _camera_value(value, f"{where}: key 'camera'")
-            elif key in col:
-                buttons[i, col[key]] = _button_value(value, f"{where}: key {key!r}")
-            else:
-                raise DecodeSkip(f"{where}: unknown key {key!r}; expected MineRL action keys "
-                                 f"({', '.join(MINERL_KEYS)})")
-    return _kept(buttons, camera)
-
-
-def _button_value(value: Any, where: str) -> int:
-    if isinstance(value, (bool, int, float)) and value in (0, 1):
-        return int(value)
-    raise DecodeSkip(f"{where}: value {value!r}, expected 0 or 1")
-
-
-def _camera_value(value: Any, where: str) -> tuple[float, float]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
-    if not ok:
-        raise DecodeSkip(f"{where}: value {value!r}, expected [pitch, yaw] in degrees (two finite numbers)")
-    return float(value[0]), float(value[1])
+    """MineRL env-action dicts (one per frame; ``origin``: the file, errors name its lines) -> the kept
+    steps, as :func:`convert_steps` gives them: a step with no button and a zero camera is null and dropped."""
+    return _kept(*parse_action_dicts(lines, ActionOrigin(origin, lines=True)))
 
 
 def _kept(buttons: np.ndarray, camera: np.ndarray, gui: Optional[np.ndarray] = None) -> RecordingActions:
