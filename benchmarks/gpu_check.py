@@ -737,7 +737,7 @@ def section_loader(ctx: "Context") -> dict[str, Any]:
     from steve1.data import formats as F
     from steve1.data.dataset import LoaderConfig, make_dataloader
     from steve1.data.decode import decode_recording
-    from steve1.data.episodes import episode_path, write_embeds, write_episode
+    from steve1.data.episodes import FrameStorage, episode_path, write_embeds, write_episode
     from steve1.data.sampling import Sampling, make_sampling
     from steve1.params import DecodeParams
     from tests.fixtures.episodes import make_embeds, make_episode
@@ -752,7 +752,7 @@ def section_loader(ctx: "Context") -> dict[str, Any]:
     for i in range(B):                                   # one chunk per episode, listed twice: two batches an epoch
         ep = make_episode(f"ep-{i}", n, tag=i + 1, seed=i + 1)
         ep.frames = loop[(np.arange(n) + 97 * i) % len(loop)]
-        write_episode(episode_path(root / "episodes", ep.episode_id), ep, codec="jpeg")
+        write_episode(episode_path(root / "episodes", ep.episode_id), ep, FrameStorage("jpeg"))
         e, v = make_embeds(n, i + 1)
         write_embeds(episode_path(root / "embeds", ep.episode_id), ep.episode_id, e, v, weights="gpu_check")
         lengths[ep.episode_id] = n

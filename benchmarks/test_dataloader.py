@@ -36,7 +36,7 @@ import pytest
 from benchmarks.conftest import QUICK, record
 from steve1.data import formats as F
 from steve1.data.dataset import ChunkLoader, LoaderConfig, make_dataloader
-from steve1.data.episodes import episode_path, write_embeds, write_episode
+from steve1.data.episodes import FrameStorage, episode_path, write_embeds, write_episode
 from steve1.data.sampling import Sampling, make_sampling
 from tests.fixtures.episodes import make_embeds, make_episode
 
@@ -72,7 +72,7 @@ def _write_corpus(root: Path, codec: str, n_episodes: int, repeat: int) -> tuple
     for i in range(n_episodes):
         ep = make_episode(f"ep-{i}", n, tag=i + 1, seed=i + 1)
         ep.frames = real[97 * i:97 * i + n]
-        path = write_episode(episode_path(root / "episodes", ep.episode_id), ep, codec=codec)
+        path = write_episode(episode_path(root / "episodes", ep.episode_id), ep, FrameStorage(codec))
         with h5py.File(path, "r") as f:
             size += sum(f[name].id.get_storage_size() for name in (F.FRAMES, F.FRAME_BYTES, F.FRAME_OFFSETS) if name in f)
         e, v = make_embeds(n, 1)

@@ -81,7 +81,7 @@ def decode_one(
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
     from steve1.data.decode import DecodeSkip, decode_recording, conversion_settings
     from steve1.io import sha256_file
-    from steve1.data.episodes import write_episode
+    from steve1.data.episodes import FrameStorage, write_episode
     from steve1.data import formats as F
 
     if codec not in F.CODECS:
@@ -96,7 +96,7 @@ def decode_one(
     except (DecodeSkip, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    write_episode(out, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
+    write_episode(out, ep, FrameStorage.from_params(settings))
     typer.echo(f"{out}: {ep.n_frames} frames")
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from stages import report as report_stage
 from steve1.actions import CAMERA_NULL_IDX
-from steve1.data.episodes import Episode, episode_path, write_embeds, write_episode
+from steve1.data.episodes import Episode, FrameStorage, episode_path, write_embeds, write_episode
 from steve1.data.formats import SAMPLING_FORMAT_VERSION
 from steve1.data.sampling import MAIN_SET, Sampling, SamplingError
 from steve1.eval import drift
@@ -42,7 +42,7 @@ def make_episode(root: Path, eid: str, seed: int, *, attack_p=0.1, camera_deg=1.
         gui_open=rng.random(n) < gui_p, cursor_xy=np.zeros((n, 2), np.float32),
         attrs={"recorder_version": "6.13"},
     )
-    write_episode(episode_path(root / "episodes", eid), ep, codec="none")
+    write_episode(episode_path(root / "episodes", eid), ep, FrameStorage("none"))
     z = rng.normal(size=(n, len(WORLD)))
     embeds = z @ WORLD + 0.1 * rng.normal(size=(n, DIM)) + embed_shift * WORLD[0]   # shift of embed_shift std along the main direction
     valid = np.arange(n) >= 15
