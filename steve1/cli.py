@@ -120,6 +120,7 @@ def import_recordings(
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
     from steve1.data import formats as F
     from steve1.data.custom import FORMATS, import_all
+    from steve1.errors import UserError
 
     if fmt not in FORMATS or codec not in F.CODECS:
         typer.echo(f"error: --format {fmt!r} / --codec {codec!r}: expected --format in {', '.join(FORMATS)} "
@@ -129,7 +130,7 @@ def import_recordings(
         settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
                                 min_kept_steps=min_kept_steps)
         report = import_all(src_dir, out_dir, settings, fmt, video_dir, fps)
-    except (ValueError, OSError) as exc:
+    except (UserError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     for eid, reason in sorted(report.skipped.items()):

@@ -57,6 +57,7 @@ from steve1.data.recording import RecordingActions, RecordingError, convert_reco
 from steve1.data.video import (ReadStats, VideoError, composite_cursor, cursor_position, iter_kept_bgr,
                                load_cursor, probe_video, to_rgb_resized)
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -80,6 +81,10 @@ MINERL_KEYS = (*A.ENV_BUTTON_KEYS, A.CAMERA_KEY)                         # the 2
 COMPANION_FOURCC = "png "             # lossless: the embed stage decodes the same pixels (FFmpeg notes a
                                       # harmless "fallback to use tag mp4v" on stderr when writing)
 DEFAULT_FPS = 20.0
+
+
+class CustomImportError(UserError):
+    """The import itself cannot run: an unknown format, a bad fps, an output folder that holds another manifest."""
 
 
 # ------------------------------------------------------------------------------------ actions
@@ -334,7 +339,7 @@ def find_custom_sources(src_dir: str | Path, fmt: str = "auto") -> list[CustomSo
     """Every episode folder directly under ``src_dir`` (sorted), with its layout."""
     src_dir = Path(src_dir)
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not known; expected one of {', '.join(FORMATS)}")
+        raise CustomImportError(f"format {fmt!r} is not known; expected one of {', '.join(FORMATS)}")
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir}: recordings folder not found")
     folders = sorted(p for p in src_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -429,7 +434,7 @@ def _previous_rows(manifest: Path) -> dict[str, dict[str, Any]]:
     except (ValueError, KeyError, TypeError, AttributeError):
         episodes = None
     if not isinstance(episodes, dict):
-        raise ValueError(f"{manifest}: not an import manifest (a decode stage output?); import into a folder "
+        raise CustomImportError(f"{manifest}: not an import manifest (a decode stage output?); import into a folder "
                          "of its own, e.g. data/custom/episodes")
     return dict(episodes)
 
@@ -446,7 +451,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     out_dir = Path(out_dir)
     video_dir = Path(video_dir) if video_dir is not None else out_dir / "raw"
     if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps {fps!r} must be a positive number")
+        raise CustomImportError(f"fps {fps!r} must be a positive number")
     manifest = out_dir / MANIFEST
     rows = _previous_rows(manifest)
     sources = find_custom_sources(src_dir, fmt)
