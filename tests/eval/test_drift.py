@@ -165,7 +165,7 @@ def test_pca_projections_are_centred_and_ordered():
     np.testing.assert_allclose(drift.fit_pca(x, 3)[1], comps)
 
 
-def test_read_sampling_names_the_missing_key(tmp_path):
+def test_a_sampling_without_a_split_is_refused_naming_the_key(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"format_version": SAMPLING_FORMAT_VERSION, "params": {}, "train": ["a"],
                                 "chunks": {"train": [], "val": []}}))
