@@ -509,13 +509,13 @@ def train_params(root: Path, *, preset: str, batch_size: int, T: int, trunc_t: i
                   "num_workers": 0}})
 
 
-def _sampling(T: int, batch_size: int) -> dict[str, Any]:
+def _sampling(T: int, batch_size: int) -> "Sampling":
     """A sampling of ``batch_size`` train chunks; their files are never opened (batches are synthetic)."""
-    from steve1.data import formats as F
-    from steve1.data.sampling import make_sampling
+    from steve1.data import formats
+    from steve1.data.sampling import Sampling, make_sampling
 
-    lengths = {f"ep-{i}": F.NONE_EMBED_OFFSET + T for i in range(batch_size)}
-    return make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15)
+    lengths = {f"ep-{i}": formats.NONE_EMBED_OFFSET + T for i in range(batch_size)}
+    return Sampling.from_body(make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15))
 
 
 def _synthetic_batch(B: int, T: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -735,11 +735,11 @@ def section_embed(ctx: "Context") -> dict[str, Any]:
 
 def section_loader(ctx: "Context") -> dict[str, Any]:
     from benchmarks.test_dataloader import REAL, _epoch
-    from steve1.data import formats as F
-    from steve1.data.dataset import make_dataloader
+    from steve1.data import formats
+    from steve1.data.dataset import LoaderConfig, make_dataloader
     from steve1.data.decode import decode_recording
-    from steve1.data.episodes import episode_path, write_embeds, write_episode
-    from steve1.data.sampling import make_sampling
+    from steve1.data.episodes import FrameStorage, episode_path, write_embeds, write_episode
+    from steve1.data.sampling import Sampling, make_sampling
     from steve1.params import DecodeParams
     from tests.fixtures.episodes import make_embeds, make_episode
 
@@ -748,19 +748,19 @@ def section_loader(ctx: "Context") -> dict[str, Any]:
     root = ctx.tmp / "loader"
     real = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, DecodeParams()).frames
     loop = np.concatenate([real, real[::-1]])
-    n = F.NONE_EMBED_OFFSET + T
+    n = formats.NONE_EMBED_OFFSET + T
     lengths = {}
     for i in range(B):                                   # one chunk per episode, listed twice: two batches an epoch
         ep = make_episode(f"ep-{i}", n, tag=i + 1, seed=i + 1)
         ep.frames = loop[(np.arange(n) + 97 * i) % len(loop)]
-        write_episode(episode_path(root / "episodes", ep.episode_id), ep, codec="jpeg")
+        write_episode(episode_path(root / "episodes", ep.episode_id), ep, FrameStorage("jpeg"))
         e, v = make_embeds(n, i + 1)
         write_embeds(episode_path(root / "embeds", ep.episode_id), ep.episode_id, e, v, weights="gpu_check")
         lengths[ep.episode_id] = n
-    sampling = make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15)
-    sampling["chunks"]["train"] = sampling["chunks"]["train"] * 2
-    loader = make_dataloader(sampling, "train", root / "episodes", root / "embeds", batch_size=B, seed=0, T=T,
-                             p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+    sampling = Sampling.from_body(make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15))
+    sampling.train_chunks = sampling.train_chunks * 2
+    config = LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+    loader = make_dataloader(sampling, "train", config, sampling.set_dirs(root / "episodes", root / "embeds"))
     _epoch(loader)                                       # opens files, allocates buffers
     c0, t0 = time.process_time(), time.perf_counter()   # 0 workers: this process (all threads) is the loader
     for _ in range(s.loader_epochs):

@@ -34,10 +34,12 @@ def _serve(root: Path, config: str) -> None:
     """One side: a loader of ``config`` over ``root``; answers ``digest`` / ``epoch`` lines on stdin."""
     from benchmarks import test_dataloader as bench
     from benchmarks.test_dataloader import _cpu_seconds, _epoch, _pids
-    from steve1.data.dataset import make_dataloader
+    from steve1.data.dataset import LoaderConfig, make_dataloader
+    from steve1.data.sampling import Sampling
 
-    loader = make_dataloader(json.loads((root / "sampling.json").read_text()), "train", root / "episodes", root / "embeds", batch_size=bench.B,
-                             seed=0, T=bench.T, p_uncond=0.1, pin_memory=False, **CONFIGS[config])
+    sampling = Sampling.load(root / "sampling.json")
+    config_ = LoaderConfig(batch_size=bench.B, seed=0, T=bench.T, p_uncond=0.1, pin_memory=False, **CONFIGS[config])
+    loader = make_dataloader(sampling, "train", config_, sampling.set_dirs(root / "episodes", root / "embeds"))
     _epoch(loader)
     _epoch(loader)
     for line in sys.stdin:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=os.environ.get("STEVE1_BENCH_DIR")) as tmp:
         root = Path(tmp)
         sampling, bytes_per_frame = _write_corpus(root, args.codec, bench.N_EPISODES, bench.REPEAT)
-        (root / "sampling.json").write_text(json.dumps(sampling))
+        sampling.write(root / "sampling.json")   # a base tree before the typed Sampling reads it as a dict
         print(f"codec {args.codec}, warm, B={bench.B}, T={bench.T}, {bytes_per_frame:,.0f} frame bytes/frame, "
               f"{args.reps} ABBA rounds per configuration")
         print()

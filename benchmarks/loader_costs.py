@@ -22,7 +22,7 @@ import numpy as np
 import simplejpeg
 import torch
 
-from steve1.data import formats as F
+from steve1.data import formats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from benchmarks import test_dataloader as bench
     from benchmarks.test_dataloader import _cpu_seconds, _epoch, _write_corpus
-    from steve1.data.dataset import make_dataloader
+    from steve1.data.dataset import LoaderConfig, make_dataloader
 
     B, T = bench.B, bench.T
     with tempfile.TemporaryDirectory(dir=os.environ.get("STEVE1_BENCH_DIR")) as tmp:
@@ -39,19 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         sampling, _ = _write_corpus(root, "jpeg", bench.N_EPISODES, bench.REPEAT)
         f = h5py.File(root / "episodes" / "ep-0.h5", "r")
         emb = h5py.File(root / "embeds" / "ep-0.h5", "r")
-        stored, offsets = f[F.FRAME_BYTES], f[F.FRAME_OFFSETS][:]
+        stored, offsets = f[formats.FRAME_BYTES], f[formats.FRAME_OFFSETS][:]
         data = stored[:]
         n = len(offsets) - 1
         bounds = offsets.tolist()
         view = memoryview(data)
-        shape = (n,) + F.FRAME_SHAPE
+        shape = (n,) + formats.FRAME_SHAPE
         private = np.zeros(shape, np.uint8)
         shared = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(private.nbytes), 0, shape).numpy()
         shared.fill(0)
         source = private.copy()
-        starts = list(range(F.NONE_EMBED_OFFSET, n - T + 1, T))
-        loader = make_dataloader(sampling, "train", root / "episodes", root / "embeds", batch_size=B, seed=0, T=T,
-                                 p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+        starts = list(range(formats.NONE_EMBED_OFFSET, n - T + 1, T))
+        config = LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, pin_memory=False, num_workers=0, decode_threads=1)
+        loader = make_dataloader(sampling, "train", config, sampling.set_dirs(root / "episodes", root / "embeds"))
         _epoch(loader)
 
         def loop_only() -> None:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in starts:
                 stored[bounds[s]:bounds[s + T]]
 
-        buttons, camera, embeds = f[F.BUTTONS], f[F.CAMERA], emb[F.EMBEDS]   # looked up once, as the loader does
+        buttons, camera, embeds = f[formats.BUTTONS], f[formats.CAMERA], emb[formats.EMBEDS]   # looked up once, as the loader does
 
         def actions_and_goals() -> None:
             for s in starts:
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 np.stack([embeds[g] for g in range(s + 20, s + T, 107)])   # ~6 distinct goal rows a chunk
 
         stages = {  # name -> (work, frames it covers)
-            "JPEG decode into a batch row (private memory)": (lambda: F.decode_frames_into(data, offsets, private), n),
-            "JPEG decode into a batch row (torch shared memory)": (lambda: F.decode_frames_into(data, offsets, shared), n),
+            "JPEG decode into a batch row (private memory)": (lambda: formats.decode_frames_into(data, offsets, private), n),
+            "JPEG decode into a batch row (torch shared memory)": (lambda: formats.decode_frames_into(data, offsets, shared), n),
             "  of which simplejpeg's per-call setup (header parse alone)": (header, n),
             "per-frame Python around the decode (slice, row view)": (loop_only, n),
             "HDF5 read of a chunk's JPEG bytes (one read a chunk)": (chunk_bytes, len(starts) * T),

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.test_dataloader import (OFFICIAL_FRAMES_PER_S, _cpu_seconds, _epoch, _evict, _memcpy_frames_per_s,
                                         _pids, _read_bytes, _write_corpus)
-from steve1.data.dataset import make_dataloader
+from steve1.data.dataset import LoaderConfig, make_dataloader
 
 CONFIGS = {"0 workers, 1 thread": dict(num_workers=0, decode_threads=1),
            "0 workers": dict(num_workers=0),
@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         # cold: B episodes x 3 chunks, each once (every byte read once an epoch); warm: the suite's corpus
         sampling, bytes_per_frame = (_write_corpus(root, args.codec, B, 1) if args.cold
                                      else _write_corpus(root, args.codec, bench.N_EPISODES, bench.REPEAT))
-        loaders = {name: make_dataloader(sampling, "train", root / "episodes", root / "embeds", batch_size=B, seed=0,
-                                         T=T, p_uncond=0.1, pin_memory=False, **kw) for name, kw in CONFIGS.items()}
+        dirs = sampling.set_dirs(root / "episodes", root / "embeds")
+        loaders = {name: make_dataloader(sampling, "train", LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1,
+                                                                         pin_memory=False, **kw), dirs)
+                   for name, kw in CONFIGS.items()}
         for loader in loaders.values():
             _epoch(loader)   # starts workers, opens files, allocates buffers
             _epoch(loader)

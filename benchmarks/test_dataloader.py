@@ -34,10 +34,10 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import QUICK, record
-from steve1.data import formats as F
-from steve1.data.dataset import ChunkLoader, make_dataloader
-from steve1.data.episodes import episode_path, write_embeds, write_episode
-from steve1.data.sampling import make_sampling
+from steve1.data import formats
+from steve1.data.dataset import ChunkLoader, LoaderConfig, make_dataloader
+from steve1.data.episodes import FrameStorage, episode_path, write_embeds, write_episode
+from steve1.data.sampling import Sampling, make_sampling
 from tests.fixtures.episodes import make_embeds, make_episode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,20 +66,20 @@ def _write_corpus(root: Path, codec: str, n_episodes: int, repeat: int) -> tuple
     """Episodes of 15 + 3T real frames under ``root``; ``(sampling, frame bytes per frame)``."""
     import h5py
 
-    n = F.NONE_EMBED_OFFSET + 3 * T
+    n = formats.NONE_EMBED_OFFSET + 3 * T
     real = _real_frames(n + 97 * n_episodes)
     size = 0
     for i in range(n_episodes):
         ep = make_episode(f"ep-{i}", n, tag=i + 1, seed=i + 1)
         ep.frames = real[97 * i:97 * i + n]
-        path = write_episode(episode_path(root / "episodes", ep.episode_id), ep, codec=codec)
+        path = write_episode(episode_path(root / "episodes", ep.episode_id), ep, FrameStorage(codec))
         with h5py.File(path, "r") as f:
-            size += sum(f[name].id.get_storage_size() for name in (F.FRAMES, F.FRAME_BYTES, F.FRAME_OFFSETS) if name in f)
+            size += sum(f[name].id.get_storage_size() for name in (formats.FRAMES, formats.FRAME_BYTES, formats.FRAME_OFFSETS) if name in f)
         e, v = make_embeds(n, 1)
         write_embeds(episode_path(root / "embeds", ep.episode_id), ep.episode_id, e, v, weights="bench")
     lengths = {f"ep-{i}": n for i in range(n_episodes)}
-    sampling = make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15)
-    sampling["chunks"]["train"] = sampling["chunks"]["train"] * repeat
+    sampling = Sampling.from_body(make_sampling(lengths, train_frames=10**9, val_frames=0, seed=0, T=T, min_btwn_goals=15))
+    sampling.train_chunks = sampling.train_chunks * repeat
     return sampling, size / (n * n_episodes)
 
 
@@ -99,7 +99,7 @@ def corpus(tmp_path_factory):
 
 
 def _memcpy_frames_per_s() -> float:
-    src = np.random.default_rng(0).integers(0, 256, (B, T) + F.FRAME_SHAPE, dtype=np.uint8)
+    src = np.random.default_rng(0).integers(0, 256, (B, T) + formats.FRAME_SHAPE, dtype=np.uint8)
     dst = np.empty_like(src)
     np.copyto(dst, src)
     times = []
@@ -162,7 +162,7 @@ def _run(benchmark, loader: ChunkLoader, frames_per_epoch: int, rounds: int, set
     kwargs = {"setup": setup} if setup else {}
     shape = benchmark.pedantic(lambda: _epoch(loader), rounds=rounds, iterations=1, **kwargs)
     cpu, read = _cpu_seconds(pids) - cpu0, _read_bytes(pids) - io0
-    assert shape == ((B, T) + F.FRAME_SHAPE, (B, T, 512)), shape
+    assert shape == ((B, T) + formats.FRAME_SHAPE, (B, T, 512)), shape
     times = benchmark.stats.stats
     return dict(figure=frames_per_epoch / times.mean, best_round_frames_per_s=frames_per_epoch / times.min,
                 frames_per_cpu_s=frames_per_epoch * rounds / cpu, cpu_s=cpu, read_bytes=read,
@@ -170,17 +170,17 @@ def _run(benchmark, loader: ChunkLoader, frames_per_epoch: int, rounds: int, set
 
 
 @pytest.mark.parametrize("workers", [0, 2, 1])
-@pytest.mark.parametrize("codec", F.CODECS)
+@pytest.mark.parametrize("codec", formats.CODECS)
 def test_dataloader_frames_per_s(benchmark, corpus, codec, workers):
     d, sampling, bytes_per_frame = corpus(codec)
-    loader = make_dataloader(sampling, "train", d / "episodes", d / "embeds", batch_size=B, seed=0, T=T,
-                             p_uncond=0.1, num_workers=workers, pin_memory=False)
+    loader = make_dataloader(sampling, "train", LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, num_workers=workers,
+                                                           pin_memory=False), sampling.set_dirs(d / "episodes", d / "embeds"))
     frames = len(loader) * B * T
     r = _run(benchmark, loader, frames, ROUNDS)
     memcpy = _memcpy_frames_per_s()
     record(benchmark, figure=r["figure"], reference=memcpy, unit="frames/s", reference_name="memcpy of the same bytes",
            codec=codec, workers=workers, decode_threads=loader.dataset.threads, batch=B, T=T,
-           bytes_per_frame=bytes_per_frame, raw_bytes_per_frame=int(np.prod(F.FRAME_SHAPE)),
+           bytes_per_frame=bytes_per_frame, raw_bytes_per_frame=int(np.prod(formats.FRAME_SHAPE)),
            vs_official=r["figure"] / OFFICIAL_FRAMES_PER_S, frames_per_cpu_s=r["frames_per_cpu_s"],
            best_round_frames_per_s=r["best_round_frames_per_s"], load_average=os.getloadavg()[0])
     print(f"  {codec:10s} workers={workers}: {bytes_per_frame:,.0f} B/frame, {r['figure']:,.0f} frames/s "
@@ -191,8 +191,8 @@ def test_dataloader_frames_per_s(benchmark, corpus, codec, workers):
 @pytest.mark.parametrize("codec", COLD_CODECS)
 def test_dataloader_cold_frames_per_s(benchmark, corpus, codec, workers):
     d, sampling, bytes_per_frame = corpus(codec, cold=True)
-    loader = make_dataloader(sampling, "train", d / "episodes", d / "embeds", batch_size=B, seed=0, T=T,
-                             p_uncond=0.1, num_workers=workers, pin_memory=False)
+    loader = make_dataloader(sampling, "train", LoaderConfig(batch_size=B, seed=0, T=T, p_uncond=0.1, num_workers=workers,
+                                                           pin_memory=False), sampling.set_dirs(d / "episodes", d / "embeds"))
     frames = len(loader) * B * T
     r = _run(benchmark, loader, frames, COLD_ROUNDS, setup=lambda: _evict(d))
     stored = sum(p.stat().st_size for p in d.rglob("*.h5"))

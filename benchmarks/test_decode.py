@@ -20,9 +20,9 @@ import pytest
 import numpy as np
 
 from benchmarks.conftest import QUICK, record
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.decode import decode_recording
-from steve1.data.episodes import EpisodeReader, write_episode
+from steve1.data.episodes import EpisodeReader, FrameStorage, write_episode
 from steve1.data.video import DECODE_THREADS
 from steve1.params import DecodeParams
 
@@ -60,8 +60,7 @@ def test_decode_throughput(benchmark, tmp_path, store):
     def full():
         ep = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, settings)
         if store:
-            write_episode(tmp_path / "ep.h5", ep, settings.frame_codec, settings.codec_level, settings.chunk_frames,
-                          settings.frame_quality)
+            write_episode(tmp_path / "ep.h5", ep, FrameStorage.from_params(settings))
 
     assert _plain_decode(N_LINES) == N_LINES
     plain_cpu, plain_wall = _timed(lambda: _plain_decode(N_LINES))
@@ -74,14 +73,14 @@ def test_decode_throughput(benchmark, tmp_path, store):
     assert ratio > 0.3   # a regression guard; the goal (decode >= 0.8) is tracked in benchmarks/results
 
 
-@pytest.mark.parametrize("codec", F.CODECS)
+@pytest.mark.parametrize("codec", formats.CODECS)
 def test_codec_bytes_per_frame(benchmark, tmp_path, codec):
     ep = decode_recording(REAL.with_suffix(".mp4"), REAL.with_suffix(".jsonl"), REAL.name, DecodeParams())
     path = tmp_path / f"{codec}.h5"
     rounds = max(ROUNDS, 3)   # sub-second writes: one round is at the mercy of the page cache
-    ref_cpu, _ = _timed(lambda: write_episode(tmp_path / "ref.h5", ep, "none"), rounds)
-    cpu, _ = _timed(lambda: write_episode(path, ep, codec, level=1), rounds)
-    benchmark.pedantic(lambda: write_episode(path, ep, codec, level=1), rounds=1, iterations=1)
+    ref_cpu, _ = _timed(lambda: write_episode(tmp_path / "ref.h5", ep, FrameStorage("none")), rounds)
+    cpu, _ = _timed(lambda: write_episode(path, ep, FrameStorage(codec, level=1)), rounds)
+    benchmark.pedantic(lambda: write_episode(path, ep, FrameStorage(codec, level=1)), rounds=1, iterations=1)
     bytes_per_frame = path.stat().st_size / ep.n_frames
     record(benchmark, figure=ep.n_frames / cpu, reference=ep.n_frames / ref_cpu, unit="frames/cpu-s written",
            reference_name="write with codec none", bytes_per_frame=bytes_per_frame, codec=codec,
@@ -133,12 +132,12 @@ def _memcpy_per_cpu_s(frames: np.ndarray) -> float:
     return len(frames) / cpu
 
 
-@pytest.mark.parametrize("codec", F.CODECS)
+@pytest.mark.parametrize("codec", formats.CODECS)
 def test_frame_codec_decode_per_core(benchmark, tmp_path, frames, codec, monkeypatch):
     """Figure: frames decoded (or read) into a warm batch buffer per CPU-second, one thread."""
     monkeypatch.setenv("BLOSC_NTHREADS", "1")   # per core
     lossless = frames["lossless"]
-    path = write_episode(tmp_path / f"{codec}.h5", _episode(lossless), codec)
+    path = write_episode(tmp_path / f"{codec}.h5", _episode(lossless), FrameStorage(codec))
     out = np.empty_like(lossless)
     with EpisodeReader(path) as r:
         store = r.frame_store

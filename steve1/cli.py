@@ -81,7 +81,7 @@ def decode_one(
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
     from steve1.data.decode import DecodeSkip, decode_recording, conversion_settings
     from steve1.io import sha256_file
-    from steve1.data.episodes import write_episode
+    from steve1.data.episodes import FrameStorage, write_episode
     from steve1.data import formats
 
     if codec not in formats.CODECS:
@@ -96,7 +96,7 @@ def decode_one(
     except (DecodeSkip, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    write_episode(out, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
+    write_episode(out, ep, FrameStorage.from_params(settings))
     typer.echo(f"{out}: {ep.n_frames} frames")
 
 
@@ -120,6 +120,7 @@ def import_recordings(
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
     from steve1.data import formats
     from steve1.data.custom import FORMATS, import_all
+    from steve1.errors import UserError
 
     if fmt not in FORMATS or codec not in formats.CODECS:
         typer.echo(f"error: --format {fmt!r} / --codec {codec!r}: expected --format in {', '.join(FORMATS)} "
@@ -129,7 +130,7 @@ def import_recordings(
         settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
                                 min_kept_steps=min_kept_steps)
         report = import_all(src_dir, out_dir, settings, fmt, video_dir, fps)
-    except (ValueError, OSError) as exc:
+    except (UserError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     for eid, reason in sorted(report.skipped.items()):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-import math
 import posixpath
 from typing import Annotated, Any, Literal, Optional, get_args
 

@@ -50,12 +50,14 @@ from tqdm import tqdm
 from steve1 import actions as A
 from steve1.data import formats
 from steve1.data import steve1_format as S1
+from steve1.data.action_dicts import ActionOrigin, parse_action_dicts
 from steve1.data.decode import AGENT_SIZE, DecodeReport, DecodeSkip, conversion_settings, write_or_reuse
 from steve1.data.episodes import Episode, episode_path
 from steve1.data.recording import RecordingActions, RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, composite_cursor, cursor_position, iter_kept_bgr,
                                load_cursor, probe_video, to_rgb_resized)
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -81,43 +83,15 @@ COMPANION_FOURCC = "png "             # lossless: the embed stage decodes the sa
 DEFAULT_FPS = 20.0
 
 
+class CustomImportError(UserError):
+    """The import itself cannot run: an unknown format, a bad fps, an output folder that holds another manifest."""
+
+
 # ------------------------------------------------------------------------------------ actions
 def env_actions_from_dicts(lines: list[dict[str, Any]], origin: str) -> RecordingActions:
-    """MineRL env-action dicts (one per frame) -> the kept steps, as :func:`convert_steps` gives them.
-
-    Missing keys are 0; a step with no button and a zero camera is null and dropped.
-    """
-    n = len(lines)
-    buttons = np.zeros((n, len(A.ENV_BUTTON_KEYS)), dtype=np.uint8)      # [n,23]
-    camera = np.zeros((n, 2), dtype=np.float64)                          # [n,2] pitch, yaw degrees
-    col = {k: j for j, k in enumerate(A.ENV_BUTTON_KEYS)}
-    for i, line in enumerate(lines):
-        where = f"{origin}:{i + 1}"
-        if not isinstance(line, dict):
-            raise DecodeSkip(f"{where}: expected a JSON object of MineRL actions, got {type(line).__name__}")
-        for key, value in line.items():
-            if key == A.CAMERA_KEY:
-                camera[i] = _camera_value(value, f"{where}: key 'camera'")
-            elif key in col:
-                buttons[i, col[key]] = _button_value(value, f"{where}: key {key!r}")
-            else:
-                raise DecodeSkip(f"{where}: unknown key {key!r}; expected MineRL action keys "
-                                 f"({', '.join(MINERL_KEYS)})")
-    return _kept(buttons, camera)
-
-
-def _button_value(value: Any, where: str) -> int:
-    if isinstance(value, (bool, int, float)) and value in (0, 1):
-        return int(value)
-    raise DecodeSkip(f"{where}: value {value!r}, expected 0 or 1")
-
-
-def _camera_value(value: Any, where: str) -> tuple[float, float]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
-    if not ok:
-        raise DecodeSkip(f"{where}: value {value!r}, expected [pitch, yaw] in degrees (two finite numbers)")
-    return float(value[0]), float(value[1])
+    """MineRL env-action dicts (one per frame; ``origin``: the file, errors name its lines) -> the kept
+    steps, as :func:`convert_steps` gives them: a step with no button and a zero camera is null and dropped."""
+    return _kept(*parse_action_dicts(lines, ActionOrigin(origin, lines=True)))
 
 
 def _kept(buttons: np.ndarray, camera: np.ndarray, gui: Optional[np.ndarray] = None) -> RecordingActions:
@@ -365,7 +339,7 @@ def find_custom_sources(src_dir: str | Path, fmt: str = "auto") -> list[CustomSo
     """Every episode folder directly under ``src_dir`` (sorted), with its layout."""
     src_dir = Path(src_dir)
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not known; expected one of {', '.join(FORMATS)}")
+        raise CustomImportError(f"format {fmt!r} is not known; expected one of {', '.join(FORMATS)}")
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir}: recordings folder not found")
     folders = sorted(p for p in src_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -460,7 +434,7 @@ def _previous_rows(manifest: Path) -> dict[str, dict[str, Any]]:
     except (ValueError, KeyError, TypeError, AttributeError):
         episodes = None
     if not isinstance(episodes, dict):
-        raise ValueError(f"{manifest}: not an import manifest (a decode stage output?); import into a folder "
+        raise CustomImportError(f"{manifest}: not an import manifest (a decode stage output?); import into a folder "
                          "of its own, e.g. data/custom/episodes")
     return dict(episodes)
 
@@ -477,7 +451,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     out_dir = Path(out_dir)
     video_dir = Path(video_dir) if video_dir is not None else out_dir / "raw"
     if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps {fps!r} must be a positive number")
+        raise CustomImportError(f"fps {fps!r} must be a positive number")
     manifest = out_dir / MANIFEST
     rows = _previous_rows(manifest)
     sources = find_custom_sources(src_dir, fmt)

@@ -53,9 +53,9 @@ import os
 import sys
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,12 +63,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from steve1.data import formats
 from steve1.data.episodes import EpisodeFormatError, FrameStore, check_episode_version, open_store, reading
-from steve1.data.sampling import MAIN_SET, Chunk, episode_files, load_sampling, set_dirs, split_chunks, split_key
-from steve1.params import SampleParams
+from steve1.data.sampling import MAIN_SET, Chunk, Sampling, episode_files, split_key
+from steve1.errors import UserError
+from steve1.params import Params, SampleParams
 
 _SAMPLE = SampleParams()  # goal-gap defaults of samplings written before they were recorded
 
 GapDist = Literal["uniform", "geometric"]
+
+
+class DatasetError(UserError):
+    """A split, its chunks or the loader's settings cannot make batches (empty split, T or goal gaps
+    that do not fit, a set without folders, too few chunks for one batch)."""
 
 
 # ----------------------------------------------------------------------------- relabeling (pure)
@@ -239,15 +245,15 @@ class ChunkDataset(Dataset):
                  lengths: Optional[dict[str, int]] = None, max_open_files: int = 64,
                  sets: Optional[dict[str, tuple[str | Path, str | Path]]] = None, threads: Optional[int] = None):
         if not chunks:
-            raise ValueError("no chunks: the split is empty")
+            raise DatasetError("no chunks: the split is empty")
         Ts = {int(e) - int(s) for _, s, e in chunks}
         if len(Ts) != 1:
             raise ValueError(f"chunks must all have the same length, got lengths {sorted(Ts)[:5]}")
         if min_btwn_goals < formats.NONE_EMBED_OFFSET:
-            raise ValueError(f"min_btwn_goals={min_btwn_goals} must be >= {formats.NONE_EMBED_OFFSET}: the first goal "
+            raise DatasetError(f"min_btwn_goals={min_btwn_goals} must be >= {formats.NONE_EMBED_OFFSET}: the first goal "
                              f"is drawn at >= min_btwn_goals and embedding rows < {formats.NONE_EMBED_OFFSET} do not exist")
         if max_btwn_goals <= min_btwn_goals:
-            raise ValueError(f"max_btwn_goals={max_btwn_goals} must be greater than min_btwn_goals={min_btwn_goals}")
+            raise DatasetError(f"max_btwn_goals={max_btwn_goals} must be greater than min_btwn_goals={min_btwn_goals}")
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
         if gap_dist not in ("uniform", "geometric"):
@@ -259,7 +265,7 @@ class ChunkDataset(Dataset):
         self.dirs[MAIN_SET] = (self.episodes_dir, self.embeds_dir)
         unknown = sorted({split_key(e)[0] for e, _, _ in self.chunks} - set(self.dirs))
         if unknown:
-            raise ValueError(f"chunks name set(s) {unknown} but folders are known only for {sorted(self.dirs)}; "
+            raise DatasetError(f"chunks name set(s) {unknown} but folders are known only for {sorted(self.dirs)}; "
                              f"pass their (episodes, embeds) folders in sets=")
         self.seed, self.min_btwn_goals, self.max_btwn_goals = seed, min_btwn_goals, max_btwn_goals
         self.p_uncond, self.gap_dist, self.official_goal_lag = p_uncond, gap_dist, official_goal_lag
@@ -440,7 +446,7 @@ class ChunkBatchSampler(Sampler):
         self.n_chunks, self.batch_size, self.seed = n_chunks, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{n_chunks} chunks give no full batch of {batch_size} on each of {world_size} "
+            raise DatasetError(f"{n_chunks} chunks give no full batch of {batch_size} on each of {world_size} "
                              f"rank(s); lower batch_size or add episodes")
         self.epoch, self.start_step = 0, 0
 
@@ -562,40 +568,70 @@ class ChunkLoader:
         self._check_step()
 
 
-def make_dataloader(sampling: str | Path | dict[str, Any], split: str, episodes_dir: Optional[str | Path] = None,
-                    embeds_dir: Optional[str | Path] = None, *, batch_size: int, seed: int, T: Optional[int] = None,
-                    epoch: int = 0, start_step: int = 0, p_uncond: float = 0.1,
-                    min_btwn_goals: Optional[int] = None, max_btwn_goals: Optional[int] = None,
-                    gap_dist: GapDist = "uniform", official_goal_lag: bool = False, num_workers: int = 0,
-                    prefetch_factor: int = 2, pin_memory: Optional[bool] = None, rank: int = 0,
-                    world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
-                    set_dirs_override: Optional[dict[str, tuple[str | Path, str | Path]]] = None,
-                    decode_threads: Optional[int] = None) -> ChunkLoader:
-    """Loader over ``split`` ("train"/"val") of a sampling JSON (path or loaded dict).
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a loader batches, relabels and shards one split of a :class:`~steve1.data.sampling.Sampling`.
 
-    ``T`` and the goal gaps default to the sampling's own params (``T`` is checked against it);
-    ``seed`` drives both the per-epoch shuffle and the per-sample relabeling; ``(epoch,
-    start_step)`` is where iteration starts (or use ``load_state_dict``).
-
-    Folders: the main set's are ``episodes_dir``/``embeds_dir`` when given, else those the
-    sampling JSON records (mixed samplings only); a mixed sampling's other sets are read from
-    the folders its ``sets`` block records, unless ``set_dirs_override`` (name -> (episodes,
-    embeds)) says otherwise. See :func:`steve1.data.sampling.set_dirs`.
+    ``T`` (checked against the sampling's chunks) and the goal gaps default to the sampling's own
+    params; ``seed`` drives both the per-epoch shuffle and the per-sample relabeling. Worker and
+    thread settings: :class:`ChunkLoader`; sharding: :class:`ChunkBatchSampler`.
     """
-    data = sampling if isinstance(sampling, dict) else load_sampling(sampling)
-    sp = data.get("params", {})
-    chunks = split_chunks(data, split)
-    if T is not None and chunks and chunks[0][2] - chunks[0][1] != T:
-        raise ValueError(f"T={T} but the sampling's chunks have T={chunks[0][2] - chunks[0][1]}; "
-                         f"re-run the sample stage with sample.T={T}")
-    dirs = set_dirs(data, episodes_dir, embeds_dir, set_dirs_override)
-    main_episodes, main_embeds = dirs.pop(MAIN_SET)
-    ds = ChunkDataset(chunks, main_episodes, main_embeds, sets=dirs, seed=seed,
-                      min_btwn_goals=min_btwn_goals if min_btwn_goals is not None else sp.get("min_btwn_goals", _SAMPLE.min_btwn_goals),
-                      max_btwn_goals=max_btwn_goals if max_btwn_goals is not None else sp.get("max_btwn_goals", _SAMPLE.max_btwn_goals),
-                      p_uncond=p_uncond, gap_dist=gap_dist, official_goal_lag=official_goal_lag,
-                      lengths=data.get("lengths"))
-    sampler = ChunkBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size,
-                                shuffle=shuffle, drop_last=drop_last)
-    return ChunkLoader(ds, sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, epoch=epoch, start_step=start_step, decode_threads=decode_threads)
+
+    batch_size: int
+    seed: int
+    T: Optional[int] = None
+    p_uncond: float = 0.1
+    gap_dist: GapDist = "uniform"
+    official_goal_lag: bool = False
+    min_btwn_goals: Optional[int] = None
+    max_btwn_goals: Optional[int] = None
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    pin_memory: Optional[bool] = None
+    decode_threads: Optional[int] = None
+    rank: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    drop_last: bool = True
+
+    @classmethod
+    def for_training(cls, params: Params, *, rank: int = 0, world_size: int = 1) -> "LoaderConfig":
+        """The train loader of ``params.train`` (T from :attr:`Params.train_T`) on one of ``world_size`` processes."""
+        tp = params.train
+        return cls(batch_size=tp.batch_size, seed=tp.seed, T=params.train_T, p_uncond=tp.p_uncond,
+                   gap_dist=tp.gap_dist, official_goal_lag=tp.official_goal_lag, num_workers=tp.num_workers,
+                   rank=rank, world_size=world_size)
+
+    def for_validation(self, drop_last: bool = True) -> "LoaderConfig":
+        """The same relabeling in file order, in the main process (no workers)."""
+        return replace(self, num_workers=0, shuffle=False, drop_last=drop_last)
+
+
+def make_dataloader(sampling: Sampling | str | Path, split: str, config: LoaderConfig,
+                    dirs: Optional[Mapping[str, tuple[str | Path, str | Path]]] = None, *,
+                    epoch: int = 0, start_step: int = 0) -> ChunkLoader:
+    """Loader over ``split`` ("train"/"val") of a sampling (or the path of its JSON), shaped by ``config``.
+
+    ``dirs`` (set name -> (episodes dir, embeds dir), :meth:`Sampling.set_dirs`) says where each
+    set's files are; by default the folders the sampling JSON records (mixed samplings only).
+    ``(epoch, start_step)`` is where iteration starts (or use ``load_state_dict``).
+    """
+    data = sampling if isinstance(sampling, Sampling) else Sampling.load(sampling)
+    c = config
+    chunks = data.chunks(split)
+    if c.T is not None and chunks and chunks[0][2] - chunks[0][1] != c.T:
+        raise DatasetError(f"{data.where}: T={c.T} but the sampling's chunks have T={chunks[0][2] - chunks[0][1]}; "
+                           f"re-run the sample stage with sample.T={c.T}")
+    folders = dict(dirs) if dirs is not None else data.set_dirs()
+    if MAIN_SET not in folders:
+        raise DatasetError(f"{data.where}: no folders for the main set (given {sorted(folders)})")
+    main_episodes, main_embeds = folders.pop(MAIN_SET)
+    gap = {k: getattr(c, k) if getattr(c, k) is not None else data.sample_param(k, getattr(_SAMPLE, k))
+           for k in ("min_btwn_goals", "max_btwn_goals")}
+    ds = ChunkDataset(chunks, main_episodes, main_embeds, sets=folders, seed=c.seed, **gap, p_uncond=c.p_uncond,
+                      gap_dist=c.gap_dist, official_goal_lag=c.official_goal_lag, lengths=data.lengths or None)
+    sampler = ChunkBatchSampler(len(ds), c.batch_size, seed=c.seed, rank=c.rank, world_size=c.world_size,
+                                shuffle=c.shuffle, drop_last=c.drop_last)
+    return ChunkLoader(ds, sampler, num_workers=c.num_workers, pin_memory=c.pin_memory,
+                       prefetch_factor=c.prefetch_factor, epoch=epoch, start_step=start_step,
+                       decode_threads=c.decode_threads)

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from steve1.data import formats
-from steve1.data.episodes import Episode, episode_path, write_episode
+from steve1.data.episodes import Episode, FrameStorage, episode_path, write_episode
 from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
                                to_rgb_resized)
@@ -50,11 +50,8 @@ def conversion_settings(settings: DecodeParams) -> dict[str, Any]:
     return {
         "format_version": formats.EPISODE_FORMAT_VERSION,
         "camera_int_truncation": settings.camera_int_truncation,
-        "frame_codec": settings.frame_codec,
-        "codec_level": settings.codec_level,
-        "frame_quality": settings.frame_quality if settings.frame_codec in formats.PER_FRAME_CODECS else None,
+        **FrameStorage.from_params(settings).settings(),
         "codec_library": formats.codec_library(settings.frame_codec),
-        "chunk_frames": settings.chunk_frames,
         "cursor": cursor,
         "frame_size": list(AGENT_SIZE),
         "resize": "cv2.INTER_LINEAR",
@@ -205,7 +202,7 @@ def write_or_reuse(dest: Path, settings: DecodeParams, conversion: str, video_sh
         if counts is not None:
             return counts, True
     ep = make({formats.A_VIDEO_SHA256: video_sha, formats.A_JSONL_SHA256: jsonl_sha, formats.A_CONVERSION: conversion})
-    write_episode(dest, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
+    write_episode(dest, ep, FrameStorage.from_params(settings))
     return json.loads(ep.attrs[formats.A_DECODE_COUNTS]), False
 
 

@@ -130,18 +130,47 @@ class Episode:
         return len(self.frames)
 
 
-def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int = 1, chunk_frames: int = 64,
-                  quality: int = 85) -> Path:
-    """Write ``ep`` to ``path`` atomically (temp name, then rename).
+@dataclass(frozen=True)
+class FrameStorage:
+    """How an episode's frames are stored (``decode.frame_codec`` and friends): the codec, a lossless
+    codec's compression ``level`` and HDF5 chunk length, a per-frame codec's JPEG ``quality``."""
 
-    ``codec``: a lossless HDF5 filter on ``frames`` (``level`` and ``chunk_frames`` apply), or
-    ``"jpeg"``: one JPEG of ``quality`` per frame in ``frame_bytes`` + ``frame_offsets``.
+    codec: str = "lzf"
+    level: int = 1
+    quality: int = 85
+    chunk_frames: int = 64
+
+    def __post_init__(self) -> None:
+        if self.codec not in formats.CODECS:
+            raise ValueError(f"unknown frame codec {self.codec!r}; expected one of {', '.join(formats.CODECS)}")
+
+    @classmethod
+    def from_params(cls, decode: Any) -> "FrameStorage":
+        """The storage ``decode`` params (:class:`steve1.params.DecodeParams`) ask for."""
+        return cls(decode.frame_codec, decode.codec_level, decode.frame_quality, decode.chunk_frames)
+
+    @property
+    def per_frame(self) -> bool:
+        """One encoded image per frame (``jpeg``), rather than an HDF5 filter over a frames dataset."""
+        return self.codec in formats.PER_FRAME_CODECS
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape the stored frames, as episodes' conversion records name them
+        (``frame_quality`` only for a per-frame codec: lossless codecs ignore it)."""
+        return {"frame_codec": self.codec, "codec_level": self.level,
+                "frame_quality": self.quality if self.per_frame else None, "chunk_frames": self.chunk_frames}
+
+
+def write_episode(path: str | Path, ep: Episode, storage: FrameStorage = FrameStorage()) -> Path:
+    """Write ``ep`` to ``path`` atomically (temp name, then rename), its frames as ``storage`` says.
+
+    A lossless codec is an HDF5 filter on ``frames`` (``level`` and ``chunk_frames`` apply);
+    ``"jpeg"`` is one JPEG of ``quality`` per frame in ``frame_bytes`` + ``frame_offsets``.
     """
     path = Path(path)
     n = ep.n_frames
-    if codec not in formats.CODECS:
-        raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(formats.CODECS)}")
-    encoded = formats.encode_frames(ep.frames, quality) if codec in formats.PER_FRAME_CODECS else None
+    codec, level, chunk_frames, quality = storage.codec, storage.level, storage.chunk_frames, storage.quality
+    encoded = formats.encode_frames(ep.frames, quality) if storage.per_frame else None
 
     def fill(f: h5py.File) -> None:
         if encoded is not None:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Mapping
 
 from steve1.data.sampling import MAIN_SET, min_episode_frames, scan_episodes
-from steve1.names import GENERATED_SET
+from steve1.errors import UserError
+from steve1.layout import GENERATED_SET
 from steve1.params import Params
 
 
-class FitError(ValueError):
+class FitError(UserError):
     """No chunk length lets every set keep the episodes its splits need."""
 
 

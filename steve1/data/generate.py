@@ -48,7 +48,7 @@ import numpy as np
 
 from steve1 import actions as A
 from steve1.data import formats as F
-from steve1.data.episodes import Episode, episode_path, list_episode_ids, write_episode
+from steve1.data.episodes import Episode, FrameStorage, episode_path, list_episode_ids, write_episode
 from steve1.engine import Executor, LocalExecutor, Lost, worker_device
 from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label, worker_env
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
@@ -283,9 +283,7 @@ class _Dropped(Exception):
 def _settings(cfg: GenerateParams, specs: Sequence[AgentSpec], decode: DecodeParams) -> dict[str, Any]:
     """What shapes every episode (its conversion attribute; a change regenerates)."""
     return {"generate_version": GENERATE_VERSION, **cfg.model_dump(mode="json", exclude={"n_episodes", "device"}),
-            "frame_size": [F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]], "frame_codec": decode.frame_codec,
-            "codec_level": decode.codec_level, "chunk_frames": decode.chunk_frames,
-            "frame_quality": decode.frame_quality if decode.frame_codec in F.PER_FRAME_CODECS else None}
+            "frame_size": [F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]], **FrameStorage.from_params(decode).settings()}
 
 
 class Players:
@@ -364,7 +362,7 @@ def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cf
             attrs={F.A_SOURCE_URL: f"generate:{cfg.env}:world_seed={world_seed}", F.A_RECORDER_VERSION: RECORDER,
                    F.A_FPS: FPS, F.A_CONVERSION: settings, F.A_VIDEO_SHA256: sha256_file(video),
                    A_GENERATION: json.dumps({**row, "status": "ok"}, sort_keys=True)})
-        write_episode(dest, ep, decode.frame_codec, decode.codec_level, decode.chunk_frames, decode.frame_quality)
+        write_episode(dest, ep, FrameStorage.from_params(decode))
         row["status"] = "ok"
     except _Dropped:
         dest.unlink(missing_ok=True)

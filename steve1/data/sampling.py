@@ -46,14 +46,16 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from steve1.data import formats
+from steve1.data.formats import SAMPLING_FORMAT_VERSION
 from steve1.data.episodes import EpisodeFormatError, episode_path, list_episode_ids, open_store, reading, verify_store
+from steve1.errors import UserError
 from steve1.io import check_writable, write_json_atomic
 from steve1.params import SampleParams
 
@@ -63,8 +65,8 @@ Chunk = tuple[str, int, int]  # (episode key, start, end), end exclusive; the ke
 MAIN_SET = "main"  # the set of paths.episodes/paths.embeds in a mixed sampling
 
 
-class SamplingError(ValueError):
-    """The requested split cannot be made from the available episodes."""
+class SamplingError(UserError):
+    """The requested split cannot be made from the available episodes, or a sampling JSON is unusable."""
 
 
 def episode_key(set_name: str, episode_id: str) -> str:
@@ -78,7 +80,165 @@ def split_key(key: str) -> tuple[str, str]:
     return (set_name, episode_id) if sep else (MAIN_SET, key)
 
 
-def set_dirs(sampling: Mapping[str, Any], episodes_dir: Optional[str | Path] = None,
+# ----------------------------------------------------------------------------- the sampling JSON, typed
+
+SPLITS = ("train", "val")
+_SET_FOLDERS = ("episodes", "embeds")
+
+
+def _fail(where: str, key: str, got: Any, expected: str) -> SamplingError:
+    shown = repr(got)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return SamplingError(f"{where}: key {key!r} is {shown}, expected {expected} (a sampling JSON is written by the "
+                         f"sample stage: re-run it)")
+
+
+def _str_list(data: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = data[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(where, key, value, "a list of episode keys (strings)")
+    return list(value)
+
+
+def _chunk_list(value: Any, key: str, where: str) -> list[Chunk]:
+    if not isinstance(value, list):
+        raise _fail(where, key, value, "a list of [episode key, start, end] rows")
+    out = []
+    for i, row in enumerate(value):
+        if (not isinstance(row, (list, tuple)) or len(row) != 3 or not isinstance(row[0], str)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in row[1:])):
+            raise _fail(where, f"{key}[{i}]", row, "[episode key, start, end] (a string and two integers)")
+        out.append((row[0], int(row[1]), int(row[2])))
+    return out
+
+
+@dataclass
+class Sampling:
+    """A sampling JSON (``data/samplings/<name>.json``, :func:`run_sampling`), typed.
+
+    The fields are the JSON's keys in file order; :meth:`to_dict` gives them back in that order
+    (``sets`` only for a mixed sampling), so :meth:`write` writes the bytes :func:`run_sampling`
+    always wrote. ``params`` is the sample params block as recorded (older samplings may lack keys).
+    """
+
+    params: dict[str, Any]
+    train: list[str]
+    val: list[str]
+    train_chunks: list[Chunk]
+    val_chunks: list[Chunk]
+    lengths: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    invalid: list[dict[str, str]] = field(default_factory=list)
+    sets: Optional[dict[str, dict[str, Any]]] = None     # mixed samplings only: each set's folders, budgets, totals
+    format_version: int = SAMPLING_FORMAT_VERSION
+    path: Optional[Path] = field(default=None, compare=False)   # where it was read from (error messages)
+
+    # -- reading and writing
+    @classmethod
+    def load(cls, path: str | Path, hint: str = "run the sample stage") -> "Sampling":
+        """Read and check a sampling JSON; a missing, malformed or foreign file is a one-line :class:`SamplingError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise SamplingError(f"{path}: sampling JSON not found ({hint})")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SamplingError(f"{path}: not valid JSON ({exc}); {hint}") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path = "sampling") -> "Sampling":
+        """Check a parsed sampling JSON (or :func:`make_sampling` body plus ``format_version``/``params``)."""
+        w = str(where)
+        if not isinstance(data, dict):
+            raise SamplingError(f"{w}: expected a JSON object (a sampling), got {type(data).__name__}")
+        version = data.get("format_version")
+        if version != SAMPLING_FORMAT_VERSION:
+            raise SamplingError(f"{w}: sampling format_version {version!r}, expected {SAMPLING_FORMAT_VERSION}")
+        for key in ("params", "train", "val", "chunks"):
+            if key not in data:
+                raise SamplingError(f"{w}: key {key!r} is missing (a sampling JSON is written by the sample stage: "
+                                    f"re-run it)")
+        if not isinstance(data["params"], dict):
+            raise _fail(w, "params", data["params"], "an object (the sample params)")
+        chunks = data["chunks"]
+        if not isinstance(chunks, dict) or set(SPLITS) - set(chunks):
+            raise _fail(w, "chunks", chunks, "an object with 'train' and 'val' chunk lists")
+        lengths = data.get("lengths", {})
+        if not isinstance(lengths, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in lengths.items()):
+            raise _fail(w, "lengths", lengths, "an object of episode key -> frames (integers)")
+        sets = data.get("sets")
+        if sets is not None:
+            if not isinstance(sets, dict) or not all(isinstance(s, dict) for s in sets.values()):
+                raise _fail(w, "sets", sets, "an object of set name -> its folders and budgets")
+            for name, entry in sets.items():
+                for k in _SET_FOLDERS:
+                    if not isinstance(entry.get(k), str):
+                        raise _fail(w, f"sets.{name}.{k}", entry.get(k), "a folder (string)")
+        for key, kind in (("totals", dict), ("warnings", list), ("invalid", list)):
+            if not isinstance(data.get(key, kind()), kind):
+                raise _fail(w, key, data[key], f"a JSON {'object' if kind is dict else 'list'}")
+        return cls(params=data["params"], train=_str_list(data, "train", w), val=_str_list(data, "val", w),
+                   train_chunks=_chunk_list(chunks["train"], "chunks.train", w),
+                   val_chunks=_chunk_list(chunks["val"], "chunks.val", w), lengths=dict(lengths),
+                   totals=data.get("totals", {}), warnings=list(data.get("warnings", [])),
+                   invalid=list(data.get("invalid", [])), sets=sets, format_version=version,
+                   path=Path(where) if isinstance(where, Path) else None)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], params: Optional[Mapping[str, Any]] = None) -> "Sampling":
+        """A sampling of a :func:`make_sampling`/:func:`make_mixed_sampling` body (tests, benchmarks)."""
+        return cls.from_dict({"format_version": SAMPLING_FORMAT_VERSION, "params": dict(params or {}), "invalid": [],
+                              **body})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, keys in the order :func:`run_sampling` has always written them."""
+        doc: dict[str, Any] = {"format_version": self.format_version, "params": self.params, "invalid": self.invalid,
+                               "train": self.train, "val": self.val,
+                               "chunks": {"train": [list(c) for c in self.train_chunks],
+                                          "val": [list(c) for c in self.val_chunks]},
+                               "lengths": self.lengths, "totals": self.totals, "warnings": self.warnings}
+        if self.sets is not None:
+            doc["sets"] = self.sets
+        return doc
+
+    def write(self, path: str | Path) -> Path:
+        """Write atomically (``steve1.io.write_json_atomic``); return the path."""
+        write_json_atomic(Path(path), self.to_dict())
+        return Path(path)
+
+    # -- what readers ask
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path is not None else "sampling"
+
+    def chunks(self, split: str) -> list[Chunk]:
+        """The ``(episode key, start, end)`` tuples of one split, in file order (key: see :func:`episode_key`)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return list(self.train_chunks if split == "train" else self.val_chunks)
+
+    def episodes(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return list(self.train if split == "train" else self.val)
+
+    def with_val_chunks(self, chunks: Sequence[Sequence[Any]]) -> "Sampling":
+        """A copy whose val split is ``chunks`` (a subset validated or evaluated)."""
+        return replace(self, val_chunks=[(str(e), int(s), int(t)) for e, s, t in chunks])
+
+    def sample_param(self, key: str, default: Any) -> Any:
+        """A recorded sample param (``min_btwn_goals``...), or ``default`` for samplings written before it was."""
+        return self.params.get(key, default)
+
+    def set_dirs(self, episodes_dir: Optional[str | Path] = None, embeds_dir: Optional[str | Path] = None,
+                 overrides: Optional[Mapping[str, tuple[str | Path, str | Path]]] = None) -> dict[str, tuple[Path, Path]]:
+        """:func:`set_dirs` of this sampling."""
+        return set_dirs(self, episodes_dir, embeds_dir, overrides)
+
+
+def set_dirs(sampling: Sampling, episodes_dir: Optional[str | Path] = None,
              embeds_dir: Optional[str | Path] = None,
              overrides: Optional[Mapping[str, tuple[str | Path, str | Path]]] = None) -> dict[str, tuple[Path, Path]]:
     """``set name -> (episodes dir, embeds dir)`` for every set a sampling's chunks may name.
@@ -88,15 +248,15 @@ def set_dirs(sampling: Mapping[str, Any], episodes_dir: Optional[str | Path] = N
     ``sets`` block, relative paths against the working directory (the repository root, as every
     params path), and ``overrides`` replaces any of them.
     """
-    recorded = {name: (s["episodes"], s["embeds"]) for name, s in sampling.get("sets", {}).items()}
+    recorded = {name: (s["episodes"], s["embeds"]) for name, s in (sampling.sets or {}).items()}
     if episodes_dir is not None or embeds_dir is not None:
         if episodes_dir is None or embeds_dir is None:
-            raise ValueError(f"give both episodes_dir and embeds_dir or neither (got {episodes_dir!r}, {embeds_dir!r})")
+            raise SamplingError(f"give both episodes_dir and embeds_dir or neither (got {episodes_dir!r}, {embeds_dir!r})")
         recorded[MAIN_SET] = (episodes_dir, embeds_dir)
     recorded.update(overrides or {})
     if MAIN_SET not in recorded:
-        raise ValueError("this sampling does not record its episode folders (a single-set sampling): "
-                         "pass episodes_dir and embeds_dir")
+        raise SamplingError(f"{sampling.where}: this sampling does not record its episode folders (a single-set "
+                            f"sampling): pass episodes_dir and embeds_dir")
     return {name: (Path(ep), Path(em)) for name, (ep, em) in recorded.items()}
 
 
@@ -104,7 +264,7 @@ def episode_files(key: str, dirs: Mapping[str, tuple[Path, Path]]) -> tuple[Path
     """The episode and embeds files of an episode key, through its set's folders."""
     set_name, episode_id = split_key(key)
     if set_name not in dirs:
-        raise KeyError(f"episode {key!r} belongs to set {set_name!r}, but only sets {sorted(dirs)} have folders "
+        raise SamplingError(f"episode {key!r} belongs to set {set_name!r}, but only sets {sorted(dirs)} have folders "
                        f"(is the sampling JSON's 'sets' block missing it?)")
     episodes_dir, embeds_dir = dirs[set_name]
     return episode_path(episodes_dir, episode_id), episode_path(embeds_dir, episode_id)
@@ -345,25 +505,6 @@ def make_mixed_sampling(specs: Sequence[SetSpec], *, seed: int, T: int,
     return body
 
 
-def load_sampling(path: str | Path) -> dict[str, Any]:
-    """Read a sampling JSON written by :func:`run_sampling` and check its version."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sampling JSON not found (run the sample stage)")
-    data = json.loads(path.read_text())
-    version = data.get("format_version")
-    if version != formats.SAMPLING_FORMAT_VERSION:
-        raise SamplingError(f"{path}: sampling format_version {version!r}, expected {formats.SAMPLING_FORMAT_VERSION}")
-    return data
-
-
-def split_chunks(sampling: dict[str, Any], split: str) -> list[Chunk]:
-    """The ``(episode key, start, end)`` tuples of one split, in file order (key: see :func:`episode_key`)."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    return [(str(e), int(s), int(t)) for e, s, t in sampling["chunks"][split]]
-
-
 def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_dir: str | Path,
                  out: str | Path, mix_dirs: Mapping[str, tuple[str | Path, str | Path]] = {}) -> Path:
     """Scan, split, index and write the sampling JSON ``out`` atomically (``Layout.sampling``); return it.
@@ -381,7 +522,7 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
                             f"({len(scan.invalid)} rejected; {too_short_hint(p.T, p.min_btwn_goals)})")
     val_episodes = None
     if p.val_from:  # an earlier mixed sampling lends its main set's val
-        val_episodes = [e for e in load_sampling(p.val_from)["val"] if split_key(e)[0] == MAIN_SET]
+        val_episodes = [e for e in Sampling.load(p.val_from, "check sample.val_from").val if split_key(e)[0] == MAIN_SET]
     body = make_sampling(scan.lengths, train_frames=p.train_frames, val_frames=p.val_frames, seed=p.seed,
                          T=p.T, min_btwn_goals=p.min_btwn_goals, val_episodes=val_episodes)
     for w in body["warnings"]:
@@ -389,7 +530,7 @@ def run_sampling(sample_params: SampleParams, episodes_dir: str | Path, embeds_d
     out = Path(out)
     doc = {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"),
            "invalid": [{"episode_id": e, "reason": r} for e, r in scan.invalid.items()], **body}
-    write_json_atomic(out, doc)
+    Sampling.from_dict(doc, out).write(out)
     t = body["totals"]
     log.info("wrote %s: train %d episodes / %d chunks, val %d episodes / %d chunks", out,
              t["train"]["episodes"], t["train"]["chunks"], t["val"]["episodes"], t["val"]["chunks"])
@@ -449,10 +590,10 @@ def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: s
     check_one_mineclip_space(weights)
     val_episodes = None
     if p.val_from:
-        earlier = load_sampling(p.val_from)
-        reused = set(earlier.get("sets", {MAIN_SET: None}))  # a single-set sampling has only the main set
+        earlier = Sampling.load(p.val_from, "check sample.val_from")
+        reused = set(earlier.sets or {MAIN_SET: None})  # a single-set sampling has only the main set
         val_episodes = {name: [] for name in reused}
-        for key in earlier["val"]:
+        for key in earlier.val:
             name, eid = split_key(key)
             val_episodes.setdefault(name, []).append(eid)
     body = make_mixed_sampling(specs, seed=p.seed, T=p.T, val_episodes=val_episodes)
@@ -462,7 +603,7 @@ def _run_mixed_sampling(p: SampleParams, episodes_dir: str | Path, embeds_dir: s
         body["sets"][name] = {"episodes": ep_dir, "embeds": em_dir, **body["sets"][name]}
     doc = {"format_version": formats.SAMPLING_FORMAT_VERSION, "params": p.model_dump(mode="json"), "invalid": invalid,
            **body}
-    write_json_atomic(out, doc)
+    Sampling.from_dict(doc, out).write(out)
     for name, entry in body["sets"].items():
         t = entry["totals"]
         log.info("set %s: train %d chunks (share %.3f), val %d chunks (share %.3f)", name, t["train"]["chunks"],

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +40,7 @@ import numpy as np
 
 from steve1 import actions as A
 from steve1.data import formats
+from steve1.data.action_dicts import ActionOrigin, parse_action_dicts
 from steve1.data.decode import DecodeSkip
 from steve1.data.episodes import Episode
 from steve1.data.recording import RecordingActions
@@ -103,55 +103,12 @@ def load_pickle(path: Path) -> Any:
         raise DecodeSkip(f"{path}: not a readable pickle: nested too deeply") from None
 
 
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` on one short line (a hostile pickle may hold anything)."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _button(value: Any, where: str) -> int:
-    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
-        value = value.reshape(()).item()      # an agent's action keeps its batch axis: array([1])
-    if isinstance(value, (bool, int, np.integer, np.bool_)) and value in (0, 1):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
-        return int(value)
-    raise DecodeSkip(f"{where}: value {_shown(value)}, expected 0 or 1")
-
-
-def _camera(value: Any, where: str) -> tuple[float, float]:
-    arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
-    if arr.shape == (1, 2):                   # an agent's action keeps its batch axis: [[pitch, yaw]]
-        arr = arr[0]
-    ok = arr.shape == (2,) and (arr.dtype.kind in "iuf" or all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in arr))
-    if ok:
-        pitch, yaw = float(arr[0]), float(arr[1])
-        if math.isfinite(pitch) and math.isfinite(yaw):
-            return pitch, yaw
-    raise DecodeSkip(f"{where}: value {_shown(value)}, expected [pitch, yaw] in degrees (two finite numbers)")
-
-
 def env_actions(actions: Any, path: Path) -> RecordingActions:
     """The pickled env-action dicts -> every step kept (null ones too, as the official dataset reads them)."""
     if not isinstance(actions, list):
         raise DecodeSkip(f"{path}: holds a {type(actions).__name__}, expected a list of MineRL action dicts")
     n = len(actions)
-    buttons = np.zeros((n, len(A.ENV_BUTTON_KEYS)), np.uint8)      # [n,23]
-    camera = np.zeros((n, 2), np.float64)                          # [n,2] pitch, yaw degrees
-    col = {k: j for j, k in enumerate(A.ENV_BUTTON_KEYS)}
-    for i, action in enumerate(actions):
-        where = f"{path}: action {i}"
-        if not isinstance(action, dict):
-            raise DecodeSkip(f"{where}: a {type(action).__name__}, expected a dict of MineRL actions")
-        for key, value in action.items():
-            if key == A.CAMERA_KEY:
-                camera[i] = _camera(value, f"{where}, key 'camera'")
-            elif key in col:
-                buttons[i, col[key]] = _button(value, f"{where}, key {key!r}")
-            else:
-                raise DecodeSkip(f"{where}: unknown key {_shown(key)}; expected MineRL action keys "
-                                 f"({', '.join((*A.ENV_BUTTON_KEYS, A.CAMERA_KEY))})")
+    buttons, camera = parse_action_dicts(actions, ActionOrigin(str(path)))    # [n,23], [n,2] pitch, yaw degrees
     env = {key: buttons[:, j] for j, key in enumerate(A.ENV_BUTTON_KEYS)}
     env[A.CAMERA_KEY] = camera
     is_null = ~(buttons.any(1) | (camera != 0).any(1))

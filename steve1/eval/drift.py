@@ -29,8 +29,8 @@ from steve1 import headline
 from steve1.actions import CAMERA_KEY, CAMERA_NULL_IDX, NULL_BUTTONS_IDX
 from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, read_embeds
-from steve1.data.sampling import episode_files, set_dirs
-from steve1.io import atomic_path, read_json, remove_stale_temps, write_json_atomic, write_text_atomic
+from steve1.data.sampling import Sampling, episode_files
+from steve1.io import atomic_path, remove_stale_temps, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +51,6 @@ class DriftInputError(ValueError):
 
 
 # ---------------------------------------------------------------- samplings
-
-
-def read_sampling(path: str | Path, hint: str = "run the sample stage") -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """The ``train``/``val`` episode keys of a sampling JSON, and the whole document (for its
-    ``sets``); errors name the file and key."""
-    data = read_json(path, DriftInputError, f"the sampling; {hint}")
-    if not isinstance(data, dict):
-        raise DriftInputError(f"{path}: expected a JSON object with 'train' and 'val' keys, got {type(data).__name__}")
-    out = {}
-    for split in SPLITS:
-        if split not in data:
-            raise DriftInputError(f"{path}: key '{split}' is missing; expected a list of episode ids")
-        ids = data[split]
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise DriftInputError(f"{path}: key '{split}' must be a list of episode id strings, got {ids!r:.80}")
-        out[split] = list(ids)
-    return out, data
 
 
 # ---------------------------------------------------------------- features
@@ -382,10 +365,11 @@ def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_p
     remove_stale_temps(data_dir)
     for stale in (*data_dir.glob("drift_reference.*"), *data_dir.glob("*_reference.csv")):
         stale.unlink()              # from an earlier run with a reference sampling
-    splits, doc = read_sampling(sampling_path)
+    doc = Sampling.load(sampling_path)
+    splits = {s: doc.episodes(s) for s in SPLITS}
     if not any(splits.values()):
         raise DriftInputError(f"{sampling_path}: both 'train' and 'val' are empty; nothing to report")
-    dirs = set_dirs(doc, episodes_dir, embeds_dir)
+    dirs = doc.set_dirs(episodes_dir, embeds_dir)
     tables = {s: load_split(dirs, ids, max_steps_per_split, seed + i)
               for i, (s, ids) in enumerate(splits.items())}
     mean, comps = fit_pca(tables["train"].embeds, n_components)
@@ -397,9 +381,9 @@ def build_report(*, episodes_dir: str | Path, embeds_dir: str | Path, sampling_p
     write_drift(data_dir, "drift", results["train_vs_val"], drift_share_threshold)
 
     if reference_sampling is not None:
-        ref_splits, ref_doc = read_sampling(reference_sampling, hint="check report.reference_sampling")
-        ref_dirs = set_dirs(ref_doc, episodes_dir, embeds_dir)
-        ref = load_split(ref_dirs, ref_splits["train"] + ref_splits["val"], max_steps_per_split, seed + 10)
+        ref_doc = Sampling.load(reference_sampling, hint="check report.reference_sampling")
+        ref = load_split(ref_doc.set_dirs(episodes_dir, embeds_dir), ref_doc.train + ref_doc.val, max_steps_per_split,
+                         seed + 10)
         cur = load_split(dirs, splits["train"] + splits["val"], max_steps_per_split, seed + 11)
         mean, comps = fit_pca(ref.embeds, n_components)
         for t in (ref, cur):

@@ -40,9 +40,9 @@ import torch
 from steve1.actions import N_CAMERA_BINS
 from steve1 import headline
 from steve1.data import formats
-from steve1.data.dataset import make_dataloader
+from steve1.data.dataset import LoaderConfig, make_dataloader
 from steve1.data.episodes import read_embeds
-from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
+from steve1.data.sampling import Sampling, episode_files, split_key
 from steve1.io import sha256_file, write_json_atomic
 from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SETS as PLOT_SETS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
 from steve1.models.build import build_policy_for_params
@@ -262,9 +262,9 @@ def check_finite(metrics: Mapping[str, Any], where: str = "") -> None:
 
 # ----------------------------------------------------------------------------- validation data
 
-def eval_chunks(sampling: Mapping[str, Any], every_nth: int, max_chunks: Optional[int]) -> list[tuple[str, int, int]]:
+def eval_chunks(sampling: Sampling, every_nth: int, max_chunks: Optional[int]) -> list[tuple[str, int, int]]:
     """The val chunks evaluated: every ``every_nth`` in file order, at most ``max_chunks``."""
-    chunks = split_chunks(dict(sampling), "val")[::every_nth]
+    chunks = sampling.chunks("val")[::every_nth]
     return chunks[:max_chunks] if max_chunks is not None else chunks
 
 
@@ -298,15 +298,16 @@ def other_episode_goals(chunks: Sequence[tuple[str, int, int]], lengths: Mapping
     return out
 
 
-def val_batches(sampling: Mapping[str, Any], chunks: Sequence[tuple[str, int, int]], episodes_dir: str | Path,
+def val_batches(sampling: Sampling, chunks: Sequence[tuple[str, int, int]], episodes_dir: str | Path,
                 embeds_dir: str | Path, *, batch_size: int, seed: int, gap_dist: str = "uniform",
                 official_goal_lag: bool = False, other_goals: Optional[np.ndarray] = None
                 ) -> Iterable[dict[str, Any]]:
     """Batches of the evaluated chunks in order, with seeded hindsight goals and no zero-goal chunks
     (``p_uncond=0``: the null goal is scored separately)."""
-    doc = {**sampling, "chunks": {**sampling["chunks"], "val": [list(c) for c in chunks]}}
-    loader = make_dataloader(doc, "val", episodes_dir, embeds_dir, batch_size=batch_size, seed=seed, p_uncond=0.0,
-                             gap_dist=gap_dist, official_goal_lag=official_goal_lag, shuffle=False, drop_last=False)
+    config = LoaderConfig(batch_size=batch_size, seed=seed, p_uncond=0.0, gap_dist=gap_dist,
+                          official_goal_lag=official_goal_lag, shuffle=False, drop_last=False)
+    loader = make_dataloader(sampling.with_val_chunks(chunks), "val", config,
+                             sampling.set_dirs(episodes_dir, embeds_dir))
     for batch in loader:
         idx = batch["index"].numpy()
         out = {k: batch[k] for k in ("frames", "goal_embeds", "buttons", "camera", "index")}
@@ -345,7 +346,7 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     device = resolve_device(e.device)
     torch.manual_seed(e.seed)
     sampling_path = layout.sampling
-    sampling = load_sampling(sampling_path)
+    sampling = Sampling.load(sampling_path)
     chunks = eval_chunks(sampling, e.every_nth, e.max_chunks)
     if not chunks:
         raise ValueError(f"{sampling_path}: the val split has no chunks (set sample.val_frames > 0 and re-run sample)")
@@ -372,8 +373,8 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     for p in policies.values():
         p.to(device)
 
-    dirs = set_dirs(sampling, layout.episodes, layout.embeds)
-    other = other_episode_goals(chunks, sampling.get("lengths", {}), sampling.get("val", []), dirs, e.seed)
+    dirs = sampling.set_dirs(layout.episodes, layout.embeds)
+    other = other_episode_goals(chunks, sampling.lengths, sampling.val, dirs, e.seed)
     if other is None:
         log.warning("only one episode in %s: no goal from another episode, kl_other_goal is not reported", sampling_path)
     call_t = e.call_t or tp.trunc_t
@@ -385,7 +386,7 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     if "baseline" in by_policy:
         metrics["baseline"] = {k: v for k, v in by_policy["baseline"].items() if k not in COUNT_KEYS}
         metrics["delta"] = deltas(by_policy["model"], by_policy["baseline"])
-    if "sets" in sampling:   # a mixed sampling: each set's own before/after
+    if sampling.sets is not None:   # a mixed sampling: each set's own before/after
         metrics["sets"] = per_set(rows, list(policies))
     check_finite(metrics)
     write_outputs(layout, metrics, by_policy, rows, e.cond_scales, run_info)

@@ -41,10 +41,11 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from steve1.data.dataset import ChunkLoader, make_dataloader
+from steve1.data.dataset import ChunkLoader, LoaderConfig, make_dataloader
 from steve1.data import formats
 from steve1.data.episodes import open_store
-from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
+from steve1.data.sampling import Sampling, episode_files, split_key
+from steve1.errors import UserError
 from steve1.io import check_writable, sha256_file, write_json_atomic
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights, save_policy_weights
@@ -115,19 +116,19 @@ def call_slice(inputs: Mapping[str, torch.Tensor], i: int, trunc_t: int) -> dict
     return {k: v[:, i * trunc_t:(i + 1) * trunc_t] for k, v in inputs.items()}
 
 
-class EmbedDimError(ValueError):
+class EmbedDimError(UserError):
     """The goal embeddings' width differs from ``train.mineclip_embed_dim``."""
 
 
-def check_embed_dim(sampling: Mapping[str, Any], episodes_dir, embeds_dir, expected: int) -> None:
+def check_embed_dim(sampling: Sampling, episodes_dir, embeds_dir, expected: int) -> None:
     """Refuse, before any work, embeds files whose ``embed_dim`` attr differs from ``expected``.
 
     Reads the first train episode of every set (a set is embedded by one MineCLIP): a 768-d CLIP's
     embeddings fed into a 512-d goal layer would otherwise fail deep in the first forward.
     """
-    dirs = set_dirs(sampling, episodes_dir, embeds_dir)
+    dirs = sampling.set_dirs(episodes_dir, embeds_dir)
     seen: set[str] = set()
-    for key, _, _ in split_chunks(sampling, "train"):
+    for key, _, _ in sampling.train_chunks:
         set_name = split_key(key)[0]
         if set_name in seen:
             continue
@@ -159,14 +160,14 @@ def config_fingerprint(params: Params, inputs: str = "") -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def inputs_digest(params: Params, sampling: Mapping[str, Any], sampling_path: Path) -> str:
+def inputs_digest(params: Params, sampling: Sampling, sampling_path: Path) -> str:
     """Digest of the content training reads: the sampling JSON, the episode and embeds files its chunks
     name, and the files the train params name (start weights, model, DeepSpeed JSON). New data under the
     same params is another run: its checkpoint is not resumed."""
     h = hashlib.sha256(Path(sampling_path).read_bytes())
     layout = Layout.from_params(params)
-    dirs = set_dirs(sampling, layout.episodes, layout.embeds)
-    keys = sorted({key for split in ("train", "val") for key, _, _ in split_chunks(sampling, split)})
+    dirs = sampling.set_dirs(layout.episodes, layout.embeds)
+    keys = sorted({key for split in ("train", "val") for key, _, _ in sampling.chunks(split)})
     files = [(key, path) for key in keys for path in episode_files(key, dirs)]
     files += [(name, Path(name)) for name in named_files(params, "train")]
     for name, path in files:
@@ -203,13 +204,13 @@ class BCModule(nn.Module):
         return behavioural_cloning_loss(pd, action, reduction=self.reduction), new_state
 
 
-def _log_data(params: Params, sampling: Mapping[str, Any]) -> None:
+def _log_data(params: Params, sampling: Sampling) -> None:
     """What the run trains on: the sampling, each set's share, augmentation."""
-    sets = sampling.get("sets") or {}
+    sets = sampling.sets or {}
     shares = ", ".join(f"{name} {s['totals']['train']['share']:.1%}" for name, s in sets.items()) or "one set"
     aug = params.train.augment
     log.info("data: %s, %d train chunks (%s); augmentation %s", Layout.from_params(params).sampling,
-             len(sampling["chunks"]["train"]), shares,
+             len(sampling.train_chunks), shares,
              aug.model_dump(exclude={"enabled"}) if aug.enabled else "off")
 
 
@@ -378,7 +379,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
     """
     tp, layout = params.train, Layout.from_params(params)
     check_writable(layout.run.dir)
-    sampling = load_sampling(layout.sampling)
+    sampling = Sampling.load(layout.sampling)
     best_criterion(tp.best_on, sampling, layout.sampling)  # before any work
     check_embed_dim(sampling, layout.episodes, layout.embeds, tp.mineclip_embed_dim)
     # one trainer per run folder: the main process holds the lock until it exits (before any write)
@@ -390,7 +391,7 @@ def train(params: Params, *, on_step=None) -> dict[str, Any]:
             lock.release()
 
 
-def _train(params: Params, layout: Layout, sampling: dict[str, Any], on_step) -> dict[str, Any]:
+def _train(params: Params, layout: Layout, sampling: Sampling, on_step) -> dict[str, Any]:
     tp, sampling_path = params.train, layout.sampling
     _log_data(params, sampling)
     run = setup_run(params, sampling)
@@ -431,7 +432,7 @@ def _endless(loader: ChunkLoader) -> Iterator[dict[str, torch.Tensor]]:
 
 # ----------------------------------------------------------------------------- setup and teardown
 
-def setup_run(params: Params, sampling: Mapping[str, Any]) -> Run:
+def setup_run(params: Params, sampling: Sampling) -> Run:
     """Accelerator, start policy, prepared model + optimizer, train and val loaders."""
     tp = params.train
     accelerator = build_accelerator(tp)
@@ -444,17 +445,14 @@ def setup_run(params: Params, sampling: Mapping[str, Any]) -> Run:
     policy.value_head.to(accelerator.device)
 
     layout = Layout.from_params(params)
-    loader_kwargs = dict(episodes_dir=layout.episodes, embeds_dir=layout.embeds, T=params.train_T,
-                         p_uncond=tp.p_uncond, gap_dist=tp.gap_dist, official_goal_lag=tp.official_goal_lag,
-                         rank=rank, world_size=world)
-    loader = make_dataloader(sampling, "train", batch_size=tp.batch_size, seed=tp.seed, num_workers=tp.num_workers,
-                             **loader_kwargs)
+    config = LoaderConfig.for_training(params, rank=rank, world_size=world)
+    dirs = sampling.set_dirs(layout.episodes, layout.embeds)
+    loader = make_dataloader(sampling, "train", config, dirs)
     val_chunks, val_sets = val_subset(sampling, tp.val_every_nth)
-    val_sampling = {**sampling, "chunks": {**sampling["chunks"], "val": val_chunks}}
     val_loader = None
-    if val_sampling["chunks"]["val"]:
-        val_loader = make_dataloader(val_sampling, "val", batch_size=tp.batch_size, seed=tp.seed, shuffle=False,
-                                     drop_last=val_sets is None, **loader_kwargs)
+    if val_chunks:
+        val_loader = make_dataloader(sampling.with_val_chunks(val_chunks), "val",
+                                     config.for_validation(drop_last=val_sets is None), dirs)
     return Run(params, accelerator, model, optimizer, policy, loader, val_loader,
                layout.run, tp.augment, val_sets, best_criterion(tp.best_on, sampling, layout.sampling))
 

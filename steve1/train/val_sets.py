@@ -15,12 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
-from steve1.data.sampling import split_key
+from steve1.data.sampling import Chunk, Sampling, split_key
+from steve1.errors import UserError
 from steve1.params import BEST_ON_ALL
+
+
+class BestOnError(UserError):
+    """``train.best_on`` names a set whose val loss is never measured."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,12 @@ class ValSets:
     chunk_set: np.ndarray   # int64 [n chunks of the subset]: index into ``names``
 
 
-def val_subset(sampling: Mapping[str, Any], every_nth: int) -> tuple[list, Optional[ValSets]]:
-    """The val chunks validated (``[key, start, end]`` rows) and their sets (None: a single-set validation)."""
-    chunks = list(sampling["chunks"]["val"])
-    by_set: dict[str, list] = {}
+def val_subset(sampling: Sampling, every_nth: int) -> tuple[list[Chunk], Optional[ValSets]]:
+    """The val chunks validated (``(key, start, end)``) and their sets (None: a single-set validation)."""
+    chunks = sampling.chunks("val")
+    by_set: dict[str, list[Chunk]] = {}
     for chunk in chunks:
-        by_set.setdefault(split_key(str(chunk[0]))[0], []).append(chunk)
+        by_set.setdefault(split_key(chunk[0])[0], []).append(chunk)
     if len(by_set) < 2:
         return chunks[::every_nth], None
     subset, rows = [], []
@@ -47,12 +52,12 @@ def val_subset(sampling: Mapping[str, Any], every_nth: int) -> tuple[list, Optio
     return subset, ValSets(tuple(by_set), np.asarray(rows, np.int64))
 
 
-def val_set_names(sampling: Mapping[str, Any]) -> list[str]:
+def val_set_names(sampling: Sampling) -> list[str]:
     """The sets that have val chunks, in sampling order."""
-    return list(dict.fromkeys(split_key(str(c[0]))[0] for c in sampling["chunks"]["val"]))
+    return list(dict.fromkeys(split_key(c[0])[0] for c in sampling.val_chunks))
 
 
-def best_criterion(best_on: str, sampling: Mapping[str, Any], where: str | Path) -> str:
+def best_criterion(best_on: str, sampling: Sampling, where: str | Path) -> str:
     """The key of the validation losses that chooses ``best.weights``: ``all`` or a set's name.
 
     Refuses a set without val chunks in this sampling (``where`` names it): its loss would never be
@@ -63,7 +68,7 @@ def best_criterion(best_on: str, sampling: Mapping[str, Any], where: str | Path)
         return BEST_ON_ALL
     names = val_set_names(sampling)
     if best_on not in names:
-        raise ValueError(f"{where}: train.best_on is {best_on!r}, but this sampling has no val chunks of set "
+        raise BestOnError(f"{where}: train.best_on is {best_on!r}, but this sampling has no val chunks of set "
                          f"{best_on!r} (sets with val chunks: {names or 'none'}); give that set val_frames and "
                          f"re-run the sample stage, or set train.best_on to one of {[BEST_ON_ALL, *names]}")
     return best_on if len(names) > 1 else BEST_ON_ALL
@@ -72,7 +77,7 @@ def best_criterion(best_on: str, sampling: Mapping[str, Any], where: str | Path)
 def improves(losses: Mapping[str, float], criterion: str, best: Optional[float]) -> Optional[float]:
     """The criterion's loss when it beats ``best`` (the lowest so far; None: none yet), else None."""
     if criterion not in losses:
-        raise ValueError(f"train.best_on is {criterion!r}, but validation measured no chunk of that set (its val "
+        raise BestOnError(f"train.best_on is {criterion!r}, but validation measured no chunk of that set (its val "
                          f"chunks fell in the remainder the processes leave out); give the set more val chunks")
     score = losses[criterion]
     return score if best is None or score < best else None

@@ -11,7 +11,7 @@ import pytest
 
 from steve1 import actions as A
 from steve1.data import formats
-from steve1.data.custom import (MINERL_KEYS, import_all, import_frames_episode, list_frames,
+from steve1.data.custom import (MINERL_KEYS, CustomImportError, import_all, import_frames_episode, list_frames,
                                 read_actions_file)
 from steve1.data.decode import DecodeSkip, decode_recording
 from steve1.data.episodes import EpisodeReader, episode_path
@@ -202,7 +202,7 @@ def test_refuses_a_decode_output_folder(tmp_path):
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"format_version": 1, "episodes": {}}))
     write_frames_episode(tmp_path / "src", "good")
-    with pytest.raises(ValueError, match="not an import manifest"):
+    with pytest.raises(CustomImportError, match="not an import manifest"):
         import_all(tmp_path / "src", out, _settings(), progress=False)
 
 

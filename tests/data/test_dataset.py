@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from steve1.data import formats
-from steve1.data.dataset import (ChunkBatchSampler, ChunkDataset, draw_gaps, goal_times_from_gaps,
-                                 make_dataloader, process_threads, step_goal_times)
+from steve1.data.dataset import (ChunkBatchSampler, ChunkDataset, DatasetError, LoaderConfig, draw_gaps,
+                                 goal_times_from_gaps, make_dataloader, process_threads, step_goal_times)
 from steve1.data.episodes import EpisodeFormatError, EpisodeReader, episode_path
-from steve1.data.sampling import make_sampling
+from steve1.data.sampling import Sampling, make_sampling
 from fixtures.episodes import episode_factory  # noqa: F401  (fixture)
 
 T, MIN, MAX = 20, 15, 30
@@ -79,15 +79,13 @@ def world(episode_factory):
     lengths = {"ep-a": 60, "ep-b": 95, "ep-c": 130}
     for eid, n in lengths.items():
         episode_factory(eid, n)
-    sampling = make_sampling(lengths, train_frames=10**6, val_frames=0, seed=0, T=T, min_btwn_goals=MIN)
-    sampling["params"] = {"T": T, "min_btwn_goals": MIN, "max_btwn_goals": MAX}
-    return episode_factory, sampling
+    return episode_factory, _sampling(lengths)
 
 
 def _dataset(world, **kw):
     fac, sampling = world
-    args = dict(seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0, lengths=sampling["lengths"])
-    return ChunkDataset([tuple(c) for c in sampling["chunks"]["train"]], fac.episodes_dir, fac.embeds_dir,
+    args = dict(seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX, p_uncond=0.0, lengths=sampling.lengths)
+    return ChunkDataset(sampling.train_chunks, fac.episodes_dir, fac.embeds_dir,
                         **{**args, **kw})
 
 
@@ -164,8 +162,20 @@ def test_samples_are_reproducible_per_seed_epoch_index(world):
 
 
 def test_min_btwn_goals_below_15_is_refused(world):
-    with pytest.raises(ValueError, match="min_btwn_goals=14 must be >= 15"):
+    with pytest.raises(DatasetError, match="min_btwn_goals=14 must be >= 15"):
         _dataset(world, min_btwn_goals=14)
+
+
+def _sampling(lengths):
+    """A sampling of ``lengths`` (all train) recording the goal gaps, as the sample stage writes it."""
+    body = make_sampling(lengths, train_frames=10**6, val_frames=0, seed=0, T=T, min_btwn_goals=MIN)
+    return Sampling.from_body(body, {"T": T, "min_btwn_goals": MIN, "max_btwn_goals": MAX})
+
+
+def _loader(sampling, fac=None, *, epoch=0, start_step=0, **config):
+    """``make_dataloader`` over the train split, the main set's folders those of ``fac`` (else the JSON's)."""
+    dirs = sampling.set_dirs(fac.episodes_dir, fac.embeds_dir) if fac is not None else None
+    return make_dataloader(sampling, "train", LoaderConfig(**config), dirs, epoch=epoch, start_step=start_step)
 
 
 # ------------------------------------------------- sampler, loader, resume
@@ -199,7 +209,7 @@ def _run(loader, steps):
 @pytest.mark.parametrize("store", ["world", "jpeg_world"])   # lzf frames, and jpeg frames decoded on threads
 def test_resume_continues_with_the_same_batches(request, store, workers):
     fac, sampling = request.getfixturevalue(store)
-    mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=3,  # noqa: E731
+    mk = lambda **kw: _loader(sampling, fac, batch_size=2, seed=3,  # noqa: E731
                                       T=T, p_uncond=0.5, num_workers=workers, **kw)
     full = _run(mk(), 7)  # 9 chunks -> 4 steps an epoch: crosses an epoch boundary
     first = mk()
@@ -221,15 +231,15 @@ def test_resume_continues_with_the_same_batches(request, store, workers):
 def test_workers_give_the_same_batches_and_the_parent_opens_no_file(world):
     fac, sampling = world
     args = dict(batch_size=3, seed=1, p_uncond=0.2)
-    ref = _run(make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, **args), 4)
-    loader = make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, num_workers=2, **args)
+    ref = _run(_loader(sampling, fac, **args), 4)
+    loader = _loader(sampling, fac, num_workers=2, **args)
     got = _run(loader, 4)
     assert not loader.dataset._open  # HDF5 handles live only in the workers
     for a, b in zip(ref, got, strict=True):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="T=21 but the sampling's chunks have T=20"):
-        make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, T=21, **args)
+    with pytest.raises(DatasetError, match="T=21 but the sampling's chunks have T=20"):
+        _loader(sampling, fac, T=21, **args)
 
 
 @pytest.fixture
@@ -238,9 +248,7 @@ def jpeg_world(episode_factory):
     lengths = {"ep-a": 60, "ep-b": 95, "ep-c": 130}
     for eid, n in lengths.items():
         episode_factory(eid, n, codec="jpeg")
-    sampling = make_sampling(lengths, train_frames=10**6, val_frames=0, seed=0, T=T, min_btwn_goals=MIN)
-    sampling["params"] = {"T": T, "min_btwn_goals": MIN, "max_btwn_goals": MAX}
-    return episode_factory, sampling
+    return episode_factory, _sampling(lengths)
 
 
 def _same(a, b):
@@ -262,12 +270,12 @@ def _plain_jpeg_frames(path, start, end):
 
 def test_jpeg_batches_are_the_same_with_any_workers_and_threads(jpeg_world):
     fac, sampling = jpeg_world
-    mk = lambda **kw: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=3,  # noqa: E731
+    mk = lambda **kw: _loader(sampling, fac, batch_size=3,  # noqa: E731
                                       seed=2, p_uncond=0.2, **kw)
     ref = _run(mk(decode_threads=1), 5)
     for batch in ref:  # each row holds its chunk's frames, as plain simplejpeg decodes the stored bytes
         for b, i in enumerate(batch["index"].tolist()):
-            eid, start, end = sampling["chunks"]["train"][i]
+            eid, start, end = sampling.train_chunks[i]
             with EpisodeReader(episode_path(fac.episodes_dir, eid)) as r:
                 assert r.frame_codec == "jpeg"
             np.testing.assert_array_equal(batch["frames"][b].numpy(),
@@ -283,9 +291,9 @@ def test_workers_reuse_their_slots_and_never_overwrite_a_held_batch(jpeg_world):
     allocation per batch); one that keeps every batch sees each intact (workers send fresh
     buffers while their slots are held)."""
     fac, sampling = jpeg_world
-    mk = lambda: make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=4,  # noqa: E731
+    mk = lambda: _loader(sampling, fac, batch_size=2, seed=4,  # noqa: E731
                                  p_uncond=0.2, num_workers=2, prefetch_factor=2)
-    ref = _run(make_dataloader(sampling, "train", fac.episodes_dir, fac.embeds_dir, batch_size=2, seed=4,
+    ref = _run(_loader(sampling, fac, batch_size=2, seed=4,
                                p_uncond=0.2), 12)
     loader, addrs, n = mk(), set(), 0
     while n < 12:
@@ -350,13 +358,13 @@ def mixed(episode_factory, tmp_path):
 
 
 def test_mixed_chunks_are_read_from_their_own_set(mixed):
-    from steve1.data.sampling import load_sampling, split_key
+    from steve1.data.sampling import split_key
 
     main, custom, out = mixed
-    doc = load_sampling(out)
+    doc = Sampling.load(out).to_dict()
     keys = {c[0] for c in doc["chunks"]["train"]}
     assert {"ep-a", "ep-b"} <= keys and {"custom/ep-a", "custom/ep-b"} & keys  # a collision is exercised
-    loader = make_dataloader(out, "train", main.episodes_dir, main.embeds_dir, batch_size=4, seed=0, p_uncond=0.0)
+    loader = _loader(Sampling.load(out), main, batch_size=4, seed=0, p_uncond=0.0)
     ds = loader.dataset
     for i, (key, s, e) in enumerate(ds.chunks):
         name, eid = split_key(key)
@@ -372,20 +380,19 @@ def test_mixed_chunks_are_read_from_their_own_set(mixed):
         np.testing.assert_array_equal(x["goal_embeds"][:, 0], x["goal_times"])
         assert (x["goal_times"] <= n - 1).all()
     # folders from the JSON when none are given; a set without folders is refused
-    again = make_dataloader(out, "train", batch_size=4, seed=0, p_uncond=0.0)
+    again = _loader(Sampling.load(out), batch_size=4, seed=0, p_uncond=0.0)
     assert again.dataset.dirs == ds.dirs
-    with pytest.raises(ValueError, match=r"set\(s\) \['custom'\]"):
+    with pytest.raises(DatasetError, match=r"set\(s\) \['custom'\]"):
         ChunkDataset(ds.chunks, main.episodes_dir, main.embeds_dir, seed=0, min_btwn_goals=MIN, max_btwn_goals=MAX)
 
 
 def test_mixed_batches_mix_the_sets_in_their_share(mixed):
-    from steve1.data.sampling import load_sampling
 
     _, _, out = mixed
-    doc = load_sampling(out)
+    doc = Sampling.load(out).to_dict()
     share = doc["sets"]["custom"]["totals"]["train"]["share"]
     assert share == round(80 / 440, 6)  # 4 custom chunks beside all 18 main ones
-    loader = make_dataloader(out, "train", batch_size=2, seed=0, p_uncond=0.0)
+    loader = _loader(Sampling.load(out), batch_size=2, seed=0, p_uncond=0.0)
     is_custom = np.array([k.startswith("custom/") for k, _, _ in loader.dataset.chunks])
     seen, mixed_batches = [], 0
     for _ in range(6):  # 6 epochs of 11 batches, index only: no file is read

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from steve1.data import formats
-from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, StoreError, list_episode_ids,
+from steve1.data.episodes import (Episode, EpisodeFormatError, EpisodeReader, FrameStorage, StoreError, list_episode_ids,
                                   read_embeds, verify_store, write_embeds, write_episode)
 from steve1.io import DiskFullError
 from fixtures.episodes import smooth_frames
@@ -32,7 +32,7 @@ def test_round_trip(tmp_path, codec):
     ep = make_episode()
     if codec in formats.PER_FRAME_CODECS:
         ep.frames = smooth_frames(10)  # lossy: frames like footage, not noise
-    path = write_episode(tmp_path / "ep-1.h5", ep, codec=codec)
+    path = write_episode(tmp_path / "ep-1.h5", ep, FrameStorage(codec))
     with EpisodeReader(path) as r:
         assert r.n_frames == 10 and r.episode_id == "ep-1" and r.frame_codec == codec
         assert r.attrs[formats.A_FORMAT_VERSION] == formats.EPISODE_FORMAT_VERSION
@@ -58,7 +58,7 @@ def test_jpeg_frames_are_each_a_jpeg_of_the_quality_asked(tmp_path):
     ep.frames = smooth_frames(40)
     sizes, errors = {}, {}
     for q in (50, 95):
-        path = write_episode(tmp_path / f"q{q}.h5", ep, codec="jpeg", quality=q)
+        path = write_episode(tmp_path / f"q{q}.h5", ep, FrameStorage("jpeg", quality=q))
         with EpisodeReader(path) as r:
             store = r.frame_store
             data, offsets = store.data[:], store.offsets
@@ -83,11 +83,11 @@ def test_jpeg_writes_are_byte_reproducible_across_processes(tmp_path):
     ep = make_episode(n=30)
     ep.frames = smooth_frames(30, seed=3)
     np.save(tmp_path / "frames.npy", ep.frames)
-    write_episode(tmp_path / "a.h5", ep, codec="jpeg")
-    write_episode(tmp_path / "b.h5", ep, codec="jpeg")
+    write_episode(tmp_path / "a.h5", ep, FrameStorage("jpeg"))
+    write_episode(tmp_path / "b.h5", ep, FrameStorage("jpeg"))
     code = ("import sys, numpy as np; sys.path[:0] = [sys.argv[3], sys.argv[3] + '/..']; from test_episodes import make_episode; "
-            "from steve1.data.episodes import write_episode; ep = make_episode(n=30); "
-            "ep.frames = np.load(sys.argv[1]); write_episode(sys.argv[2], ep, codec='jpeg')")
+            "from steve1.data.episodes import FrameStorage, write_episode; ep = make_episode(n=30); "
+            "ep.frames = np.load(sys.argv[1]); write_episode(sys.argv[2], ep, FrameStorage('jpeg'))")
     env = {**__import__("os").environ, "BLOSC_NTHREADS": "3", "OMP_NUM_THREADS": "3"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "frames.npy"), str(tmp_path / "c.h5"),
                     str(Path(__file__).parent)], check=True, env=env)
@@ -107,7 +107,7 @@ def _set_version(path, version, drop_codec=False):
 def test_version_1_files_still_read(tmp_path):
     """Version 1 had no frame_codec attribute and always a filtered frames dataset."""
     ep = make_episode()
-    path = write_episode(tmp_path / "ep-1.h5", ep, codec="blosc-lz4")
+    path = write_episode(tmp_path / "ep-1.h5", ep, FrameStorage("blosc-lz4"))
     _set_version(path, 1, drop_codec=True)
     with EpisodeReader(path) as r:
         np.testing.assert_array_equal(r.frames(), ep.frames)
@@ -117,7 +117,7 @@ def test_version_1_files_still_read(tmp_path):
 @pytest.mark.parametrize("version,hint", [(3, "it was written by a newer steve1: update this checkout"),
                                           (0, "it is not a steve1 episode file: run the decode stage again")])
 def test_an_unreadable_format_version_fails_with_what_to_do(tmp_path, version, hint):
-    path = write_episode(tmp_path / "ep-1.h5", make_episode(), codec="jpeg")
+    path = write_episode(tmp_path / "ep-1.h5", make_episode(), FrameStorage("jpeg"))
     _set_version(path, version)
     with pytest.raises(EpisodeFormatError, match=rf"{path}: episode format_version {version}, this code reads 1, 2; {hint}"):
         EpisodeReader(path).frames()
@@ -128,7 +128,7 @@ def test_a_damaged_jpeg_frame_is_named_with_its_file_and_rows(tmp_path):
 
     ep = make_episode(n=50)
     ep.frames = smooth_frames(50)
-    path = write_episode(tmp_path / "ep.h5", ep, codec="jpeg")
+    path = write_episode(tmp_path / "ep.h5", ep, FrameStorage("jpeg"))
     with h5py.File(path, "r") as f:
         where = f[formats.FRAME_BYTES].id.get_offset() + int(f[formats.FRAME_OFFSETS][20])
     with open(path, "r+b") as fh:
@@ -163,7 +163,7 @@ def test_fresh_process_reads_blosc_frames(tmp_path):
     import sys
 
     ep = make_episode()
-    write_episode(tmp_path / "ep-1.h5", ep, codec="blosc-lz4")
+    write_episode(tmp_path / "ep-1.h5", ep, FrameStorage("blosc-lz4"))
     code = ("import sys; from steve1.data.episodes import EpisodeReader; "
             "sys.stdout.buffer.write(EpisodeReader(sys.argv[1]).frames(0, 3).tobytes())")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ep-1.h5")], capture_output=True, check=True)
@@ -181,7 +181,7 @@ def test_blosc_writes_are_byte_reproducible(tmp_path, monkeypatch):
     ep.frames[:] = (ramp % 251).astype(np.uint8)          # compressible, so Blosc really splits work
     digests = set()
     for i in range(4):
-        write_episode(tmp_path / f"e{i}.h5", ep, codec="blosc-lz4")
+        write_episode(tmp_path / f"e{i}.h5", ep, FrameStorage("blosc-lz4"))
         digests.add(hashlib.sha256((tmp_path / f"e{i}.h5").read_bytes()).hexdigest())
     assert len(digests) == 1
     assert os.environ["BLOSC_NTHREADS"] == "2"               # readers keep their threads
@@ -195,7 +195,7 @@ def _ep_file(tmp_path, n=200, codec="lzf", chunk_frames=32):
 
     ep = factory_episode("ep", n)
     ep.frames[:] = smooth_frames(n, noise=0)
-    return write_episode(tmp_path / "ep.h5", ep, codec=codec, chunk_frames=chunk_frames)
+    return write_episode(tmp_path / "ep.h5", ep, FrameStorage(codec, chunk_frames=chunk_frames))
 
 
 @pytest.mark.parametrize("codec", ["lzf", "blosc-lz4", "gzip"])
@@ -266,3 +266,15 @@ def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"disk full at .*ep\.h5 \(\d+ bytes to write, 1000 free\)"):
         write_episode(tmp_path / "ep.h5", make_episode(20))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frame_storage_is_the_decode_params_frame_settings():
+    from steve1.params import DecodeParams
+
+    d = DecodeParams(frame_codec="blosc-zstd", codec_level=4, frame_quality=60, chunk_frames=16)
+    s = FrameStorage.from_params(d)
+    assert s == FrameStorage("blosc-zstd", level=4, quality=60, chunk_frames=16) and not s.per_frame
+    assert s.settings() == {"frame_codec": "blosc-zstd", "codec_level": 4, "frame_quality": None, "chunk_frames": 16}
+    assert FrameStorage("jpeg", quality=60).settings()["frame_quality"] == 60   # only a per-frame codec keeps it
+    with pytest.raises(ValueError, match="unknown frame codec 'webp'; expected one of"):
+        FrameStorage("webp")

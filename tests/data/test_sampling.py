@@ -10,8 +10,9 @@ import yaml
 
 from steve1.data import formats
 from steve1.data.episodes import episode_path
-from steve1.data.sampling import (SamplingError, SetSpec, episode_chunks, load_sampling, make_mixed_sampling,
-                                  make_sampling, min_episode_frames, run_sampling, scan_episodes, split_chunks,
+from steve1.data.formats import SAMPLING_FORMAT_VERSION
+from steve1.data.sampling import (Sampling, SamplingError, SetSpec, episode_chunks, make_mixed_sampling,
+                                  make_sampling, min_episode_frames, run_sampling, scan_episodes,
                                   split_key)
 from steve1.params import Params, ParamsError, SampleParams, validate_params
 from fixtures.episodes import episode_factory  # noqa: F401  (fixture)
@@ -120,11 +121,12 @@ def test_run_sampling_writes_a_deterministic_json(episode_factory, tmp_path):
     first = out.read_bytes()
     run_sampling(p, episode_factory.episodes_dir, episode_factory.embeds_dir, tmp_path / "samplings" / "s.json")
     assert out.read_bytes() == first and out.name == "s.json"
-    doc = load_sampling(out)
+    doc = Sampling.load(out).to_dict()
     assert doc["format_version"] == formats.SAMPLING_FORMAT_VERSION
     assert doc["params"] == p.model_dump(mode="json")
     assert doc["invalid"][0]["episode_id"] == "tiny" and "too short" in doc["invalid"][0]["reason"]
-    assert split_chunks(doc, "train")[0] == (doc["train"][0], 15, 35)
+    assert Sampling.load(out).chunks("train")[0] == (doc["train"][0], 15, 35)
+    assert Sampling.load(out).write(tmp_path / "again.json").read_bytes() == first  # typed round trip: same bytes
     # val_from, through the params
     p2 = p.model_copy(update={"name": "s2", "seed": 9, "val_from": str(out)})
     doc2 = json.loads(run_sampling(p2, episode_factory.episodes_dir, episode_factory.embeds_dir,
@@ -150,7 +152,7 @@ def test_stage_writes_the_json_and_reports_errors(episode_factory, tmp_path, cap
     # T a multiple of 64: params.yaml checks that train.trunc_t (64) divides sample.T
     ok = _params_file(tmp_path, episode_factory.root, T=64, train_frames=80, val_frames=80)
     assert main(["--params", str(ok)]) == 0
-    assert load_sampling(tmp_path / "samplings" / "default.json")["totals"]["train"]["episodes"] >= 1
+    assert Sampling.load(tmp_path / "samplings" / "default.json").to_dict()["totals"]["train"]["episodes"] >= 1
     bad = _params_file(tmp_path, episode_factory.root, T=128)  # every episode too short
     assert main(["--params", str(bad)]) == 1
     assert "no valid episodes" in capsys.readouterr().err
@@ -238,7 +240,8 @@ def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory
     out = run(p)
     first = out.read_bytes()
     assert run(p).read_bytes() == first
-    doc = load_sampling(out)
+    doc = Sampling.load(out).to_dict()
+    assert Sampling.load(out).write(tmp_path / "again.json").read_bytes() == out.read_bytes()
     assert doc["params"] == p.model_dump(mode="json")
     assert doc["sets"]["main"]["episodes"] == str(episode_factory.episodes_dir)
     assert doc["sets"]["custom"]["embeds"] == str(custom.embeds_dir)
@@ -246,10 +249,10 @@ def test_run_sampling_mixed_records_each_set_once_and_reuses_val(episode_factory
     t = doc["sets"]["custom"]["totals"]
     assert (t["train"]["chunk_frames"], t["val"]["chunk_frames"]) == (60, 20)
     # val_from a mixed sampling: both sets keep their val episodes
-    again = load_sampling(run(p.model_copy(update={"name": "m2", "seed": 9, "val_from": str(out)})))
+    again = Sampling.load(run(p.model_copy(update={"name": "m2", "seed": 9, "val_from": str(out)}))).to_dict()
     assert again["val"] == doc["val"] and set(again["train"]).isdisjoint(doc["val"])
     # a single-set sampling may reuse the main set's val of a mixed one
-    single = load_sampling(run(p.model_copy(update={"name": "m3", "mix": [], "val_from": str(out)})))
+    single = Sampling.load(run(p.model_copy(update={"name": "m3", "mix": [], "val_from": str(out)}))).to_dict()
     assert single["val"] == [e for e in doc["val"] if "/" not in e] and "sets" not in single
     with pytest.raises(SamplingError, match="both read episodes from"):
         run(p, {"custom": (episode_factory.episodes_dir, custom.embeds_dir)})
@@ -272,7 +275,7 @@ def test_stage_mixes_custom_sets_from_the_layout_and_names_an_empty_one(episode_
     mine = EpisodeFactory(sets / "mine")
     mine("own-0", 100)
     assert main(["--params", str(tmp_path / "params.yaml")]) == 0
-    doc = load_sampling(tmp_path / "samplings" / "default.json")
+    doc = Sampling.load(tmp_path / "samplings" / "default.json").to_dict()
     assert doc["sets"]["mine"]["episodes"] == str(sets / "mine" / "episodes")
     assert any(c[0] == "mine/own-0" for c in doc["chunks"]["train"])
 
@@ -323,7 +326,7 @@ def test_sample_rejects_damaged_stores_naming_them(episode_factory, tmp_path):
     for path in (episode_path(ep_dir, "cut-episode"), episode_path(em_dir, "cut-embeds")):
         path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 5])
     p = SampleParams(name="s", train_frames=100, val_frames=50, seed=0, T=20, min_btwn_goals=15, max_btwn_goals=30)
-    doc = load_sampling(run_sampling(p, ep_dir, em_dir, tmp_path / "samplings" / "s.json"))
+    doc = Sampling.load(run_sampling(p, ep_dir, em_dir, tmp_path / "samplings" / "s.json")).to_dict()
     assert sorted(doc["train"] + doc["val"]) == ["good-1", "good-2"]
     reasons = {r["episode_id"]: r["reason"] for r in doc["invalid"]}
     assert f"{episode_path(ep_dir, 'bad-chunk')}: cannot read frames rows [64, 100)" in reasons["bad-chunk"]
@@ -361,3 +364,27 @@ def test_non_finite_embeddings_are_refused_naming_file_and_row(episode_factory, 
                f"damaged: run the embed stage again",
         "inf": f"{episode_path(em_dir, 'inf')}: embedding row 17 is not finite (NaN or infinity); the file is "
                f"damaged: run the embed stage again"}
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda d: d.pop("chunks"), r"s\.json: key 'chunks' is missing"),
+    (lambda d: d.update(format_version=7), r"s\.json: sampling format_version 7, expected 1"),
+    (lambda d: d["chunks"]["train"].append(["ep", "15", 35]), r"s\.json: key 'chunks\.train\[2\]' is \['ep', '15', 35\]"),
+    (lambda d: d.update(val="ep"), r"s\.json: key 'val' is 'ep', expected a list of episode keys"),
+    (lambda d: d.update(sets={"main": {"episodes": 3}}), r"s\.json: key 'sets\.main\.episodes' is 3"),
+])
+def test_a_damaged_sampling_json_is_one_error_naming_file_and_key(tmp_path, edit, msg):
+    doc = {"format_version": SAMPLING_FORMAT_VERSION, "params": {"T": 20}, "invalid": [],
+           **make_sampling({"ep": 40}, train_frames=40, val_frames=0, seed=0, T=20, min_btwn_goals=15)}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    assert Sampling.load(path).chunks("train") == [("ep", 15, 35), ("ep", 20, 40)]
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SamplingError, match=msg):
+        Sampling.load(path)
+    path.write_text("{not json")
+    with pytest.raises(SamplingError, match=r"s\.json: not valid JSON"):
+        Sampling.load(path)
+    with pytest.raises(SamplingError, match=r"nope\.json: sampling JSON not found \(run the sample stage\)"):
+        Sampling.load(tmp_path / "nope.json")

@@ -261,7 +261,7 @@ BAD = {
     "nan": (_nan, r"embeds_attn.pkl: row 100 holds non-finite values"),
     "unknown-key": (_unknown_key, r"actions.pkl: action 5: unknown key 'teleportteleport.*\.\.\.; expected MineRL"),
     "not-a-list": (_not_a_list, r"embeds_attn.pkl: holds a dict, expected a list"),
-    "inf-camera": (_inf_camera, r"actions.pkl: action 3, key 'camera': value .*expected \[pitch, yaw\]"),
+    "inf-camera": (_inf_camera, r"actions.pkl: action 3: key 'camera': value .*expected \[pitch, yaw\]"),
 }
 
 

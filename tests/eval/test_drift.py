@@ -12,8 +12,9 @@ import yaml
 
 from stages import report as report_stage
 from steve1.actions import CAMERA_NULL_IDX
-from steve1.data.episodes import Episode, episode_path, write_embeds, write_episode
-from steve1.data.sampling import MAIN_SET
+from steve1.data.episodes import Episode, FrameStorage, episode_path, write_embeds, write_episode
+from steve1.data.formats import SAMPLING_FORMAT_VERSION
+from steve1.data.sampling import MAIN_SET, Sampling, SamplingError
 from steve1.eval import drift
 
 N_STEPS = 500          # per episode
@@ -41,7 +42,7 @@ def make_episode(root: Path, eid: str, seed: int, *, attack_p=0.1, camera_deg=1.
         gui_open=rng.random(n) < gui_p, cursor_xy=np.zeros((n, 2), np.float32),
         attrs={"recorder_version": "6.13"},
     )
-    write_episode(episode_path(root / "episodes", eid), ep, codec="none")
+    write_episode(episode_path(root / "episodes", eid), ep, FrameStorage("none"))
     z = rng.normal(size=(n, len(WORLD)))
     embeds = z @ WORLD + 0.1 * rng.normal(size=(n, DIM)) + embed_shift * WORLD[0]   # shift of embed_shift std along the main direction
     valid = np.arange(n) >= 15
@@ -58,8 +59,14 @@ def make_dataset(root: Path, val_kwargs: dict, name="default", seed0=0, **train_
         splits[split] = ids
     path = root / "samplings" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**splits, "chunks": []}))
+    path.write_text(sampling_json(**splits))
     return path
+
+
+def sampling_json(train: list[str], val: list[str]) -> str:
+    """A sampling JSON naming these episodes (the report reads only the splits' episode lists)."""
+    return json.dumps({"format_version": SAMPLING_FORMAT_VERSION, "params": {}, "train": train, "val": val,
+                       "chunks": {"train": [], "val": []}})
 
 
 def build(root: Path, sampling: Path, **kw) -> dict:
@@ -158,11 +165,12 @@ def test_pca_projections_are_centred_and_ordered():
     np.testing.assert_allclose(drift.fit_pca(x, 3)[1], comps)
 
 
-def test_read_sampling_names_the_missing_key(tmp_path):
+def test_a_sampling_without_a_split_is_refused_naming_the_key(tmp_path):
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"train": ["a"], "chunks": []}))
-    with pytest.raises(drift.DriftInputError, match=r"s\.json: key 'val' is missing"):
-        drift.read_sampling(path)
+    path.write_text(json.dumps({"format_version": SAMPLING_FORMAT_VERSION, "params": {}, "train": ["a"],
+                                "chunks": {"train": [], "val": []}}))
+    with pytest.raises(SamplingError, match=r"s\.json: key 'val' is missing"):
+        Sampling.load(path)
 
 
 # ---------------------------------------------------------------- the stage
@@ -206,7 +214,7 @@ def test_stage_warns_on_drift_and_exits_zero(shifted_small, caplog):
 def test_stage_compares_against_a_reference_sampling(shifted_small):
     old = shifted_small / "samplings" / "old.json"
     ids = json.loads((shifted_small / "samplings/default.json").read_text())
-    old.write_text(json.dumps({"train": ids["train"][:2], "val": ids["train"][2:]}))   # the train generator only
+    old.write_text(sampling_json(ids["train"][:2], ids["train"][2:]))   # the train generator only
     assert report_stage.main(["--params", str(write_params(shifted_small, reference_sampling=str(old)))]) == 0
     headline = json.loads((shifted_small / "reports/summary.json").read_text())
     summary = json.loads((shifted_small / "reports/data/summary.json").read_text())
@@ -222,7 +230,7 @@ def test_stage_compares_against_a_reference_sampling(shifted_small):
 def test_stage_with_an_empty_val_split_reports_train_and_skips_drift(tmp_path):
     make_episode(tmp_path, "only-train", seed=0, n=100)
     (tmp_path / "samplings").mkdir()
-    (tmp_path / "samplings/default.json").write_text(json.dumps({"train": ["only-train"], "val": []}))
+    (tmp_path / "samplings/default.json").write_text(sampling_json(["only-train"], []))
     assert report_stage.main(["--params", str(write_params(tmp_path, on_drift="fail"))]) == 0
     assert json.loads((tmp_path / "reports/summary.json").read_text()) == {"drift": False, "drift_share": None}
     summary = json.loads((tmp_path / "reports/data/summary.json").read_text())
@@ -236,11 +244,11 @@ def test_stage_with_an_empty_val_split_reports_train_and_skips_drift(tmp_path):
 
 def test_stage_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "samplings").mkdir()
-    (tmp_path / "samplings/default.json").write_text(json.dumps({"train": [], "val": []}))
+    (tmp_path / "samplings/default.json").write_text(sampling_json([], []))
     assert report_stage.main(["--params", str(write_params(tmp_path))]) == 1
     assert "both 'train' and 'val' are empty" in capsys.readouterr().err
     make_episode(tmp_path, "no-embeds", seed=0, n=50)
     (tmp_path / "embeds/no-embeds.h5").unlink()
-    (tmp_path / "samplings/default.json").write_text(json.dumps({"train": ["no-embeds"], "val": []}))
+    (tmp_path / "samplings/default.json").write_text(sampling_json(["no-embeds"], []))
     assert report_stage.main(["--params", str(write_params(tmp_path))]) == 1
     assert "no-embeds.h5: episode 'no-embeds' has no embeds file" in capsys.readouterr().err

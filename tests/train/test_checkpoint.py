@@ -49,7 +49,7 @@ def test_an_unwritable_run_folder_fails_before_the_accelerator_is_built(tmp_path
     (tmp_path / "a-file").write_text("")
     params = Params().model_copy(update={"paths": Params().paths.model_copy(update={"models": str(tmp_path / "a-file")})})
     monkeypatch.setattr(trainer, "build_accelerator", lambda tp: pytest.fail("accelerator built before the check"))
-    monkeypatch.setattr(trainer, "load_sampling", lambda path: pytest.fail("sampling read before the check"))
+    monkeypatch.setattr(trainer.Sampling, "load", classmethod(lambda cls, path: pytest.fail("sampling read before the check")))
     with pytest.raises(NotWritableError, match=rf"{tmp_path / 'a-file' / params.train.run}: output folder is not "
                                                r"writable \(Not a directory\)"):
         trainer.train(params)

@@ -15,7 +15,8 @@ from steve1 import headline
 from steve1.params import ParamsError, load_params, validate_params
 from steve1.train.checkpoint import load_trainer_state
 from steve1.train.trainer import train
-from steve1.train.val_sets import best_criterion, improves, val_subset
+from steve1.data.sampling import Sampling
+from steve1.train.val_sets import BestOnError, best_criterion, improves, val_subset
 from toy_world import make_mixed_world
 
 # 3 batches of 2 calls = 6 optimizer steps; validation at steps 2, 4, 6; checkpoints at 0, 2, 4, 6
@@ -38,8 +39,9 @@ def _steps(run: Path, name: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- pure pieces
 
-def _sampling(val_keys: list[str]) -> dict:
-    return {"chunks": {"train": [], "val": [[k, 15 + i, 31 + i] for i, k in enumerate(val_keys)]}}
+def _sampling(val_keys: list[str], train_keys: tuple[str, ...] = ()) -> Sampling:
+    return Sampling(params={}, train=[], val=[], train_chunks=[(k, 15, 31) for k in train_keys],
+                    val_chunks=[(k, 15 + i, 31 + i) for i, k in enumerate(val_keys)])
 
 
 def test_val_subset_takes_every_nth_chunk_of_each_set():
@@ -50,10 +52,9 @@ def test_val_subset_takes_every_nth_chunk_of_each_set():
 
 
 def test_one_set_with_val_chunks_is_the_single_set_validation():
-    sampling = _sampling(["a", "b", "c", "d", "e"])
-    sampling["chunks"]["train"] = [["gen/z", 15, 31]]   # the embedded default: generated has train chunks only
+    sampling = _sampling(["a", "b", "c", "d", "e"], ("gen/z",))   # the embedded default: generated has train chunks only
     chunks, sets = val_subset(sampling, 2)
-    assert sets is None and chunks == sampling["chunks"]["val"][::2]
+    assert sets is None and chunks == sampling.val_chunks[::2]
     assert best_criterion("main", sampling, "s.json") == "all"   # its loss is the overall one
 
 
@@ -61,7 +62,7 @@ def test_best_on_a_set_without_val_chunks_is_refused_naming_the_sampling_and_the
     sampling = _sampling(["a", "mine/x"])
     assert best_criterion("mine", sampling, "s.json") == "mine"
     assert best_criterion("all", sampling, "s.json") == "all"
-    with pytest.raises(ValueError, match=r"s.json: train.best_on is 'gen', but this sampling has no val chunks of "
+    with pytest.raises(BestOnError, match=r"s.json: train.best_on is 'gen', but this sampling has no val chunks of "
                                          r"set 'gen' \(sets with val chunks: \['main', 'mine'\]\).*"
                                          r"one of \['all', 'main', 'mine'\]"):
         best_criterion("gen", sampling, "s.json")
@@ -204,7 +205,7 @@ def test_training_refuses_best_on_a_set_the_sampling_has_no_val_chunks_of(tmp_pa
     raw["custom"]["gen"] = {"source": "rec"}
     raw["sample"]["mix"].append({"name": "gen", "train_frames": 8, "val_frames": 8})
     raw["train"]["best_on"] = "gen"
-    with pytest.raises(ValueError, match=r"mixed.json: train.best_on is 'gen', but this sampling has no val chunks"):
+    with pytest.raises(BestOnError, match=r"mixed.json: train.best_on is 'gen', but this sampling has no val chunks"):
         train(validate_params(raw))
     assert not (tmp_path / "models" / "toy").exists()   # refused before any work
 
