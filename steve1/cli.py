@@ -225,8 +225,8 @@ def rollout(
 ) -> None:
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
     MineRL 1.0.2, JDK 8 and a display (README "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
-    from stages._common import StageError
     from stages.rollout import check, run
+    from steve1.errors import UserError
     from steve1.params import ParamsError, load_params
 
     try:
@@ -240,7 +240,7 @@ def rollout(
         raise typer.Exit(2)
     try:
         run(p, str(out) if out else None)
-    except StageError as exc:
+    except UserError as exc:            # a sentence naming the file or key: no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
 

@@ -16,11 +16,11 @@ import yaml
 from steve1 import actions as A
 from steve1.data import formats as F
 from steve1.data.episodes import EpisodeReader, episode_path
-from steve1.data.generate import A_GENERATION, episode_id, generate_all, is_rl, play_episode, switch_probs
-from steve1.envs import env_factory
-from steve1.eval.standin_env import StandInEnv
 from steve1.layout import Layout
 from steve1.params import AgentSpec, DecodeParams, GenerateParams, load_params
+from steve1.play.envs import env_factory
+from steve1.play.generate import A_GENERATION, episode_id, generate_all, is_rl, play_episode, switch_probs
+from steve1.play.standin import StandInEnv
 
 
 class ScriptedAgent:
@@ -300,7 +300,7 @@ def test_a_malicious_agent_model_is_refused_with_one_line_naming_it(tmp_path, ca
 
 
 def test_minerl_missing_stops_generate_before_any_work(tmp_path, capsys, monkeypatch):
-    import steve1.envs as envs
+    import steve1.play.envs as envs
     from stages.generate import main
 
     monkeypatch.setattr(envs, "check_minerl", lambda: ["the minerl package is not installed"])
@@ -397,7 +397,7 @@ def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, 
 
 
 def test_generation_record_covers_every_declared_decode_key():
-    from steve1.data.generate import _settings
+    from steve1.play.generate import _settings
     from steve1.params import DecodeParams, GenerateParams
     from steve1.shapes import param_keys
 
