@@ -56,7 +56,8 @@ from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_a
 from steve1.layout import Layout
 from steve1.params import AgentSpec, DecodeParams, GenerateParams, Params
 from steve1.play.envs import EnvCrash, EnvFactory, env_call, env_factory, env_label
-from steve1.play.worker import Worker, driver_env, play_all, start_episode, world_seed, worker_setup
+from steve1.play.worker import (SeededPolicy, Worker, driver_env, play_all, start_episode, world_seed,
+                                worker_setup)
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +104,16 @@ def switch_probs(specs: Sequence[AgentSpec], cfg: GenerateParams) -> tuple[float
     return cfg.switch_agent_prob, cfg.switch_agent_prob
 
 
-class VPTAgent:
+class VPTAgent(SeededPolicy):
     """A plain VPT policy (no goal input) with its memory and a seeded sampler."""
 
-    def __init__(self, policy: Any, device: str = "cpu", seed: Optional[int] = None):
-        import torch
-
+    def __init__(self, policy: Any, device: Any = "cpu", seed: Optional[int] = None):
         if policy.is_goal_conditioned:
             raise GenerateError("generate plays VPT agents; this policy has a goal layer (a STEVE-1 policy)")
-        self.policy, self.device = policy.to(device).eval(), torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        h, w = policy.cfg.img_shape[:2]
-        self.frame_size = (int(w), int(h))       # cv2's (W, H)
-        self.state: Any = None
+        super().__init__(policy, device, seed)
 
     def reset(self) -> None:
         self.state = None
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     def act(self, frame: np.ndarray) -> tuple[int, int]:
         import torch

@@ -58,7 +58,8 @@ from steve1.params import Params, RolloutParams
 from steve1.play.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, closed_on_error, env_call, env_label,
                               make_minerl_env)
 from steve1.play.envs import env_factory as make_env_factory
-from steve1.play.worker import Worker, driver_env, play_all, start_episode, world_seed, worker_setup
+from steve1.play.worker import (SeededPolicy, Worker, driver_env, play_all, start_episode, world_seed,
+                                worker_setup)
 
 __all__ = ["ENV_KWARGS", "PAPER_TEXT_PROMPTS", "make_minerl_env", "rollouts_from_params", "run_rollouts"]
 
@@ -420,28 +421,20 @@ def write_summaries(results: Mapping[str, Any], prompts: Sequence[Prompt], cfg: 
 
 # ---------------------------------------------------------------- the real agent
 
-class PolicyAgent:
+class PolicyAgent(SeededPolicy):
     """Adapter from :func:`steve1.models.policy.act` to the :class:`Agent` protocol: resizes the env's
     frame to the policy's input size (INTER_LINEAR, as VPT), keeps the recurrent state (doubled
     batch for guidance), and maps agent indices to a MineRL action dict."""
 
-    def __init__(self, policy: Any, device: str = "cpu", seed: Optional[int] = None):
-        import torch
-
-        self.policy, self.device = policy.to(device).eval(), torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self.state: Any = None
+    def __init__(self, policy: Any, device: Any = "cpu", seed: Optional[int] = None):
+        super().__init__(policy, device, seed)
         self._batch = 0
-        h, w = policy.cfg.img_shape[:2]
-        self.frame_size = (int(w), int(h))                           # cv2's (W, H)
         self.goal_dim: Optional[int] = policy.cfg.mineclip_embed_dim
 
     def reset(self, seed: Optional[int] = None) -> None:
         self.state = None        # made on the first act, with the batch that cond_scale needs
         if seed is not None:
-            self.generator.manual_seed(seed)
+            self.reseed(seed)
 
     def act(self, pov: np.ndarray, goal_embed: np.ndarray, cond_scale: float) -> dict[str, Any]:
         import torch

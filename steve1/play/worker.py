@@ -8,8 +8,8 @@ weights load once per worker. It plays every episode it is given on them.
 
 Nothing carries from one episode to the next: the world is seeded with the episode's own seed
 before reset (:func:`start_episode`, ``seed + index`` by :func:`world_seed`) and the agents are reset
-and reseeded from the episode, so which worker plays an episode, and what it played before,
-changes no byte.
+and reseeded from the episode (:class:`SeededPolicy`: a policy with its memory and its own sampler),
+so which worker plays an episode, and what it played before, changes no byte.
 """
 
 from __future__ import annotations
@@ -88,3 +88,23 @@ def start_episode(env: Any, seed: int) -> Any:
     """Seed the world, then reset it (MineRL applies a seed at the next reset); the first observation."""
     env_call("seed", None, env.seed, seed)
     return env_call("reset", None, env.reset)
+
+
+class SeededPolicy:
+    """A policy playing one env: on ``device`` in eval mode, its recurrent memory (``state``, made on the
+    first act) and its own seeded sampler, so its draws depend on the seeds it is given only."""
+
+    def __init__(self, policy: Any, device: Any = "cpu", seed: int | None = None):
+        import torch
+
+        self.policy, self.device = policy.to(device).eval(), torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        h, w = policy.cfg.img_shape[:2]
+        self.frame_size = (int(w), int(h))       # the policy's input frame, as cv2 sizes go: (W, H)
+        self.state: Any = None
+
+    def reseed(self, seed: int) -> None:
+        """A fresh sampler for the next episode."""
+        self.generator.manual_seed(seed)

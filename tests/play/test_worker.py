@@ -100,3 +100,18 @@ def test_play_sits_above_data_models_and_eval_none_of_which_imports_it(repo_root
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 found += [f"{path.relative_to(repo_root)}: {n}" for n in names if n.startswith("steve1.play")]
     assert found == []
+
+
+def test_a_seeded_policy_draws_again_what_it_drew_after_the_same_seed():
+    import torch
+
+    from steve1.play.worker import SeededPolicy
+
+    class Tiny(torch.nn.Linear):
+        cfg = type("Cfg", (), {"img_shape": (128, 96, 3)})()     # [H, W, C] of the policy's input frame
+
+    agent = SeededPolicy(Tiny(1, 1), "cpu", seed=5)
+    assert agent.frame_size == (96, 128) and agent.state is None and not agent.policy.training
+    first = torch.rand(3, generator=agent.generator)
+    agent.reseed(5)
+    assert torch.equal(torch.rand(3, generator=agent.generator), first)
