@@ -111,7 +111,7 @@ def _run(root: Path, stage: str, executor, two: bool = False) -> tuple[float, li
         report = decode_all(root / "decode-raw", out, settings, progress=False, executor=timed)
         assert report.n_ok == N[stage]
     else:   # local: the stage builds its MineCLIP before the loop, so that is timed too; Ray builds one per actor
-        done = embed_all(_embedder if executor.name == "ray" else _embedder(), root / "embed-episodes",
+        done = embed_all(_embedder() if executor.runs_here else _embedder, root / "embed-episodes",
                          root / "embed-raw", out, executor=timed)
         assert {v["status"] for v in done.values()} == {"written"} and len(done) == N[stage]
     return t0, timed.arrivals

@@ -12,12 +12,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
-from steve1.data.generate import GenerateError, generate_all, resolve_device
-from steve1.engine import EngineError, open_executor
-from steve1.envs import EnvError, env_factory, start_env
-from steve1.layout import Layout
-from steve1.models.checkpoints import CheckpointMismatchError
+from steve1.engine import open_executor
 from steve1.params import Params, describe_invalid
+from steve1.play.generate import generate_from_params
 
 
 def check(params: Params) -> None:
@@ -33,18 +30,9 @@ def check(params: Params) -> None:
 
 
 def _body(params: Params) -> None:
-    g, layout = params.generate, Layout.from_params(params)
-    factory = env_factory(g.env)
-    try:
-        with open_executor(params) as executor:
-            local = executor.name == "local"
-            # locally, the env before any agent: MineRL missing stops here; on Ray each actor's env comes first
-            first = start_env(g.env, factory) if g.n_episodes and local else None
-            report = generate_all(g, layout.generated_episodes, layout.generated_videos, layout.generated_manifest,
-                                  params.weights.dir, params.decode, factory, first_env=first,
-                                  device=resolve_device(g.device) if local else g.device, executor=executor)
-    except (EnvError, GenerateError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
-        raise StageError(str(exc)) from None
+    g = params.generate
+    with open_executor(params) as executor:
+        report = generate_from_params(params, executor)
     print(f"generate ({g.env}): {report.summary()}; manifest {report.manifest}")
     if g.n_episodes and report.n_ok == 0:
         raise StageError(f"no episode reached generate.min_steps ({g.min_steps}); reasons in {report.manifest}")

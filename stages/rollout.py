@@ -11,36 +11,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
-from steve1.engine import EngineError, open_executor
-from steve1.envs import EnvError
-from steve1.eval.programmatic import METRICS
-from steve1.eval.rollout import RolloutError, rollouts_from_params
-from steve1.models.checkpoints import CheckpointMismatchError
-from steve1.params import Params, describe_invalid
-
-
-def check(params: Params) -> None:
-    unknown = sorted(set(params.rollout.targets.values()) - set(METRICS))
-    if unknown:
-        raise ValueError(describe_invalid("rollout.targets", params.rollout.targets,
-                                          f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
-
-
-def run(params: Params, out_dir: Optional[str] = None, device: Optional[str] = None) -> dict:
-    """The stage's work, shared with ``steve1 rollout`` (which may override the folder and device)."""
-    try:
-        with open_executor(params) as executor:
-            res = rollouts_from_params(params, out_dir, device=device, executor=executor)
-    except (EnvError, RolloutError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
-        raise StageError(str(exc)) from None
-    print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
-          f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")
-    return res
+from stages._common import run_stage
+from steve1.play.rollout import check_targets, rollout_stage
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_stage("rollout", run, argv, check)
+    return run_stage("rollout", rollout_stage, argv, check_targets)
 
 
 if __name__ == "__main__":

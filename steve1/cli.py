@@ -225,34 +225,25 @@ def rollout(
     device: Optional[str] = typer.Option(None, "--device", help="override rollout.device: auto, cpu or cuda"),
 ) -> None:
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
-    MineRL 1.0.2, JDK 8 and a display (README "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
-    from steve1.engine import EngineError, open_executor
-    from steve1.envs import EnvError
-    from steve1.eval.programmatic import METRICS
-    from steve1.eval.rollout import RolloutError, rollouts_from_params
-    from steve1.models.checkpoints import CheckpointMismatchError
-    from steve1.params import ParamsError, describe_invalid, load_params
+    MineRL 1.0.2, JDK 8 and a display (docs/rollouts.md "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
+    from steve1.errors import UserError
+    from steve1.params import ParamsError, load_params
+    from steve1.play.rollout import check_targets, rollout_stage
 
     try:
         p = load_params(params)
         for key, value in (("n_episodes", episodes), ("steps", steps), ("env", env), ("device", device)):
             if value is not None:
                 setattr(p.rollout, key, value)
-        unknown = sorted(set(p.rollout.targets.values()) - set(METRICS))   # as the stage's check
-        if unknown:
-            raise ValueError(describe_invalid("rollout.targets", p.rollout.targets,
-                                              f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
+        check_targets(p)
     except (ParamsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     try:
-        with open_executor(p) as executor:
-            res = rollouts_from_params(p, str(out) if out else None, executor=executor)
-    except (EnvError, RolloutError, CheckpointMismatchError, EngineError, FileNotFoundError, ValueError) as exc:
+        rollout_stage(p, out)
+    except UserError as exc:            # a sentence naming the file or key: no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
-          f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")
 
 
 @app.command("profile")

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
+from steve1.errors import UserError
+
 if TYPE_CHECKING:
     from steve1.params import Params, RayParams
 
@@ -58,8 +60,24 @@ class Lost:
     reason: str
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """The engine cannot run here (no Ray, a worker that sees other code or another folder)."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's share of a stage's work: its ``rank`` of ``world_size`` processes, and its GPU on
+    the node (``local_rank``); ``wait()`` returns once every process has reached it."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    wait: Callable[[], None] = lambda: None
+
+
+def _launched_ranks() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the environment set by ``accelerate launch``/torchrun."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -87,6 +105,23 @@ class LocalExecutor:
     """This machine: inline for one worker, else a pool of threads (I/O-bound work) or processes."""
 
     name = "local"
+    runs_here = True            # setup and the function run in this process: the driver may hand a worker its env
+    shows_progress = True       # a per-episode progress bar has a terminal to draw on
+
+    def worker_device(self, task: str, device: str, key: str) -> str:
+        """The device param ``key`` as ``task``'s workers must see it: here, as given."""
+        return device
+
+    def ranks(self, task: str) -> Ranks:
+        """This process's share under ``accelerate launch``/torchrun (``WORLD_SIZE`` > 1: ranks split the
+        items, each takes its local GPU), else all of it."""
+        rank, world_size, local_rank = _launched_ranks()
+        if world_size == 1:
+            return Ranks(rank, world_size, local_rank)
+        from accelerate import PartialState
+
+        state = PartialState()
+        return Ranks(state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone)
 
     def map(self, fn: Callable[..., Any], items: Sequence[T], *, task: str, setup: Optional[Callable[[], Any]] = None,
             workers: int = 1, threads: bool = False, key: Callable[[T], str] = str) -> Iterator[tuple[T, Any]]:
@@ -195,6 +230,8 @@ class RayExecutor:
     """A Ray cluster: per-item tasks, or per-worker state in actors; see the module docstring."""
 
     name = "ray"
+    runs_here = False           # setup and the function run in actors: each makes its own env
+    shows_progress = False      # a worker's progress bar would only fill the driver's log
 
     def __init__(self, settings: "RayParams"):
         self.settings = settings
@@ -246,6 +283,23 @@ class RayExecutor:
         """Whether ``task``'s workers get GPUs (``ray.<task>.num_gpus`` > 0 and the cluster has some)."""
         self.connect()
         return self._resources(task)[1] > 0
+
+    def worker_device(self, task: str, device: str, key: str) -> str:
+        """The device param ``key`` (``auto``/``cpu``/``cuda``) as ``task``'s workers must see it: as given when
+        they reserve GPUs (``auto`` is resolved where the worker runs), else ``cpu``."""
+        if self.reserves_gpus(task):
+            return device
+        if device == "cuda":
+            raise EngineError(f"{key} is 'cuda' but the Ray workers of {task} get no GPU (ray.{task}.num_gpus is 0 "
+                              f"or the cluster has none); use 'auto' or 'cpu'")
+        return "cpu"
+
+    def ranks(self, task: str) -> Ranks:
+        """All of the work: Ray spreads it over its workers, so a stage under ``accelerate launch`` is refused."""
+        if _launched_ranks()[1] > 1:
+            raise EngineError(f"engine: ray spreads {task} over the Ray cluster's workers itself; run the stage "
+                              f"without accelerate launch/torchrun (or set engine: local)")
+        return Ranks()
 
     def _workers(self, task: str) -> Optional[int]:
         return getattr(self.settings, task).workers
@@ -378,17 +432,6 @@ def _take(it: Iterator[T], n: int) -> Iterable[T]:
 
 
 Executor = LocalExecutor | RayExecutor
-
-
-def worker_device(executor: Executor, task: str, device: str, key: str) -> str:
-    """The device param ``key`` (``auto``/``cpu``/``cuda``) as ``task``'s workers must see it: as given
-    locally and for Ray workers that reserve GPUs (``auto`` is resolved where the worker runs), else ``cpu``."""
-    if executor.name == "local" or executor.reserves_gpus(task):
-        return device
-    if device == "cuda":
-        raise EngineError(f"{key} is 'cuda' but the Ray workers of {task} get no GPU (ray.{task}.num_gpus is 0 or "
-                          f"the cluster has none); use 'auto' or 'cpu'")
-    return "cpu"
 
 
 @contextlib.contextmanager

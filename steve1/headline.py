@@ -11,7 +11,7 @@ four significant digits (they are read by people; the reports keep full precisio
 | evaluate | ``<eval>/metrics.json`` | ``nll``, ``acc`` (joint top-1), ``goal_kl`` (KL true vs another episode's goal), ``best_scale`` (guidance scale of the lowest guided NLL); ``delta_nll`` with a baseline |
 | report | ``<reports>/summary.json`` | ``drift`` (detected in any comparison), ``drift_share`` (train vs val); ``reference_drift_share`` with a reference sampling |
 | prior | ``<models>/prior_metrics.json`` | ``val_loss`` (best); ``baseline_val_loss`` when ``prior.baseline`` (the official prior) is scored beside it |
-| rollout | ``<eval>/rollouts/<name>/metrics.json`` | ``<env>.<prompt>``: mean of the prompt's target metric (``steve1.eval.rollout``) |
+| rollout | ``<eval>/rollouts/<name>/metrics.json`` | ``<env>.<prompt>``: mean of the prompt's target metric (``steve1.play.rollout``) |
 """
 
 from __future__ import annotations

@@ -162,10 +162,42 @@ def test_actors_the_cluster_has_no_room_for_get_no_items(ray_local, by_value):
 
 
 def test_worker_device_keeps_the_param_locally_and_falls_back_to_cpu_on_ray_without_gpus(ray_local):
-    from steve1.engine import worker_device
-
-    assert worker_device(LocalExecutor(), "rollout", "cuda", "rollout.device") == "cuda"
+    assert LocalExecutor().worker_device("rollout", "cuda", "rollout.device") == "cuda"
     ex = RayExecutor(_ray_settings(rollout=RayResources(num_cpus=1, num_gpus=0.25)))    # no GPU on this Ray
-    assert worker_device(ex, "rollout", "auto", "rollout.device") == "cpu"
+    assert ex.worker_device("rollout", "auto", "rollout.device") == "cpu"
     with pytest.raises(EngineError, match=r"^rollout.device is 'cuda' but the Ray workers of rollout get no GPU"):
-        worker_device(ex, "rollout", "cuda", "rollout.device")
+        ex.worker_device("rollout", "cuda", "rollout.device")
+
+
+def test_local_workers_run_here_with_a_progress_bar_and_ray_workers_elsewhere_without():
+    ray = RayExecutor(_ray_settings())          # not connected: what it is, not where it runs
+    assert (LocalExecutor.runs_here, LocalExecutor.shows_progress) == (True, True)
+    assert (ray.runs_here, ray.shows_progress) == (False, False)
+
+
+def test_ranks_are_one_process_unless_launched_by_accelerate_which_ray_refuses(monkeypatch):
+    import accelerate
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ranks = LocalExecutor().ranks("embed")
+    assert (ranks.rank, ranks.world_size, ranks.local_rank) == (0, 1, 0)
+    assert RayExecutor(_ray_settings()).ranks("embed").world_size == 1
+
+    waited = []
+
+    class FakeState:            # what accelerate's PartialState says in process 3 of 4 (GPU 1 of its node)
+        process_index, num_processes, local_process_index = 3, 4, 1
+
+        def wait_for_everyone(self):
+            waited.append(True)
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(accelerate, "PartialState", FakeState)
+    ranks = LocalExecutor().ranks("embed")
+    assert (ranks.rank, ranks.world_size, ranks.local_rank) == (3, 4, 1)
+    ranks.wait()
+    assert waited == [True]
+    with pytest.raises(EngineError, match=r"^engine: ray spreads embed over the Ray cluster's workers itself; run "
+                                          r"the stage without accelerate launch"):
+        RayExecutor(_ray_settings()).ranks("embed")

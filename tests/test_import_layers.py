@@ -23,10 +23,9 @@ or of a layer below; within a layer the only rule is "no cycle". Why this order:
 * ``data``: index, download, decode, embed, episode stores, sampling, datasets: uses models (MineCLIP
   embeds frames) and the engine (runs episodes).
 * ``work``: training, evaluation and the play package (envs, stand-in world, generate and rollout:
-  agents acting in a world); they read data and models. ``steve1.envs`` and
-  ``steve1.data.generate`` are listed here until they move into ``steve1.play``.
+  agents acting in a world); they read data and models.
 * ``tools``: whole-project views over the layers below: the dvc.yaml generator, experiments,
-  tuning, params profiles and the params table of the README.
+  tuning, params profiles and the params reference (docs/params.md).
 * ``cli``: the ``steve1`` command: single-file tools over the library; it runs the stage modules
   by name (``importlib``), it does not import them.
 * ``stages``: the thin DVC stage scripts, the top; nothing in ``steve1`` imports them.
@@ -55,7 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("steve1.models", "steve1.fetch")),
     ("engine", ("steve1.engine",)),
     ("data", ("steve1.data",)),
-    ("work", ("steve1.train", "steve1.eval", "steve1.play", "steve1.envs", "steve1.data.generate")),
+    ("work", ("steve1.train", "steve1.eval", "steve1.play")),
     ("tools", ("steve1.pipeline", "steve1.experiments", "steve1.tune", "steve1.profiles", "steve1.params_doc")),
     ("cli", ("steve1.cli",)),
     ("stages", ("stages",)),

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
+from steve1.devices import resolve_device
 from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
@@ -63,22 +63,11 @@ class Embedder:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is cuda when available, else cpu; on multi-GPU nodes each rank takes its local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("embed.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def make_embedder(weights: Optional[str], preset: str = "tiny", seed: int = 0, batch_size: int = 64,
                   device: str = "auto", compute_dtype: str = "float32", local_rank: int = 0) -> Embedder:
     """The official MineCLIP from ``weights`` (attn.pth), else a seeded random ``preset`` model."""
     require_reproducible_blas()
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, "embed.device", local_rank)      # on multi-GPU nodes each rank takes its local GPU
     if weights:
         model, info = load_attn_pth(weights, "full", device=dev)
     else:
@@ -190,11 +179,6 @@ def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_
     return {**entry, "status": "written"}
 
 
-def distributed_rank() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the environment set by ``accelerate launch``/torchrun."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def model_identity(embedder: Embedder) -> dict[str, Any]:
     """What the manifest says about the MineCLIP that made the embeddings."""
     return {"weights": embedder.weights.weights_id, "weights_info": embedder.weights.as_attrs(),
@@ -227,7 +211,7 @@ def _embed_episodes(embedder: Embedder | Callable[[], Embedder], episodes_dir: P
     setup = functools.partial(_given, embedder) if isinstance(embedder, Embedder) else embedder
     executor = executor or LocalExecutor()
     work = functools.partial(embed_one, episodes_dir=episodes_dir, raw_dir=raw_dir, embeds_dir=embeds_dir,
-                             store_dtype=store_dtype, cursor_png=cursor_png, progress=executor.name == "local")
+                             store_dtype=store_dtype, cursor_png=cursor_png, progress=executor.shows_progress)
     done: dict[str, dict[str, Any]] = {}
     lost: dict[str, str] = {}
     identity = None
@@ -290,38 +274,22 @@ def run_embed(embed: Any, episodes_dir: str | Path, raw_dir: str | Path, embeds_
     each), and this process builds none.
     """
     check_writable(embeds_dir)  # before MineCLIP is built
-    rank, world_size, local_rank = distributed_rank()
+    executor = executor or LocalExecutor()
     episodes_dir, raw_dir, embeds_dir = Path(episodes_dir), Path(raw_dir), Path(embeds_dir)
-    if executor is not None and executor.name == "ray":
-        if world_size > 1:
-            raise RuntimeError("engine: ray spreads embedding over the Ray cluster's actors itself; run the stage "
-                               "without accelerate launch/torchrun (or set engine: local)")
-        device = embed.device
-        if not executor.reserves_gpus("embed"):
-            if device == "cuda":
-                raise RuntimeError("embed.device is 'cuda' but the Ray actors get no GPU (ray.embed.num_gpus is 0 "
-                                   "or the cluster has none); use 'auto' or 'cpu'")
-            device = "cpu"
-        setup = functools.partial(make_embedder, embed.weights, embed.preset, embed.seed, embed.batch_size, device,
-                                  embed.compute_dtype)
-        done, identity = _embed_episodes(setup, episodes_dir, raw_dir, embeds_dir, embed.store_dtype, cursor_png,
-                                         0, 1, executor)
-        if identity is None:        # no episode to embed: the manifest still names the model
-            identity = model_identity(setup())
-        return write_manifest(identity, episodes_dir, embeds_dir, embed.store_dtype)
-    state = None
-    if world_size > 1:
-        from accelerate import PartialState
-        state = PartialState()
-        rank, world_size, local_rank = state.process_index, state.num_processes, state.local_process_index
-    embedder = make_embedder(embed.weights, embed.preset, embed.seed, embed.batch_size, embed.device,
-                             embed.compute_dtype, local_rank)
-    log.info("MineCLIP %s on %s (%s), rank %d/%d", embedder.weights.weights_id, embedder.device,
-             embedder.autocast_dtype or "float32", rank, world_size)
-    _embed_episodes(embedder, episodes_dir, raw_dir, embeds_dir, embed.store_dtype, cursor_png, rank, world_size,
-                    executor)
-    if state is not None:
-        state.wait_for_everyone()
-    if rank == 0:
-        return write_manifest(embedder, episodes_dir, embeds_dir, embed.store_dtype)
-    return {}
+    ranks = executor.ranks("embed")
+    build = functools.partial(make_embedder, embed.weights, embed.preset, embed.seed, embed.batch_size,
+                              executor.worker_device("embed", embed.device, "embed.device"), embed.compute_dtype,
+                              ranks.local_rank)
+    embedder: Embedder | Callable[[], Embedder] = build
+    if executor.runs_here:            # elsewhere (Ray) the MineCLIPs live in the workers, one each
+        embedder = build()
+        log.info("MineCLIP %s on %s (%s), rank %d/%d", embedder.weights.weights_id, embedder.device,
+                 embedder.autocast_dtype or "float32", ranks.rank, ranks.world_size)
+    _, identity = _embed_episodes(embedder, episodes_dir, raw_dir, embeds_dir, embed.store_dtype, cursor_png,
+                                  ranks.rank, ranks.world_size, executor)
+    ranks.wait()
+    if ranks.rank != 0:
+        return {}
+    if identity is None:        # no episode to embed: the manifest still names the model
+        identity = model_identity(embedder if isinstance(embedder, Embedder) else build())
+    return write_manifest(identity, episodes_dir, embeds_dir, embed.store_dtype)

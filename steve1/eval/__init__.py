@@ -1,1 +1,2 @@
-"""Evaluation: offline metrics, MineRL rollouts, programmatic metrics, data reports."""
+"""Evaluation: offline metrics, the rollouts' programmatic metrics (the rollouts play in ``steve1.play``),
+goals from prompts, data drift reports."""

@@ -43,6 +43,7 @@ from steve1.data import formats
 from steve1.data.dataset import LoaderConfig, make_dataloader
 from steve1.data.episodes import read_embeds
 from steve1.data.sampling import Sampling, episode_files, split_key
+from steve1.devices import resolve_device
 from steve1.io import sha256_file, write_json_atomic
 from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SETS as PLOT_SETS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
 from steve1.models.build import build_policy_for_params
@@ -331,19 +332,11 @@ def weights_path(params: Params) -> Path:
     return Path(params.evaluate.weights) if params.evaluate.weights else Layout.from_params(params).eval_weights
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("evaluate.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def run_offline_eval(params: Params) -> dict[str, Any]:
     """Score the trained weights (and ``evaluate.baseline_weights``) on the val chunks; write
     ``Layout.eval_metrics``, ``Layout.eval_offline`` and the dvclive plots. Returns the metrics."""
     e, tp, layout = params.evaluate, params.train, Layout.from_params(params)
-    device = resolve_device(e.device)
+    device = resolve_device(e.device, "evaluate.device")
     torch.manual_seed(e.seed)
     sampling_path = layout.sampling
     sampling = Sampling.load(sampling_path)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from steve1.errors import UserError
 from steve1.io import atomic_path
 
 STEVE1_PREFIX = "module.policy."
@@ -28,11 +29,15 @@ _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex}
 _INERT_CLASSES = {("gym3.types", "DictType"), ("gym3.types", "TensorType"), ("gym3.types", "Discrete")}
 
 
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for a global this loader does not allow (a ValueError: stages print it as one line)."""
+class ModelFileError(UserError, ValueError):
+    """A ``.model`` or ``.weights`` file is damaged, foreign, or does not fit the model; the message names it."""
 
 
-class CheckpointMismatchError(ValueError):
+class UnsafePickleError(ModelFileError, pickle.UnpicklingError):
+    """A pickle asked for a global this loader does not allow (a UserError: stages print it as one line)."""
+
+
+class CheckpointMismatchError(ModelFileError):
     """A state dict's keys or shapes do not match the model."""
 
 
@@ -91,7 +96,7 @@ def load_model_file(path: str | Path) -> Any:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
                 AttributeError, MemoryError) as exc:     # what a damaged or foreign pickle raises
-            raise ValueError(f"{path}: not a readable VPT .model pickle ({type(exc).__name__}: {exc})") from None
+            raise ModelFileError(f"{path}: not a readable VPT .model pickle ({type(exc).__name__}: {exc})") from None
 
 
 def to_plain(obj: Any) -> Any:
@@ -112,9 +117,9 @@ def read_policy_kwargs(path: str | Path) -> tuple[dict, dict]:
         args = data["model"]["args"]
         net_args, pi_opts = args["net"]["args"], args["pi_head_opts"]
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a VPT .model file; missing key {exc} under ['model']['args']") from exc
+        raise ModelFileError(f"{path}: not a VPT .model file; missing key {exc} under ['model']['args']") from exc
     if not isinstance(net_args, dict) or not isinstance(pi_opts, dict):
-        raise ValueError(f"{path}: ['model']['args']['net']['args'] and ['pi_head_opts'] must be dicts")
+        raise ModelFileError(f"{path}: ['model']['args']['net']['args'] and ['pi_head_opts'] must be dicts")
     return to_plain(net_args), to_plain(pi_opts)
 
 
@@ -124,9 +129,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: not a plain tensor state dict loadable with weights_only=True ({exc})") from exc
+        raise ModelFileError(f"{path}: not a plain tensor state dict loadable with weights_only=True ({exc})") from exc
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+        raise ModelFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
     return strip_prefix(sd)
 
 

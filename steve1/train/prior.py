@@ -21,6 +21,7 @@ import torch
 
 from steve1.data.episodes import read_embeds
 from steve1.data.formats import EPISODE_SUFFIX
+from steve1.devices import resolve_device
 from steve1.io import read_json
 from steve1.models.prior import PriorConfig, PriorCVAE, load_prior, reparameterize
 from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
@@ -189,7 +190,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return perm[:-n_val], perm[-n_val:]
 
 
-def train_prior(pairs: PriorPairs, cfg: PriorParams, device: str = "cpu",
+def train_prior(pairs: PriorPairs, cfg: PriorParams, device: str | torch.device = "cpu",
                 on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> PriorTrainResult:
     """Train a fresh CVAE on ``pairs``; deterministic on CPU for a fixed ``cfg.seed``.
 
@@ -298,7 +299,8 @@ def pairs_from_params(p: PriorParams, embeds_dir: str | Path,
     return pairs_from_annotations(annotations, embeds_dir, encoder, source=source)
 
 
-def score_prior(model: PriorCVAE, pairs: PriorPairs, cfg: PriorParams, device: str = "cpu") -> dict[str, float]:
+def score_prior(model: PriorCVAE, pairs: PriorPairs, cfg: PriorParams,
+                device: str | torch.device = "cpu") -> dict[str, float]:
     """A prior's val loss on the val pairs :func:`train_prior` holds out for ``cfg`` (same split, same noise):
     how the official ``steve1_prior.pt`` scores beside ours."""
     if model.cfg.embed_dim != pairs.text.shape[1]:
@@ -320,9 +322,7 @@ def fit_prior(p: PriorParams, embeds_dir: str | Path, prior_path: str | Path, me
     from steve1.io import write_json_atomic
 
     pairs = pairs_from_params(p, embeds_dir, make_text_encoder)
-    device = p.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(p.device, "prior.device")
     result = train_prior(pairs, p, device)
     official = None
     if p.baseline:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate, bootstrap_ci, inventory_counts, t_interval
-from steve1.eval.standin_env import BREAK_TICKS, SPEED, StandInEnv, noop_action
+from steve1.play.standin import BREAK_TICKS, SPEED, StandInEnv, noop_action
 
 
 def _run(env, actions):

@@ -14,13 +14,12 @@ import pytest
 import yaml
 
 from steve1 import actions as A
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, episode_path
-from steve1.data.generate import A_GENERATION, episode_id, generate_all, is_rl, play_episode, switch_probs
-from steve1.envs import env_factory
-from steve1.eval.standin_env import StandInEnv
 from steve1.layout import Layout
 from steve1.params import AgentSpec, DecodeParams, GenerateParams, load_params
+from steve1.play.generate import A_GENERATION, episode_id, generate_all, is_rl, play_episode, switch_probs
+from steve1.play.standin import StandInEnv
 
 
 class ScriptedAgent:
@@ -192,7 +191,7 @@ def test_stage_writes_episodes_videos_and_a_manifest_that_records_everything(gen
         with EpisodeReader(episode_path(layout.generated_episodes, eid)) as ep:
             assert ep.n_frames == 60 and ep.frames().shape == (60, 128, 128, 3)
             assert json.loads(ep.attrs[A_GENERATION]) == row                # the file carries its own record
-            assert list(ep.array(F.SOURCE_STEP)) == list(range(60)) and not ep.array(F.GUI_OPEN).any()
+            assert list(ep.array(formats.SOURCE_STEP)) == list(range(60)) and not ep.array(formats.GUI_OPEN).any()
         assert (layout.generated_videos / f"{eid}.mp4").is_file()
 
 
@@ -203,8 +202,8 @@ def test_recorded_actions_map_to_and_from_the_agent_action_space_exactly(generat
     for eid, row in rows.items():
         spin_steps = {t for s in row["spins"] for t in range(s["step"], s["step"] + s["n_steps"])}
         with EpisodeReader(episode_path(layout.generated_episodes, eid)) as ep:
-            env = {k: ep.array(f"{F.ENV_ACTIONS}/{k}") for k in ep.env_action_keys()}
-            buttons, camera = ep.array(F.BUTTONS), ep.array(F.CAMERA)
+            env = {k: ep.array(f"{formats.ENV_ACTIONS}/{k}") for k in ep.env_action_keys()}
+            buttons, camera = ep.array(formats.BUTTONS), ep.array(formats.CAMERA)
         assert set(env) == {*A.ENV_BUTTON_KEYS, A.CAMERA_KEY}
         b, c = A.env_to_agent(env)                                          # env -> agent: what training reads
         assert np.array_equal(b, buttons) and np.array_equal(c, camera)
@@ -268,8 +267,8 @@ def test_decode_frame_quality_reaches_generated_episodes(tmp_path):
         layout = Layout.from_params(load_params(path))
         eid = episode_id(0, 0)
         with EpisodeReader(episode_path(layout.generated_episodes, eid)) as ep:
-            assert int(ep.attrs[F.A_FRAME_QUALITY]) == q
-            assert json.loads(ep.attrs[F.A_CONVERSION])["frame_quality"] == q
+            assert int(ep.attrs[formats.A_FRAME_QUALITY]) == q
+            assert json.loads(ep.attrs[formats.A_CONVERSION])["frame_quality"] == q
         sizes[q] = episode_path(layout.generated_episodes, eid).stat().st_size
     assert sizes[30] < sizes[95]
 
@@ -300,7 +299,7 @@ def test_a_malicious_agent_model_is_refused_with_one_line_naming_it(tmp_path, ca
 
 
 def test_minerl_missing_stops_generate_before_any_work(tmp_path, capsys, monkeypatch):
-    import steve1.envs as envs
+    import steve1.play.envs as envs
     from stages.generate import main
 
     monkeypatch.setattr(envs, "check_minerl", lambda: ["the minerl package is not installed"])
@@ -397,7 +396,7 @@ def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, 
 
 
 def test_generation_record_covers_every_declared_decode_key():
-    from steve1.data.generate import _settings
+    from steve1.play.generate import _settings
     from steve1.params import DecodeParams, GenerateParams
     from steve1.shapes import param_keys
 

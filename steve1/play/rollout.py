@@ -1,14 +1,14 @@
 """Rollouts of a goal-conditioned agent with STEVE-1's programmatic metrics (the ``rollout`` stage).
 
 Setup as the official ``run_agent.py``: ``HumanSurvival`` with VPT's env settings
-(:data:`steve1.envs.ENV_KWARGS`: 640x360, fov 70, gamma 2, gui scale 1, cursor 16), the 11 paper
+(:data:`steve1.play.envs.ENV_KWARGS`: 640x360, fov 70, gamma 2, gui scale 1, cursor 16), the 11 paper
 text prompts (:data:`PAPER_TEXT_PROMPTS`) turned into goals by the prior, classifier-free guidance
 scale 6 for text and 7 for visual prompts. Each prompt runs ``n_episodes`` episodes of ``steps``
 steps; episode ``i`` uses world seed ``seed + i`` for every prompt, so prompts are compared on
 the same worlds. The official code calls ``env.seed`` *after* ``reset`` (which MineRL applies
 only to the next reset); we seed before reset as MineRL documents.
 
-``rollout.env`` picks MineRL or the deterministic stand-in world (:mod:`steve1.envs`); the env is
+``rollout.env`` picks MineRL or the deterministic stand-in world (:mod:`steve1.play.envs`); the env is
 made first, so a missing MineRL stops the stage before any model is loaded, and every output names
 the env (results, the metrics key, the video banner).
 
@@ -19,8 +19,8 @@ scratch, at most ``max_retries`` times; every crash is recorded in the results. 
 raised by the agent are bugs and propagate.
 
 Episodes run through the engine's executor (``engine: local | ray``, :mod:`steve1.engine`): one per
-unit of work, played by a worker holding one env and the agent (:class:`Player`; on Ray an actor per
-worker, ``ray.rollout``, loading the policy once). Nothing carries from one episode to the next: the
+unit of work, played by a worker holding one env and the agent (:mod:`steve1.play.worker`; on Ray an
+actor per worker, ``ray.rollout``, loading the policy once). Nothing carries from one episode to the next: the
 world is seeded by the episode's seed before reset, and the agent's memory and sampler are reset with
 that same seed (retried attempts included), so which worker plays an episode, and what it played
 before, changes no byte. This process alone writes the results, metrics and plots, in prompt order.
@@ -48,14 +48,18 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import cv2
 import numpy as np
 
-from steve1.engine import Executor, LocalExecutor, Lost, worker_device
-from steve1.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, closed_on_error, env_call, env_label,
-                         make_minerl_env, start_env, worker_env)
-from steve1.envs import env_factory as make_env_factory
+from steve1.devices import resolve_device
+from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
 from steve1.io import atomic_path, remove_stale_temps, write_json_atomic
 from steve1.layout import Layout, RolloutLayout
 from steve1.params import Params, RolloutParams
+from steve1.play.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, closed_on_error, env_call, env_label,
+                              make_minerl_env)
+from steve1.play.envs import env_factory as make_env_factory
+from steve1.play.worker import (SeededPolicy, Worker, driver_env, play_all, start_episode, world_seed,
+                                worker_setup)
 
 __all__ = ["ENV_KWARGS", "PAPER_TEXT_PROMPTS", "make_minerl_env", "rollouts_from_params", "run_rollouts"]
 
@@ -79,9 +83,10 @@ PAPER_TEXT_PROMPTS: dict[str, str] = {
 }
 VISUAL_SUFFIX = "_visual"      # metrics key of a visual prompt: <name>_visual
 BANNER_H = 40   # pixels of the prompt banner stacked above each video frame
+STANDIN_SPEC = "steve1.eval.standin_env.StandInEnv"   # the stand-in's name in results (kept from its first home)
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """A rollout cannot start: no weights, unreadable prompt file, goal width mismatch, video writer failure."""
 
 
@@ -239,8 +244,7 @@ def run_episode(slot: EnvSlot, agent: Agent, prompt: Prompt, episode: int, seed:
         t0 = time.monotonic()
         try:
             env = slot.get()
-            env_call("seed", None, env.seed, seed)
-            obs = env_call("reset", None, env.reset)
+            obs = start_episode(env, seed)
             agent.reset(seed)
             tracker = ProgrammaticTracker(obs)
             n = 0
@@ -286,44 +290,32 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-class Player:
-    """One env and the agent: what a worker (this process, or one Ray actor) plays its episodes with."""
-
-    def __init__(self, slot: EnvSlot, agent: Agent):
-        self.slot, self.agent = slot, agent
-
-    def close(self) -> None:
-        self.slot.discard()
+def _the_agent(agent: Agent | Callable[[], Agent]) -> list[Agent]:
+    """A worker's one agent: ``agent``, or what the function ``agent`` builds (a Ray actor loads the policy once)."""
+    return [agent if hasattr(agent, "act") else agent()]  # type: ignore[operator]
 
 
-def make_player(env_factory: EnvFactory, agent: Agent | Callable[[], Agent], first_env: Any = None,
-                preflight: Optional[str] = None) -> Player:
-    """A worker's :class:`Player`. ``agent`` is one, or a function building one (a Ray actor loads the
-    policy once); ``preflight`` (the env kind) makes the first env through :func:`steve1.envs.start_env`
-    before the agent, so a Ray node without MineRL says what to install before any model loads."""
-    return Player(*worker_env(env_factory, lambda: agent if hasattr(agent, "act") else agent(),  # type: ignore[operator]
-                              first_env, preflight))
-
-
-def play_one(player: Player, item: tuple[Prompt, int], *, cfg: RolloutParams, out: RolloutLayout) -> dict[str, Any]:
-    """Episode ``item = (prompt, i)`` on a worker's player (world and sampler seed ``cfg.seed + i``): the
-    one per-episode function of either engine. Writes the video (temp name + rename); returns the record."""
+def play_one(worker: Worker, item: tuple[Prompt, int], *, cfg: RolloutParams, out: RolloutLayout) -> dict[str, Any]:
+    """Episode ``item = (prompt, i)`` on a worker's env and agent (world and sampler seed ``cfg.seed + i``):
+    the one per-episode function of either engine. Writes the video (temp name + rename); returns the record."""
     prompt, i = item
-    dim = getattr(player.agent, "goal_dim", None)
+    (agent,) = worker.agents
+    dim = getattr(agent, "goal_dim", None)
     if dim is not None and prompt.goal.shape != (dim,):
         raise RolloutError(f"goal embedding of {prompt.key} has {prompt.goal.size} values, expected {dim} "
                            f"(the policy's goal width)")
     video = out.video(prompt.kind, prompt.name, i) if cfg.video else None
-    rec = run_episode(player.slot, player.agent, prompt, i, cfg.seed + i, cfg.steps, video, cfg.video_fps,
+    rec = run_episode(worker.slot, agent, prompt, i, world_seed(cfg.seed, i), cfg.steps, video, cfg.video_fps,
                       cfg.max_retries, env_label(cfg.env))
     if rec["video"]:
         rec["video"] = Path(rec["video"]).relative_to(out.dir).as_posix()
     return rec
 
 
-def _lost_record(prompt: Prompt, i: int, cfg: RolloutParams, lost: Lost) -> dict[str, Any]:
+def _lost_record(cfg: RolloutParams, item: tuple[Prompt, int], lost: Lost) -> dict[str, Any]:
     """A failed episode whose Ray worker died on every try: recorded as an env failure is."""
-    return {"prompt": prompt.name, "kind": prompt.kind, "episode": i, "seed": cfg.seed + i, "status": "failed",
+    prompt, i = item
+    return {"prompt": prompt.name, "kind": prompt.kind, "episode": i, "seed": world_seed(cfg.seed, i), "status": "failed",
             "reason": lost.reason, "attempts": None, "steps": 0, "metrics": None, "video": None, "crashes": []}
 
 
@@ -335,26 +327,18 @@ def run_rollouts(prompts: Sequence[Prompt], agent: Agent | Callable[[], Agent], 
     what it finished), the videos, then the metrics and plots.
 
     ``agent`` is the agent, or a function building one (each Ray actor calls it once); ``first_env`` is an
-    env already made (:func:`steve1.envs.start_env`), for the local engine only: Ray actors make theirs,
-    checking MineRL first. ``extra`` is recorded in the results' config as given."""
+    env already made (:func:`steve1.play.worker.driver_env`), only when the workers run here: Ray actors
+    make theirs, checking MineRL first. ``extra`` is recorded in the results' config as given."""
     out = out_dir if isinstance(out_dir, RolloutLayout) else RolloutLayout(Path(out_dir))
     executor = executor or LocalExecutor()
-    if executor.name == "local":
-        setup = functools.partial(make_player, env_factory, agent, first_env)
-    else:
-        if first_env is not None:
-            raise RolloutError("engine: ray makes the environments in its actors: give no first_env")
-        setup = functools.partial(make_player, env_factory, agent, None, cfg.env)
+    setup = worker_setup(executor, env_factory, functools.partial(_the_agent, agent), cfg.env, first_env)
     items = [(p, i) for p in prompts for i in range(cfg.n_episodes)]
     done: dict[tuple[str, int], dict[str, Any]] = {}
     n_written = 0                 # prompts whose episodes are all in the written results
     results: dict[str, Any] = {}
     work = functools.partial(play_one, cfg=cfg, out=out)
-    for (prompt, i), rec in executor.map(work, items, task="rollout", setup=setup,
-                                         key=lambda it: f"{it[0].key}:{it[1]}"):
-        if isinstance(rec, Lost):
-            rec = _lost_record(prompt, i, cfg, rec)
-            log.warning("%s episode %d: %s", prompt.key, i, rec["reason"])
+    for (prompt, i), rec in play_all(executor, work, items, task="rollout", setup=setup, key=_item_key,
+                                     lost=functools.partial(_lost_record, cfg)):
         done[(prompt.key, i)] = rec
         log.info("%s episode %d: %s %s", prompt.name, i, rec["status"], rec["metrics"])
         while n_written < len(prompts) and all((prompts[n_written].key, j) in done for j in range(cfg.n_episodes)):
@@ -367,6 +351,10 @@ def run_rollouts(prompts: Sequence[Prompt], agent: Agent | Callable[[], Agent], 
     return results
 
 
+def _item_key(item: tuple[Prompt, int]) -> str:
+    return f"{item[0].key}:{item[1]}"
+
+
 def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: RolloutParams,
              extra: Mapping[str, Any]) -> dict[str, Any]:
     agg = {}
@@ -376,7 +364,7 @@ def _results(prompts: Sequence[Prompt], episodes: list[dict[str, Any]], cfg: Rol
     crashes = [c for e in episodes for c in e["crashes"]]
     env: dict[str, Any] = {"kind": cfg.env, "label": env_label(cfg.env)}
     env.update({"spec": "HumanSurvival", **ENV_KWARGS} if cfg.env == "minerl" else
-               {"spec": "steve1.eval.standin_env.StandInEnv", "resolution": ENV_KWARGS["resolution"],
+               {"spec": STANDIN_SPEC, "resolution": ENV_KWARGS["resolution"],
                 "note": "deterministic stand-in world: these numbers measure the pipeline, not Minecraft skill"})
     return _jsonable({
         "format_version": RESULTS_FORMAT_VERSION,
@@ -433,28 +421,20 @@ def write_summaries(results: Mapping[str, Any], prompts: Sequence[Prompt], cfg: 
 
 # ---------------------------------------------------------------- the real agent
 
-class PolicyAgent:
+class PolicyAgent(SeededPolicy):
     """Adapter from :func:`steve1.models.policy.act` to the :class:`Agent` protocol: resizes the env's
     frame to the policy's input size (INTER_LINEAR, as VPT), keeps the recurrent state (doubled
     batch for guidance), and maps agent indices to a MineRL action dict."""
 
-    def __init__(self, policy: Any, device: str = "cpu", seed: Optional[int] = None):
-        import torch
-
-        self.policy, self.device = policy.to(device).eval(), torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self.state: Any = None
+    def __init__(self, policy: Any, device: Any = "cpu", seed: Optional[int] = None):
+        super().__init__(policy, device, seed)
         self._batch = 0
-        h, w = policy.cfg.img_shape[:2]
-        self.frame_size = (int(w), int(h))                           # cv2's (W, H)
         self.goal_dim: Optional[int] = policy.cfg.mineclip_embed_dim
 
     def reset(self, seed: Optional[int] = None) -> None:
         self.state = None        # made on the first act, with the batch that cond_scale needs
         if seed is not None:
-            self.generator.manual_seed(seed)
+            self.reseed(seed)
 
     def act(self, pov: np.ndarray, goal_embed: np.ndarray, cond_scale: float) -> dict[str, Any]:
         import torch
@@ -509,17 +489,10 @@ def load_rollout_policy(weights: str | Path, policy_model: Optional[str] = None,
 
 # ---------------------------------------------------------------- params -> rollouts (stage and CLI)
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def policy_agent(weights: str | Path, policy_model: Optional[str], train: Any, device: str, seed: int) -> PolicyAgent:
     """The rollout's :class:`PolicyAgent` on ``device`` (``auto`` resolved where this runs: a Ray actor's GPU)."""
-    return PolicyAgent(load_rollout_policy(weights, policy_model, train), device=resolve_device(device), seed=seed)
+    return PolicyAgent(load_rollout_policy(weights, policy_model, train), device=resolve_device(device, "rollout.device"),
+                       seed=seed)
 
 
 def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *, agent: Optional[Agent] = None,
@@ -538,32 +511,30 @@ def rollouts_from_params(params: Params, out_dir: Optional[str | Path] = None, *
     layout = Layout.from_params(params)
     out = RolloutLayout(Path(out_dir)) if out_dir is not None else layout.rollouts
     executor = executor or LocalExecutor()
-    local = executor.name == "local"
     wanted = device or rp.device
-    device = resolve_device(wanted)                       # this process's: the text tower and the prior
     first_env = None
     if env_factory is None:
         env_factory = make_env_factory(rp.env)
-        if local:
-            first_env = start_env(rp.env, env_factory)      # before any model: a missing MineRL stops here
+        first_env = driver_env(executor, rp.env, env_factory)   # before any model: a missing MineRL stops here
     with closed_on_error(first_env):
+        here = resolve_device(wanted, "rollout.device")          # this process's: the text tower and the prior
         weights = rp.policy_weights or layout.rollout_weights
         player_agent: Agent | Callable[[], Agent]
         if agent is not None:
             player_agent = agent
-        elif local:
-            player_agent = agent = policy_agent(weights, rp.policy_model, params.train, device, rp.seed)
-        else:       # loaded by each actor; missing weights stop the stage here, before any actor starts
+        else:       # missing weights stop the stage here, before any worker starts
             player_agent = functools.partial(policy_agent, require_weights(weights), rp.policy_model, params.train,
-                                             worker_device(executor, "rollout", wanted, "rollout.device"), rp.seed)
+                                             executor.worker_device("rollout", wanted, "rollout.device"), rp.seed)
+            if executor.runs_here:
+                player_agent = agent = player_agent()
         dim = getattr(agent, "goal_dim", None)            # unknown on a Ray driver: each actor checks the goals
         prompts: list[Prompt] = []
         texts = rp.text_prompts or PAPER_TEXT_PROMPTS
         if texts:
             if text_encoder is None:
                 e = params.embed
-                text_encoder, _ = mineclip_text_encoder(e.weights, e.preset, e.seed, device)
-            prior = load_prior(rp.prior or layout.prior, map_location=device)
+                text_encoder, _ = mineclip_text_encoder(e.weights, e.preset, e.seed, here)
+            prior = load_prior(rp.prior or layout.prior, map_location=here)
 
             def to_goal(text: str) -> np.ndarray:
                 return prompt_to_goal([text], text_encoder, prior, seed=rp.prior_seed,
@@ -582,3 +553,25 @@ def _declared_embed(params: Params) -> dict[str, Any]:
     from steve1.shapes import declared_values, nested
 
     return nested(declared_values(params, "rollout")).get("embed", {})
+
+
+def check_targets(params: Params) -> None:
+    """Refuse a ``rollout.targets`` metric the tracker does not compute (before any work)."""
+    from steve1.params import describe_invalid
+
+    unknown = sorted(set(params.rollout.targets.values()) - set(METRICS))
+    if unknown:
+        raise ValueError(describe_invalid("rollout.targets", params.rollout.targets,
+                                          f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
+
+
+def rollout_stage(params: Params, out_dir: Optional[str | Path] = None) -> dict[str, Any]:
+    """The rollout stage's work, shared by ``python -m stages.rollout`` and ``steve1 rollout``: every
+    prompt played through the executor ``engine`` names, then one summary line."""
+    from steve1.engine import open_executor
+
+    with open_executor(params) as executor:
+        res = rollouts_from_params(params, out_dir, executor=executor)
+    print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "
+          f"{res['n_failed']} failed, {len(res['crashes'])} env crashes")
+    return res

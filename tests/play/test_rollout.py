@@ -15,13 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
+from steve1.engine import LocalExecutor
 from steve1.eval.programmatic import METRICS
-from steve1.envs import EnvError
-from steve1.eval.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RolloutError, make_minerl_env,
-                                 rollouts_from_params, run_rollouts, text_prompts, visual_prompts, visual_prompts_from)
-from steve1.eval.standin_env import StandInEnv, noop_action
 from steve1.layout import RolloutLayout
 from steve1.params import RolloutParams
+from steve1.play.envs import EnvError
+from steve1.play.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RolloutError, make_minerl_env,
+                                 rollouts_from_params, run_rollouts, text_prompts, visual_prompts, visual_prompts_from)
+from steve1.play.standin import StandInEnv, noop_action
 
 RESULTS_FILE = RolloutLayout(Path(".")).results.name
 
@@ -116,18 +117,16 @@ def test_episode_failing_every_retry_is_recorded_and_left_out_of_the_aggregate(t
     assert res["aggregate"]["text:go"]["travel_dist"]["n"] == 1
 
 
-class LosesOne:
+class LosesOne(LocalExecutor):
     """An executor that runs items here, in reverse order, except one whose (Ray) worker always died."""
-
-    name = "local"
 
     def __init__(self, lost_key):
         self.lost_key = lost_key
 
     def map(self, fn, items, *, task, setup=None, key=str):
-        from steve1.engine import LocalExecutor, Lost
+        from steve1.engine import Lost
 
-        for item, result in LocalExecutor().map(fn, list(reversed(items)), task=task, setup=setup):
+        for item, result in super().map(fn, list(reversed(items)), task=task, setup=setup):
             yield item, (Lost("its Ray worker died on each of 3 tries (test)") if key(item) == self.lost_key else result)
 
 
@@ -210,7 +209,7 @@ def test_bad_visual_prompt_and_missing_minerl_are_clear_errors(tmp_path):
 
 def test_policy_agent_drives_the_standin_env():
     torch = pytest.importorskip("torch")
-    from steve1.eval.rollout import PolicyAgent
+    from steve1.play.rollout import PolicyAgent
     from fixtures.policy import build_policy_from_preset
 
     torch.manual_seed(0)
@@ -271,7 +270,7 @@ def test_metrics_hold_targeted_prompt_means_under_the_env_name_and_plots_cover_e
 
 
 def test_video_banner_names_the_env(tmp_path, monkeypatch):
-    import steve1.eval.rollout as R
+    import steve1.play.rollout as R
 
     labels = []
 
@@ -374,7 +373,7 @@ def test_policy_model_file_gives_the_architecture_and_the_weights_the_goal_width
 
     import torch
 
-    from steve1.eval.rollout import load_rollout_policy
+    from steve1.play.rollout import load_rollout_policy
     from steve1.models.vpt import PRESETS
 
     _project(tmp_path, dim=768)
@@ -392,7 +391,7 @@ def test_policy_model_file_gives_the_architecture_and_the_weights_the_goal_width
 
 
 def test_minerl_missing_stops_the_stage_before_any_work_with_one_message(tmp_path, capsys, monkeypatch):
-    import steve1.envs as envs
+    import steve1.play.envs as envs
     from stages.rollout import main
 
     params = tmp_path / "params.yaml"      # no weights, no prior: the MineRL check must come first
@@ -416,7 +415,7 @@ def test_minerl_missing_stops_the_stage_before_any_work_with_one_message(tmp_pat
 
 
 def test_check_minerl_names_the_package_java_and_display(monkeypatch):
-    import steve1.envs as envs
+    import steve1.play.envs as envs
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.setattr(envs.shutil, "which", lambda name: None)
@@ -438,6 +437,22 @@ def test_cli_rollout_is_the_stage_code(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rollout (stand-in env): 2 prompts, 2 episodes" in result.output
     assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3
+
+
+def test_a_missing_prior_is_one_error_line_from_the_stage_and_the_cli(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from stages.rollout import main
+    from steve1.cli import app
+
+    params = _project(tmp_path)
+    (tmp_path / "models" / "prior.pt").unlink()
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'models' / 'prior.pt'}: prior weights not found") and err.count("\n") == 1
+    result = CliRunner().invoke(app, ["rollout", "--params", str(params)])
+    assert result.exit_code == 1 and "error: " in result.output and "prior weights not found" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 # ---------------------------------------------------------------- engine: ray

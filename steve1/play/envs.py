@@ -8,7 +8,7 @@ keys, so the rollout and generate loops do not know which one runs:
   its repository tag with JDK 8 and renders with OpenGL (a display, or ``xvfb-run``); see the README's
   "Rollouts in MineRL". :func:`check_minerl` finds what is missing before any work is done, and
   :func:`start_env` turns a failure to start into one message saying what to install.
-- ``standin``: :class:`steve1.eval.standin_env.StandInEnv`, a small deterministic world with MineRL's
+- ``standin``: :class:`steve1.play.standin.StandInEnv`, a small deterministic world with MineRL's
   observation and action spaces. The embedded default runs it, and every output made with it says
   so (:data:`ENV_LABELS`), as embeddings made by the random MineCLIP say ``random-tiny``.
 
@@ -24,7 +24,9 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional
+
+from steve1.errors import UserError
 
 # VPT's ENV_KWARGS (official steve1/VPT/agent.py); frameskip is not a HumanSurvival argument
 ENV_KWARGS: dict[str, Any] = dict(
@@ -45,7 +47,7 @@ MINERL_INSTALL = (
 EnvFactory = Callable[[], Any]
 
 
-class EnvError(RuntimeError):
+class EnvError(UserError, RuntimeError):
     """An environment cannot be made: MineRL or its system requirements are missing, or it fails to start."""
 
 
@@ -108,7 +110,7 @@ def env_factory(kind: str, **standin_kwargs: Any) -> EnvFactory:
         return make_minerl_env
 
     def make() -> Any:
-        from steve1.eval.standin_env import StandInEnv
+        from steve1.play.standin import StandInEnv
 
         return StandInEnv(resolution=tuple(ENV_KWARGS["resolution"]), **standin_kwargs)
 
@@ -177,21 +179,6 @@ def closed_on_error(env: Any) -> Iterator[None]:
             with contextlib.suppress(Exception):      # a dead MineRL often fails to close too
                 env.close()
         raise
-
-
-Built = TypeVar("Built")
-
-
-def worker_env(factory: EnvFactory, build: Callable[[], Built], first: Any = None, preflight: Optional[str] = None
-               ) -> tuple[EnvSlot, Built]:
-    """A worker's env slot and what ``build`` makes (its agents), the env first: ``preflight`` (the env
-    kind) makes it through :func:`start_env`, so a Ray node without MineRL says what to install before
-    any model loads; the env is closed if ``build`` fails."""
-    if first is None and preflight is not None:
-        first = start_env(preflight, factory)
-    with closed_on_error(first):
-        built = build()
-    return EnvSlot(factory, first), built
 
 
 def env_call(phase: str, step: Optional[int], fn: Callable[..., Any], *args: Any) -> Any:

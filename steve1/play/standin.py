@@ -4,7 +4,7 @@ The embedded default rolls out and generates data in it (``rollout.env`` / ``gen
 standin``), offline and in seconds, and the tests drive the rollout and generate loops with it.
 Every output made with it says so (``stand-in env`` in results, metrics keys and video banners),
 as embeddings from the random MineCLIP say ``random-tiny``: its numbers measure the pipeline,
-not an agent's Minecraft skill. ``rollout.env: minerl`` runs the real game (``steve1.envs``).
+not an agent's Minecraft skill. ``rollout.env: minerl`` runs the real game (``steve1.play.envs``).
 
 What it shares with MineRL: the observation keys and shapes (``pov`` uint8 [H,W,3] RGB at VPT's
 640x360, ``inventory`` counts, ``location_stats``), the 24-key action dict (other keys are an

@@ -18,8 +18,8 @@ Where we differ: every draw is seeded from ``(generate.seed, episode)`` (STEVE-1
 ``random`` state and an unseeded world by default); episode ``i`` plays world seed ``seed + i``; the
 spin action is a full 24-key MineRL action (STEVE-1's dropped three keys the env fills with 0).
 Episodes run through the engine (``engine: local | ray``): each worker (this process, or a Ray actor)
-builds one env and the two agents once and reseeds the agents' samplers for every episode, so an
-episode's bytes do not depend on which worker played it or what it played before.
+holds one env and the two agents (:mod:`steve1.play.worker`) and reseeds the agents' samplers for every
+episode, so an episode's bytes do not depend on which worker played it or what it played before.
 
 Output, in the project's episode format (``steve1.data.episodes``): the agent's 128x128 input
 frame before each step, the env action taken (``env_actions/*``) and its VPT agent-space indices
@@ -47,17 +47,22 @@ import cv2
 import numpy as np
 
 from steve1 import actions as A
-from steve1.data import formats as F
+from steve1.data import formats
 from steve1.data.episodes import Episode, FrameStorage, episode_path, list_episode_ids, write_episode
-from steve1.engine import Executor, LocalExecutor, Lost, worker_device
-from steve1.envs import EnvCrash, EnvFactory, EnvSlot, env_call, env_label, worker_env
+from steve1.devices import resolve_device
+from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
 from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
-from steve1.params import AgentSpec, DecodeParams, GenerateParams
+from steve1.layout import Layout
+from steve1.params import AgentSpec, DecodeParams, GenerateParams, Params
+from steve1.play.envs import EnvCrash, EnvFactory, env_call, env_factory, env_label
+from steve1.play.worker import (SeededPolicy, Worker, driver_env, play_all, start_episode, world_seed,
+                                worker_setup)
 
 log = logging.getLogger(__name__)
 
 GENERATE_VERSION = 1
-GENERATOR = "steve1.data.generate"
+GENERATOR = "steve1.data.generate"      # the manifest's name for this generator (kept from its first home)
 RECORDER = "generate:vpt-agents"
 A_GENERATION = "generation_json"     # episode attribute: agents, world seed, switches, spins, end
 FPS = 20.0                           # MineRL's steps per second
@@ -65,7 +70,7 @@ VIDEO_FOURCC = "png "                # lossless: the embed step decodes the fram
 RL_PREFIX = "rl-from-"
 
 
-class GenerateError(RuntimeError):
+class GenerateError(UserError, RuntimeError):
     """Generation cannot start (agent files missing) or produced nothing."""
 
 
@@ -99,27 +104,16 @@ def switch_probs(specs: Sequence[AgentSpec], cfg: GenerateParams) -> tuple[float
     return cfg.switch_agent_prob, cfg.switch_agent_prob
 
 
-class VPTAgent:
+class VPTAgent(SeededPolicy):
     """A plain VPT policy (no goal input) with its memory and a seeded sampler."""
 
-    def __init__(self, policy: Any, device: str = "cpu", seed: Optional[int] = None):
-        import torch
-
+    def __init__(self, policy: Any, device: Any = "cpu", seed: Optional[int] = None):
         if policy.is_goal_conditioned:
             raise GenerateError("generate plays VPT agents; this policy has a goal layer (a STEVE-1 policy)")
-        self.policy, self.device = policy.to(device).eval(), torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        h, w = policy.cfg.img_shape[:2]
-        self.frame_size = (int(w), int(h))       # cv2's (W, H)
-        self.state: Any = None
+        super().__init__(policy, device, seed)
 
     def reset(self) -> None:
         self.state = None
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     def act(self, frame: np.ndarray) -> tuple[int, int]:
         import torch
@@ -206,11 +200,10 @@ def spin_action(degrees: float) -> dict[str, Any]:
 
 
 def play_episode(env: Any, agents: Sequence[Agent], cfg: GenerateParams, p_to: tuple[float, float],
-                 rng: np.random.Generator, world_seed: int, on_frame: Callable[[np.ndarray], None]) -> Played:
-    """Play one episode (STEVE-1's loop, seeded); ``on_frame`` gets each env frame (for the video)."""
+                 rng: np.random.Generator, seed: int, on_frame: Callable[[np.ndarray], None]) -> Played:
+    """Play one episode in world ``seed`` (STEVE-1's loop, seeded); ``on_frame`` gets each env frame (for the video)."""
     out = Played()
-    env_call("seed", None, env.seed, world_seed)
-    obs = env_call("reset", None, env.reset)
+    obs = start_episode(env, seed)
     for agent in agents:                    # STEVE-1 made fresh agents for every episode
         agent.reset()
     active = int(rng.integers(2))
@@ -232,7 +225,7 @@ def play_episode(env: Any, agents: Sequence[Agent], cfg: GenerateParams, p_to: t
                 out.spins.append(Spin(t, spin_left, spin_deg))
         pov = obs["pov"]
         on_frame(pov)
-        frame = cv2.resize(pov, (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]), interpolation=cv2.INTER_LINEAR)   # [128,128,3]
+        frame = cv2.resize(pov, (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0]), interpolation=cv2.INTER_LINEAR)   # [128,128,3]
         if spin_left:
             action = spin_action(spin_deg)
             spin_left -= 1
@@ -241,8 +234,8 @@ def play_episode(env: Any, agents: Sequence[Agent], cfg: GenerateParams, p_to: t
             out.agent_of_step.append(-1)
         else:
             agent = agents[active]
-            size = getattr(agent, "frame_size", (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]))
-            x = frame if size == (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]) else \
+            size = getattr(agent, "frame_size", (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0]))
+            x = frame if size == (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0]) else \
                 cv2.resize(pov, size, interpolation=cv2.INTER_LINEAR)
             action = A.agent_to_env(*agent.act(x))
             out.agent_of_step.append(active)
@@ -283,55 +276,41 @@ class _Dropped(Exception):
 def _settings(cfg: GenerateParams, specs: Sequence[AgentSpec], decode: DecodeParams) -> dict[str, Any]:
     """What shapes every episode (its conversion attribute; a change regenerates)."""
     return {"generate_version": GENERATE_VERSION, **cfg.model_dump(mode="json", exclude={"n_episodes", "device"}),
-            "frame_size": [F.FRAME_SHAPE[1], F.FRAME_SHAPE[0]], **FrameStorage.from_params(decode).settings()}
+            "frame_size": [formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0]], **FrameStorage.from_params(decode).settings()}
 
 
-class Players:
-    """One environment and the two agents: what a worker (this process, or one Ray actor) plays
-    every episode it is given with; the agents' weights load once per worker."""
-
-    def __init__(self, slot: EnvSlot, agents: Sequence[Agent]):
-        self.slot, self.agents = slot, list(agents)
-
-    def close(self) -> None:
-        self.slot.discard()
-
-
-def make_players(env_factory: EnvFactory, specs: Sequence[AgentSpec], weights_dir: str | Path, device: str,
-                 first_env: Any = None, agents: Optional[Sequence[Agent]] = None, preflight: Optional[str] = None
-                 ) -> Players:
-    """A worker's :class:`Players`: the env first (``preflight`` = the env kind: made through
-    :func:`steve1.envs.start_env`, so a Ray node without MineRL says what to install before any agent
-    loads), then the VPT agents of ``specs`` (or ``agents``, tests) on ``device`` (``auto`` resolved here)."""
-    def build() -> list[Agent]:
-        on = resolve_device(device)
-        return list(agents) if agents is not None else [build_vpt_agent(s, weights_dir, on) for s in specs]
-
-    return Players(*worker_env(env_factory, build, first_env, preflight))
+def _vpt_agents(specs: Sequence[AgentSpec], weights_dir: str | Path, device: str,
+                agents: Optional[Sequence[Agent]] = None) -> list[Agent]:
+    """A worker's two agents: the VPT agents of ``specs`` on ``device`` (``auto`` resolved where the worker
+    runs), or ``agents`` (tests)."""
+    if agents is not None:
+        return list(agents)
+    on = resolve_device(device, "generate.device")
+    return [build_vpt_agent(s, weights_dir, on) for s in specs]
 
 
 def _base_row(cfg: GenerateParams, specs: Sequence[AgentSpec], index: int) -> dict[str, Any]:
-    return {"status": "dropped", "reason": None, "world_seed": cfg.seed + index,
+    return {"status": "dropped", "reason": None, "world_seed": world_seed(cfg.seed, index),
             "agents": [s.name for s in specs], "is_rl": [is_rl(s) for s in specs],
             "agent_files": [[s.model or f"preset:{s.preset}", s.weights or f"random:seed={s.seed}"] for s in specs]}
 
 
-def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cfg: GenerateParams,
+def generate_one(worker: Worker, index: int, *, specs: Sequence[AgentSpec], cfg: GenerateParams,
                  episodes_dir: Path, videos_dir: Path, decode: DecodeParams, settings: str) -> dict[str, Any]:
-    """Play episode ``index`` with a worker's ``players``; write its file and video when kept. Returns its
+    """Play episode ``index`` on a worker's env and agents; write its file and video when kept. Returns its
     manifest row. Every draw (world, switches, spins, each agent's sampler) is seeded from
     ``(cfg.seed, index)``, so the bytes do not depend on which worker plays it or what it played before."""
-    eid, world_seed = episode_id(cfg.seed, index), cfg.seed + index
+    eid, seed = episode_id(cfg.seed, index), world_seed(cfg.seed, index)
     rng = np.random.default_rng([cfg.seed, index])
-    slot, agents = players.slot, players.agents
+    slot, agents = worker.slot, worker.agents
     for k, agent in enumerate(agents):
         agent.reseed(_agent_seed(cfg.seed, index, k))
     row = _base_row(cfg, specs, index)
-    video = videos_dir / f"{eid}{F.RAW_VIDEO_SUFFIX}"
+    video = videos_dir / f"{eid}{formats.RAW_VIDEO_SUFFIX}"
     dest = episode_path(episodes_dir, eid)
     w, h = cfg.video_size
     try:
-        with atomic_path(video, suffix=F.RAW_VIDEO_SUFFIX) as tmp:
+        with atomic_path(video, suffix=formats.RAW_VIDEO_SUFFIX) as tmp:
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), FPS, (w, h))
             if not writer.isOpened():
                 raise GenerateError(f"{video}: OpenCV cannot write a {VIDEO_FOURCC!r} video here")
@@ -342,7 +321,7 @@ def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cf
                     rgb = pov if pov.shape[:2] == (h, w) else cv2.resize(pov, (w, h), interpolation=cv2.INTER_LINEAR)
                     writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
-                played = play_episode(env, agents, cfg, switch_probs(specs, cfg), rng, world_seed, on_frame)
+                played = play_episode(env, agents, cfg, switch_probs(specs, cfg), rng, seed, on_frame)
             finally:
                 writer.release()
             record = {"first_agent": played.first_agent, "switches": [list(s) for s in played.switches],
@@ -359,8 +338,8 @@ def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cf
         ep = Episode(
             episode_id=eid, frames=np.stack(played.frames), buttons=buttons, camera=camera, env_actions=env_cols,
             source_step=np.arange(n), gui_open=np.zeros(n, bool), cursor_xy=np.zeros((n, 2), np.float32),
-            attrs={F.A_SOURCE_URL: f"generate:{cfg.env}:world_seed={world_seed}", F.A_RECORDER_VERSION: RECORDER,
-                   F.A_FPS: FPS, F.A_CONVERSION: settings, F.A_VIDEO_SHA256: sha256_file(video),
+            attrs={formats.A_SOURCE_URL: f"generate:{cfg.env}:world_seed={seed}", formats.A_RECORDER_VERSION: RECORDER,
+                   formats.A_FPS: FPS, formats.A_CONVERSION: settings, formats.A_VIDEO_SHA256: sha256_file(video),
                    A_GENERATION: json.dumps({**row, "status": "ok"}, sort_keys=True)})
         write_episode(dest, ep, FrameStorage.from_params(decode))
         row["status"] = "ok"
@@ -371,7 +350,7 @@ def generate_one(players: Players, index: int, *, specs: Sequence[AgentSpec], cf
         row["reason"] = f"{crash}"
         dest.unlink(missing_ok=True)
         video.unlink(missing_ok=True)
-    log.info("%s (world seed %d): %s%s", eid, world_seed, row["status"], f" ({row['reason']})" if row["reason"] else "")
+    log.info("%s (world seed %d): %s%s", eid, seed, row["status"], f" ({row['reason']})" if row["reason"] else "")
     return row
 
 
@@ -397,9 +376,9 @@ def generate_all(cfg: GenerateParams, episodes_dir: str | Path, videos_dir: str 
     earlier params are removed, so the folders hold exactly this manifest's kept episodes.
 
     Episodes run through ``executor`` (this process by default): each worker holds one env and the two
-    agents (:func:`make_players`); on Ray those are the actors' (``ray.generate``) and this process, the
-    driver, makes neither (``first_env`` must then be None; ``env_factory`` and ``agents`` travel to the
-    actors). An episode whose Ray worker died on every try gets a ``dropped`` row with the reason.
+    agents (:mod:`steve1.play.worker`); on Ray those are the actors' (``ray.generate``) and this process,
+    the driver, makes neither (``first_env`` must then be None; ``env_factory`` and ``agents`` travel to
+    the actors). An episode whose Ray worker died on every try gets a ``dropped`` row with the reason.
     ``agents`` replaces the VPT agents (tests)."""
     episodes_dir, videos_dir = Path(episodes_dir), Path(videos_dir)
     for d in (episodes_dir, videos_dir):
@@ -408,22 +387,16 @@ def generate_all(cfg: GenerateParams, episodes_dir: str | Path, videos_dir: str 
     executor = executor or LocalExecutor()
     specs = list(cfg.agents)
     settings = json.dumps(_settings(cfg, specs, decode), sort_keys=True)
-    if executor.name == "local":
-        setup = functools.partial(make_players, env_factory, specs, weights_dir, device, first_env, agents)
-    else:
-        if first_env is not None:
-            raise GenerateError("engine: ray makes the environments in its actors: give no first_env")
-        setup = functools.partial(make_players, env_factory, specs, weights_dir,
-                                  worker_device(executor, "generate", device, "generate.device"), None, agents, cfg.env)
+    build = functools.partial(_vpt_agents, specs, weights_dir, executor.worker_device("generate", device,
+                                                                                      "generate.device"), agents)
+    setup = worker_setup(executor, env_factory, build, cfg.env, first_env)
     work = functools.partial(generate_one, specs=specs, cfg=cfg, episodes_dir=episodes_dir, videos_dir=videos_dir,
                              decode=decode, settings=settings)
     by_index: dict[int, dict[str, Any]] = {}
-    for i, result in executor.map(work, list(range(cfg.n_episodes)), task="generate", setup=setup,
-                                  key=lambda i: episode_id(cfg.seed, i)):
-        if isinstance(result, Lost):
-            result = {**_base_row(cfg, specs, i), "reason": result.reason}
-            log.warning("%s: %s", episode_id(cfg.seed, i), result["reason"])
-        by_index[i] = result
+    for i, row in play_all(executor, work, list(range(cfg.n_episodes)), task="generate", setup=setup,
+                           key=functools.partial(episode_id, cfg.seed),
+                           lost=functools.partial(_lost_row, cfg, specs)):
+        by_index[i] = row
     rows = {episode_id(cfg.seed, i): by_index[i] for i in sorted(by_index)}
     for d in (episodes_dir, videos_dir):
         remove_stale_temps(d)           # temps of workers that died mid-episode
@@ -431,7 +404,7 @@ def generate_all(cfg: GenerateParams, episodes_dir: str | Path, videos_dir: str 
     for eid in list_episode_ids(episodes_dir):
         if eid not in kept:
             episode_path(episodes_dir, eid).unlink()
-    for p in videos_dir.glob(f"*{F.RAW_VIDEO_SUFFIX}"):
+    for p in videos_dir.glob(f"*{formats.RAW_VIDEO_SUFFIX}"):
         if p.stem not in kept:
             p.unlink()
     write_json_atomic(Path(manifest), {"format_version": GENERATE_VERSION, "generator": GENERATOR,
@@ -440,15 +413,24 @@ def generate_all(cfg: GenerateParams, episodes_dir: str | Path, videos_dir: str 
     return GenerateReport(rows, Path(manifest))
 
 
+def generate_from_params(params: Params, executor: Optional[Executor] = None) -> GenerateReport:
+    """The ``generate`` section of validated params (the stage) through ``executor`` (this process by
+    default). When the workers run here the env is made first, before any agent loads: with ``env: minerl``
+    a missing MineRL stops the stage before any work; Ray actors each make theirs first."""
+    g, layout = params.generate, Layout.from_params(params)
+    executor = executor or LocalExecutor()
+    factory = env_factory(g.env)
+    first = driver_env(executor, g.env, factory) if g.n_episodes else None
+    return generate_all(g, layout.generated_episodes, layout.generated_videos, layout.generated_manifest,
+                        params.weights.dir, params.decode, factory, first_env=first, device=g.device, executor=executor)
+
+
+def _lost_row(cfg: GenerateParams, specs: Sequence[AgentSpec], index: int, lost: Lost) -> dict[str, Any]:
+    """A ``dropped`` row for an episode whose Ray worker died on every try."""
+    return {**_base_row(cfg, specs, index), "reason": lost.reason}
+
+
 def _agent_seed(seed: int, episode: int, agent: int) -> int:
     digest = hashlib.sha256(f"{seed}/{episode}/{agent}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
