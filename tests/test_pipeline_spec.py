@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
 
@@ -14,9 +15,15 @@ from steve1.pipeline import DVC_YAML, ImportGraph, main, render, stages
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _importers(rel: str) -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _deps() -> dict[str, list[str]]:
+    """Each stage's code deps in this checkout (one import graph for the module's tests)."""
     graph = ImportGraph(REPO)
-    return {s.name for s in stages() if rel in graph.deps(s.module)}
+    return {s.name: graph.deps(s.module) for s in stages()}
+
+
+def _importers(rel: str) -> set[str]:
+    return {name for name, deps in _deps().items() if rel in deps}
 
 
 def test_committed_dvc_yaml_is_what_the_generator_writes():
