@@ -6,7 +6,9 @@ elsewhere. It exports the reference commit named in ``benchmarks/reference.json`
 temporary tree, then runs the quick benchmark suite of both trees on this machine, in this run,
 in the same Python environment, alternating base and head (B H H B B H ...) so that load drifts
 hit both. Each side runs its own ``benchmarks/`` against its own ``steve1`` (the tree is first on
-``sys.path``); benchmarks are matched by name.
+``sys.path``); benchmarks are matched by name. Both sides get ``STEVE1_BENCH_QUICK=1`` (CI sizes) and
+``STEVE1_BENCH_GATE=1``: a benchmark may then skip a same-run reference the gate does not read
+(benchmarks/conftest.py); its figure is measured as always.
 
 Per benchmark the gate compares each benchmark's throughput figure (``extra_info['figure']``,
 higher is better; see ``benchmarks/conftest.py``) over the repetitions:
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference.json"
 DEFAULT_THRESHOLD = 0.25
 DEFAULT_REPS = 5
-QUICK_ENV = {"STEVE1_BENCH_QUICK": "1"}
+QUICK_ENV = {"STEVE1_BENCH_QUICK": "1", "STEVE1_BENCH_GATE": "1"}   # quick sizes; skip costly references
 
 
 class GateError(Exception):
