@@ -7,7 +7,8 @@ naive method runs 33 windows x 16 = 528 frames through the ViT, ours 48. Quick m
 the ideal ratio is 16 (N-15) / N (11.0 at 48 frames, 13.5 at 96, 16 for long episodes): the
 image tower is all the work and ours runs it N times against 16 (N-15).
 
-Under the gate (``STEVE1_BENCH_GATE=1``) the naive reference is not run: it is nine tenths of this
+Under the gate (``STEVE1_BENCH_GATE=1``, which the gate sets only when both sides know it) the naive
+reference is not run: it is nine tenths of this
 benchmark's time and the gate reads only the figure, which is measured as always (the best of three
 runs of ours). tests/data/test_embedding.py checks ours against the naive method.
 """
