@@ -6,7 +6,9 @@ on a noisy shared machine. The CI gate (benchmarks/gate.py) compares ``extra_inf
 this tree against the reference commit's, both measured in the same run on the same machine.
 
 ``STEVE1_BENCH_QUICK=1`` shrinks problem sizes for CI; figures in benchmarks/results/ come from
-full runs.
+full runs. ``STEVE1_BENCH_GATE=1`` (set by benchmarks/gate.py) lets a benchmark skip a same-run
+reference that costs far more than its figure: the gate reads only the figures, and the figure is
+measured the same way either way (benchmarks that skip one say so in ``reference_name``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import pytest
 
 QUICK = os.environ.get("STEVE1_BENCH_QUICK", "0") == "1"
+GATE = os.environ.get("STEVE1_BENCH_GATE", "0") == "1"
 
 
 def record(benchmark, *, figure: float, reference: float, unit: str, reference_name: str, **extra) -> float:

@@ -6,7 +6,10 @@ elsewhere. It exports the reference commit named in ``benchmarks/reference.json`
 temporary tree, then runs the quick benchmark suite of both trees on this machine, in this run,
 in the same Python environment, alternating base and head (B H H B B H ...) so that load drifts
 hit both. Each side runs its own ``benchmarks/`` against its own ``steve1`` (the tree is first on
-``sys.path``); benchmarks are matched by name.
+``sys.path``); benchmarks are matched by name. Both sides get ``STEVE1_BENCH_QUICK=1`` (CI sizes) and,
+when both trees know it, ``STEVE1_BENCH_GATE=1``: a benchmark may then skip a same-run reference the
+gate does not read (benchmarks/conftest.py). Only both or neither: skipping a reference changes when
+the figure's runs happen, so one side alone would measure differently.
 
 Per benchmark the gate compares each benchmark's throughput figure (``extra_info['figure']``,
 higher is better; see ``benchmarks/conftest.py``) over the repetitions:
@@ -50,6 +53,7 @@ REFERENCE_FILE = Path(__file__).resolve().parent / "reference.json"
 DEFAULT_THRESHOLD = 0.25
 DEFAULT_REPS = 5
 QUICK_ENV = {"STEVE1_BENCH_QUICK": "1"}
+GATE_ENV = {"STEVE1_BENCH_GATE": "1"}   # skip same-run references the gate does not read (benchmarks/conftest.py)
 
 
 class GateError(Exception):
@@ -96,9 +100,18 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
     return dest
 
 
-def side_env(tree: Path) -> dict[str, str]:
-    """Environment for one side: its tree first on sys.path, quick sizes, nothing else changed."""
-    env = dict(os.environ, **QUICK_ENV)
+def knows_gate_switch(tree: Path) -> bool:
+    """Whether ``tree``'s benchmarks honour ``STEVE1_BENCH_GATE`` (commits before it do not)."""
+    conftest = tree / "benchmarks" / "conftest.py"
+    return conftest.is_file() and "STEVE1_BENCH_GATE" in conftest.read_text()
+
+
+def side_env(tree: Path, gate_switch: bool = False) -> dict[str, str]:
+    """Environment for one side: its tree first on sys.path, quick sizes, the gate switch when both
+    sides honour it (else neither side gets it: both measure the same way), nothing else changed."""
+    env = dict(os.environ, **QUICK_ENV, **(GATE_ENV if gate_switch else {}))
+    if not gate_switch:
+        env.pop("STEVE1_BENCH_GATE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("PYTEST_ADDOPTS", None)
     return env
@@ -115,7 +128,7 @@ def check_import_origin(tree: Path) -> None:
         raise GateError(f"{tree}: `import steve1` loads {origin}, not this tree's copy")
 
 
-def run_side(tree: Path, out_json: Path, select: str | None, log: Path) -> dict[str, dict]:
+def run_side(tree: Path, out_json: Path, select: str | None, log: Path, gate_switch: bool = False) -> dict[str, dict]:
     """One quick-suite run of ``tree``'s benchmarks; ``{fullname: extra_info}`` (empty: none collected)."""
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", f"--benchmark-json={out_json}",
            "-q", "-p", "no:cacheprovider"]
@@ -124,7 +137,8 @@ def run_side(tree: Path, out_json: Path, select: str | None, log: Path) -> dict[
     with log.open("a") as fh:
         fh.write(f"\n$ (cd {tree} && {' '.join(cmd)})\n")
         fh.flush()
-        rc = subprocess.run(cmd, cwd=tree, env=side_env(tree), stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=tree, env=side_env(tree, gate_switch), stdout=fh,
+                            stderr=subprocess.STDOUT).returncode
     if rc == 5:  # pytest: nothing collected
         return {}
     if rc != 0:
@@ -156,11 +170,13 @@ def measure(base: Path, head: Path, reps: int, select: str | None, workdir: Path
     """``reps`` runs of each side, interleaved B H H B B H ...; figures by benchmark name."""
     samples: dict[str, Samples] = {}
     log = workdir / "gate.log"
+    switch = knows_gate_switch(base) and knows_gate_switch(head)
+    progress(f"gate: STEVE1_BENCH_GATE {'on for both sides' if switch else 'off: the base commit does not know it'}")
     for i in range(reps):
         order = (("base", base), ("head", head)) if i % 2 == 0 else (("head", head), ("base", base))
         for side, tree in order:
             t0 = time.perf_counter()
-            infos = run_side(tree, workdir / f"{side}-{i}.json", select, log)
+            infos = run_side(tree, workdir / f"{side}-{i}.json", select, log, switch)
             progress(f"gate: repetition {i + 1}/{reps} {side}: {len(infos)} benchmark(s) in "
                      f"{time.perf_counter() - t0:.0f} s")
             for name, info in infos.items():

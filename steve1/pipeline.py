@@ -220,7 +220,12 @@ class ImportGraph:
     """Project files reachable from a module by imports, with every enclosing package's ``__init__``."""
 
     root: Path = ROOT
-    _seen: dict[str, set[Path]] = field(default_factory=dict)
+    _seen: dict[Path, set[str]] = field(default_factory=dict)   # each file's imports, parsed once a graph
+
+    def _imports(self, path: Path, name: str) -> set[str]:
+        if path not in self._seen:
+            self._seen[path] = imported_modules(path, name)
+        return self._seen[path]
 
     def closure(self, module: str) -> set[Path]:
         files: set[Path] = set()
@@ -235,7 +240,7 @@ class ImportGraph:
                 path = module_file(".".join(parts[:i]), self.root)
                 if path is not None and path not in files:
                     files.add(path)
-                    todo.extend(imported_modules(path, ".".join(parts[:i])))
+                    todo.extend(self._imports(path, ".".join(parts[:i])))
         return files
 
     def deps(self, module: str) -> list[str]:

@@ -7,13 +7,13 @@ import copy
 import csv
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fixtures.dvc_repo import tiny_dvc_repo
 from steve1 import experiments as X
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,31 +174,15 @@ def test_metrics_follow_each_rows_own_run_folder():
 @pytest.mark.slow
 def test_compare_reads_a_real_dvc_repo(tmp_path):
     """A tiny DVC project (one stage writing the train metrics file): a done and a queued experiment."""
-    env_bin = str(Path(sys.executable).parent)
-    import os
-    env = {**os.environ, "PATH": env_bin + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-
-    def run(*cmd):
-        return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
-
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    (tmp_path / "train.py").write_text(
-        "import json, os, yaml\np = yaml.safe_load(open('params.yaml'))\nos.makedirs('models/default', exist_ok=True)\n"
-        "json.dump({'loss': 1.0, 'val_loss': p['learning_rate'] * 1000, 'frames_per_s': 5.0},"
-        " open('models/default/metrics.json', 'w'))\n")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
-        "cmd": f"{sys.executable} train.py", "deps": ["train.py"], "params": ["learning_rate", "train.freeze"],
-        "metrics": [{"models/default/metrics.json": {"cache": False}}]}}}))
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "t@t")
-    run("git", "config", "user.name", "t")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "repro", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "baseline")
+    run = tiny_dvc_repo(tmp_path, params=(ROOT / "params.yaml").read_text(),
+                        stage_params=["learning_rate", "train.freeze"],
+                        train_py="import json, os, yaml\np = yaml.safe_load(open('params.yaml'))\n"
+                        "os.makedirs('models/default', exist_ok=True)\n"
+                        "json.dump({'loss': 1.0, 'val_loss': p['learning_rate'] * 1000, 'frames_per_s': 5.0},"
+                        " open('models/default/metrics.json', 'w'))\n")
     run(sys.executable, "-m", "dvc", "exp", "run", "-q", "--name", "fast", "-S", "learning_rate=1.0e-4")
     run(sys.executable, "-m", "dvc", "exp", "run", "--queue", "--name", "later", "-S", "train.freeze=[cnn]")
-    text = run(sys.executable, "-m", "steve1.cli", "compare", "--sort", "val_loss")
+    text = run(sys.executable, "-m", "steve1.cli", "compare", "--sort", "val_loss").stdout
     lines = text.splitlines()
     assert max(map(len, lines)) <= 120
     assert lines[0].split() == ["experiment", "state", "learning_rate", "train.freeze", "val_loss"], text

@@ -159,3 +159,21 @@ def test_gate_fails_for_an_injected_one_and_a_half_times_slowdown(tmp_path, head
     assert row["noise"] <= 0.25, f"the benchmark was too noisy in this run to test the gate: {row}"
     assert rc == 1 and row["verdict"] == "SLOWER", row
     assert row["change"] == pytest.approx(-1 / 3, abs=0.1)
+
+
+def test_the_gate_switch_goes_to_both_sides_or_neither(tmp_path, monkeypatch):
+    """STEVE1_BENCH_GATE lets a benchmark skip a reference, which moves when its figure's runs happen:
+    a base commit that does not know the switch measures without it, and so must the head."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree, text in ((old, "QUICK = 1\n"), (new, 'GATE = os.environ.get("STEVE1_BENCH_GATE")\n')):
+        (tree / "benchmarks").mkdir(parents=True)
+        (tree / "benchmarks" / "conftest.py").write_text(text)
+    monkeypatch.setenv("STEVE1_BENCH_GATE", "1")          # not inherited from the caller either
+    seen = []
+    monkeypatch.setattr(gate, "run_side", lambda tree, out, select, log, switch=False: seen.append(
+        (tree.name, gate.side_env(tree, switch).get("STEVE1_BENCH_GATE"))) or {})
+    gate.measure(old, new, 2, None, tmp_path, progress=lambda _: None)
+    assert seen == [("old", None), ("new", None), ("new", None), ("old", None)]
+    seen.clear()
+    gate.measure(new, new, 2, None, tmp_path, progress=lambda _: None)
+    assert {env for _, env in seen} == {"1"} and len(seen) == 4

@@ -140,7 +140,8 @@ def test_editing_a_module_makes_exactly_its_importers_stale(project, module):
     try:
         path.write_bytes(original + b"\n# an edit\n")
         # foreach stages (custom sets) have no instance while params.yaml names no set
-        expected = {s.name for s in stages() if not s.foreach and module in ImportGraph(root).deps(s.module)}
+        graph = ImportGraph(root)
+        expected = {s.name for s in stages() if not s.foreach and module in graph.deps(s.module)}
         assert expected and _stale(root, env) == expected
     finally:
         path.write_bytes(original)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.dvc_repo import tiny_dvc_repo
 from steve1.params import validate_params
 from steve1.shapes import nested
 from steve1.tune import (TrialStatus, TuneError, _flat, distributions, experiment_name, load_tune, run_study,
@@ -266,18 +266,13 @@ def test_overrides_are_spelled_as_yaml_that_reads_back_as_the_value():
 def test_a_real_study_of_queued_dvc_experiments(tmp_path):
     """Four trials as `dvc exp run --queue` in a tiny DVC repo whose one stage writes the train metrics and
     dvclive curve from learning_rate; the third is made hopeless (pruned), a failing one is recorded."""
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-           "PYTHONPATH": str(ROOT)}
-
-    def run(*cmd, check=True):
-        return subprocess.run(cmd, cwd=tmp_path, env=env, check=check, capture_output=True, text=True)
-
     # seed 99 proposes train.seed 0, 0, 7, 1: two good trials, a hopeless one, a failing one
     raw = _raw(n_trials=4, jobs=1, poll_s=1.0, prune_after_trials=2, seed=99,
                space={"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
                       "train.seed": {"choices": [0, 1, 7]}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (tmp_path / "train.py").write_text(
+    run = tiny_dvc_repo(tmp_path, params=yaml.safe_dump(raw, sort_keys=False),
+                        stage_params=["learning_rate", "train.seed"], outs=["models/default/dvclive"],
+                        files={".gitignore": "/tune/\n"}, train_py=(
         "import json, math, os, time, yaml\n"
         "p = yaml.safe_load(open('params.yaml'))\n"
         "lr, seed = p['learning_rate'], p['train']['seed']\n"
@@ -291,19 +286,7 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
         "    rows.append(f'{s}\\t{base + 1 / (s + 1)}')\n"
         "    open(d + '/val_loss.tsv', 'w').write('\\n'.join(rows) + '\\n')\n"
         "    time.sleep(4.0 if seed == 7 else 0.5)\n"   # the hopeless one runs long enough to be seen running
-        "json.dump({'loss': 1.0, 'val_loss': base, 'frames_per_s': 5.0}, open('models/default/metrics.json', 'w'))\n")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
-        "cmd": f"{sys.executable} train.py", "deps": ["train.py"], "params": ["learning_rate", "train.seed"],
-        "outs": [{"models/default/dvclive": {"cache": False}}],
-        "metrics": [{"models/default/metrics.json": {"cache": False}}]}}}))
-    (tmp_path / ".gitignore").write_text("/tune/\n")
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "t@t")
-    run("git", "config", "user.name", "t")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "repro", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "baseline")
+        "json.dump({'loss': 1.0, 'val_loss': base, 'frames_per_s': 5.0}, open('models/default/metrics.json', 'w'))\n"))
     try:
         out = run(sys.executable, "-m", "steve1.cli", "tune", "--json", check=False)
         assert out.returncode == 0, out.stderr[-3000:]

@@ -1,7 +1,8 @@
 """The downloader against a local HTTP server (127.0.0.1 only) that injects faults.
 
-Every fault is bounded: small files, ``backoff_s`` of milliseconds, sub-second sleeps, so the
-whole module runs in a few seconds.
+Every fault is bounded: small files, ``backoff_s`` of milliseconds; a slow body stalls until the
+client gives up (never a race between a sleep and a timeout, which a loaded machine can lose), so
+the whole module runs in a few seconds.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import json
 import re
 import logging
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,8 +51,8 @@ class Fault:
     status_first: int = 0          # answer the first k requests with `status`
     status: int = 500
     drop_first: int = 0            # first k requests: send half of the body, then close
-    slow_first: int = 0            # first k requests: send half, sleep `sleep_s`, send the rest
-    sleep_s: float = 0.6
+    slow_first: int = 0            # first k requests: send half, stall until the client hangs up (at most
+    sleep_s: float = 60.0          # `sleep_s`), then send the rest
     ignore_range: bool = False     # always 200 with the full body
     extra_length: int = 0          # Content-Length claims this many bytes more than sent
     no_length: bool = False        # send no Content-Length: the body ends when the connection closes
@@ -67,6 +70,19 @@ class Server:
 
     def requests_for(self, path: str) -> list[tuple[str, str | None, int]]:
         return [r for r in self.log if r[0] == path]
+
+
+def _stall(conn: socket.socket, seconds: float) -> None:
+    """Wait ``seconds``, or less: until the client closes the connection (gave up on the body)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([conn], [], [], min(left, 0.05))[0]:
+            try:
+                if conn.recv(1, socket.MSG_PEEK) == b"":
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)      # readable without EOF (a pipelined byte): keep waiting
 
 
 def _handler(server: Server):
@@ -124,7 +140,7 @@ def _handler(server: Server):
             if n < fault.slow_first:
                 self.wfile.write(body[:half])
                 self.wfile.flush()
-                time.sleep(fault.sleep_s)
+                _stall(self.connection, fault.sleep_s)
                 body = body[half:]
             try:
                 self.wfile.write(body)
@@ -277,10 +293,8 @@ def test_500s_beyond_retries_fail_the_episode(tmp_path, server, recording):
 
 def test_slow_body_times_out_and_resumes(tmp_path, server, recording):
     path = f"/data/10.0/{EP_A}.mp4"
-    server.faults[path] = Fault(slow_first=1, sleep_s=0.6)
-    t0 = time.monotonic()
-    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=2, backoff_s=0.01, timeout_s=0.2))
-    assert time.monotonic() - t0 < 3.0
+    server.faults[path] = Fault(slow_first=1)       # stalls mid-body until the client times out
+    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=2, backoff_s=0.01, timeout_s=1.0))
     assert report.n_ok == 2
     _assert_exact(tmp_path / "raw", EP_A, recording)
     assert [r[2] for r in server.requests_for(path)] == [200, 206]
@@ -288,10 +302,8 @@ def test_slow_body_times_out_and_resumes(tmp_path, server, recording):
 
 def test_always_slow_fails_after_bounded_retries(tmp_path, server, recording):
     path = f"/data/10.0/{EP_A}.mp4"
-    server.faults[path] = Fault(slow_first=100, sleep_s=0.5)
-    t0 = time.monotonic()
-    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=1, backoff_s=0.01, timeout_s=0.15))
-    assert time.monotonic() - t0 < 3.0
+    server.faults[path] = Fault(slow_first=100)     # every request stalls mid-body
+    report = _run(tmp_path, server, recording, policy=RetryPolicy(retries=1, backoff_s=0.01, timeout_s=1.0))
     assert list(report.failed) == [EP_A]
     assert "timed out" in report.failed[EP_A].lower()
     assert len(server.requests_for(path)) == 2
