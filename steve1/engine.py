@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
+from steve1.errors import UserError
+
 if TYPE_CHECKING:
     from steve1.params import Params, RayParams
 
@@ -58,7 +60,7 @@ class Lost:
     reason: str
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """The engine cannot run here (no Ray, a worker that sees other code or another folder)."""
 
 

@@ -17,8 +17,10 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
                       model_validator)
 
+from steve1.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 

@@ -28,6 +28,7 @@ from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
                                to_rgb_resized)
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import UserError
 from steve1.io import check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -40,7 +41,7 @@ AGENT_SIZE = (F.FRAME_SHAPE[1], F.FRAME_SHAPE[0])   # (W, H) for cv2
 DRAWN_CURSOR = "drawn-arrow-v1"
 
 
-class DecodeSkip(ValueError):
+class DecodeSkip(UserError, ValueError):
     """A recording that cannot be decoded; the message is the manifest's reason."""
 
 

@@ -20,13 +20,14 @@ import h5py
 import numpy as np
 
 from steve1.data import formats as F
+from steve1.errors import UserError
 from steve1.io import write_bytes_atomic
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError)  # what h5py raises for damaged files and missing objects
 _STAGE = {"episode": "decode", "embeds": "embed"}
 
 
-class EpisodeFormatError(ValueError):
+class EpisodeFormatError(UserError, ValueError):
     """An episode or embeds file does not follow the declared format."""
 
 

@@ -24,6 +24,7 @@ from typing import Iterable, Optional, Sequence
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+from steve1.errors import UserError
 from steve1.io import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
 _URL_SCHEMES = ("http", "https", "file")
 
 
-class IndexFileError(ValueError):
+class IndexFileError(UserError, ValueError):
     """An index file is unreadable, malformed, or a selection names what it does not hold."""
 
 

@@ -45,6 +45,7 @@ from steve1.data.dataset import ChunkLoader, make_dataloader
 from steve1.data import formats as F
 from steve1.data.episodes import open_store
 from steve1.data.sampling import episode_files, load_sampling, set_dirs, split_chunks, split_key
+from steve1.errors import UserError
 from steve1.io import check_writable, sha256_file, write_json_atomic
 from steve1.models.build import build_policy_for_params
 from steve1.models.checkpoints import load_policy_weights, save_policy_weights
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped without saving."""
 
 
@@ -115,7 +116,7 @@ def call_slice(inputs: Mapping[str, torch.Tensor], i: int, trunc_t: int) -> dict
     return {k: v[:, i * trunc_t:(i + 1) * trunc_t] for k, v in inputs.items()}
 
 
-class EmbedDimError(ValueError):
+class EmbedDimError(UserError, ValueError):
     """The goal embeddings' width differs from ``train.mineclip_embed_dim``."""
 
 
