@@ -15,11 +15,11 @@ from steve1.params import Params
 
 
 def _body(params: Params) -> None:
+    layout = Layout.from_params(params)
     try:
-        layout = Layout.from_params(params)
         run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling,
                      layout.mix_dirs(m.name for m in params.sample.mix))
-    except (SamplingError, FileNotFoundError) as exc:
+    except SamplingError as exc:   # until SamplingError is a UserError (steve1/data/sampling.py, issue 25)
         raise StageError(str(exc)) from None
 
 

@@ -23,7 +23,7 @@ def _body(params: Params) -> None:
     w = params.weights
     try:
         rows = ensure_official_files(w.files, w.dir, RetryPolicy(retries=w.retries, timeout_s=w.timeout_s))
-    except WeightsError as exc:
+    except WeightsError as exc:   # until WeightsError is a UserError (steve1/models/official_files.py, issue 25)
         raise StageError(str(exc)) from None
     for name, row in rows.items():
         log.info("%s: ok (%d bytes, sha256 %s)", name, row["bytes"], row["sha256"][:16])

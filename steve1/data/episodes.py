@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from steve1.data import formats as F
-from steve1.errors import UserError
+from steve1.errors import MissingInputError, UserError
 from steve1.io import write_bytes_atomic
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError)  # what h5py raises for damaged files and missing objects
@@ -49,7 +49,7 @@ def open_store(path: str | Path, what: str = "episode", **kwargs: Any) -> h5py.F
     """``h5py.File(path, "r")`` whose failures name the file: FileNotFoundError or :class:`StoreError`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} file not found (run the {_STAGE.get(what, 'decode')} stage)")
+        raise MissingInputError(f"{path}: {what} file not found (run the {_STAGE.get(what, 'decode')} stage)")
     try:
         return h5py.File(path, "r", **kwargs)
     except _H5_ERRORS as exc:
@@ -141,7 +141,7 @@ def write_episode(path: str | Path, ep: Episode, codec: str = "lzf", level: int 
     path = Path(path)
     n = ep.n_frames
     if codec not in F.CODECS:
-        raise ValueError(f"unknown frame codec {codec!r}; expected one of {', '.join(F.CODECS)}")
+        raise EpisodeFormatError(f"unknown frame codec {codec!r}; expected one of {', '.join(F.CODECS)}")
     encoded = F.encode_frames(ep.frames, quality) if codec in F.PER_FRAME_CODECS else None
 
     def fill(f: h5py.File) -> None:

@@ -120,7 +120,7 @@ def file_url_path(url: str) -> Path:
     """The local path of a file:// URL."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "file":
-        raise ValueError(f"{url}: not a file:// URL")
+        raise IndexFileError(f"{url}: not a file:// URL")
     return Path(url2pathname(unquote(parts.path)))
 
 

@@ -11,7 +11,7 @@ import copy
 from typing import Optional
 
 from steve1.models.checkpoints import read_policy_kwargs
-from steve1.models.vpt import PRESETS, AgentPolicy, build_policy
+from steve1.models.vpt import PRESETS, AgentPolicy, PolicyConfigError, build_policy
 
 
 def policy_kwargs_for_params(tp) -> tuple[dict, dict]:
@@ -24,8 +24,8 @@ def policy_kwargs_for_params(tp) -> tuple[dict, dict]:
         policy_kwargs, pi_head_kwargs = read_policy_kwargs(tp.in_model)
         stored = policy_kwargs.get("mineclip_embed_dim")
         if stored is not None and stored != tp.mineclip_embed_dim:
-            raise ValueError(f"{tp.in_model} has mineclip_embed_dim {stored} but train.mineclip_embed_dim is "
-                             f"{tp.mineclip_embed_dim}; make them agree")
+            raise PolicyConfigError(f"{tp.in_model} has mineclip_embed_dim {stored} but train.mineclip_embed_dim is "
+                                    f"{tp.mineclip_embed_dim}; make them agree")
     else:
         preset = copy.deepcopy(PRESETS[tp.preset])
         policy_kwargs, pi_head_kwargs = preset["policy_kwargs"], preset["pi_head_kwargs"]

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from steve1.errors import MissingInputError, UserError
 from steve1.io import atomic_path, file_digest
 from steve1.models.mineclip import MC_IMAGE_MEAN, MC_IMAGE_STD, MineCLIP, MineCLIPConfig, build_mineclip
 
@@ -32,6 +33,10 @@ ALIAS_TO_CANONICAL = {
     "clip_model.text_model.": "reward_head.clip_model.text_model.",
     "clip_model.logit_scale": "reward_head.clip_model.logit_scale",
 }
+
+
+class MineCLIPWeightsError(UserError, ValueError):
+    """A MineCLIP weights file that is not an attn checkpoint of the configured model."""
 
 
 def canonical_key(official_key: str) -> str:
@@ -79,7 +84,7 @@ def canonical_state_dict(official: Mapping[str, torch.Tensor], expected: Sequenc
             parts.append(f"missing {len(missing)} keys: {_listing(missing)}")
         if extra:
             parts.append(f"unexpected {len(extra)} keys: {_listing(extra)}")
-        raise ValueError(f"{where}: not a MineCLIP attn checkpoint of this config ({'; '.join(parts)})")
+        raise MineCLIPWeightsError(f"{where}: not a MineCLIP attn checkpoint of this config ({'; '.join(parts)})")
     canonical: dict[str, torch.Tensor] = {}
     disagree = []
     for key in expected:
@@ -95,7 +100,7 @@ def canonical_state_dict(official: Mapping[str, torch.Tensor], expected: Sequenc
             if not same and not torch.equal(value, ref):
                 disagree.append(f"{key} != {canon}")
     if disagree:
-        raise ValueError(f"{where}: alias tensors differ from their canonical tensors: {_listing(disagree)}")
+        raise MineCLIPWeightsError(f"{where}: alias tensors differ from their canonical tensors: {_listing(disagree)}")
     return canonical
 
 
@@ -126,7 +131,7 @@ def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[s
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: MineCLIP weights file not found (set embed.weights or download attn.pth)")
+        raise MissingInputError(f"{path}: MineCLIP weights file not found (set embed.weights or download attn.pth)")
     md5 = file_digest(path, "md5")
     if md5 != expected_md5:
         msg = f"{path}: md5 {md5} differs from the official attn.pth ({expected_md5}); using it anyway"
@@ -137,7 +142,7 @@ def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[s
     except RuntimeError:                      # files in the legacy (pre-zip) format cannot be mapped
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
+        raise MineCLIPWeightsError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
     official = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
     model = build_mineclip(config, device="meta")
     canonical = canonical_state_dict(official, official_keys(model.state_dict().keys()), str(path))

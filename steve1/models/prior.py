@@ -18,6 +18,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from steve1.errors import MissingInputError, UserError
+
+
+class PriorWeightsError(UserError, ValueError):
+    """A prior weights file is not a STEVE-1 prior state dict."""
+
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -75,7 +81,7 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> PriorConfig:
         w_in = state_dict["encoder.0.weight"]      # [hidden, 2*embed]
         w_out = state_dict["encoder.6.weight"]     # [2*latent, hidden]
     except KeyError as exc:
-        raise ValueError(f"not a STEVE-1 prior state_dict: missing key {exc.args[0]!r}") from None
+        raise PriorWeightsError(f"not a STEVE-1 prior state_dict: missing key {exc.args[0]!r}") from None
     return PriorConfig(embed_dim=w_in.shape[1] // 2, hidden_dim=w_in.shape[0], latent_dim=w_out.shape[0] // 2)
 
 
@@ -86,15 +92,15 @@ def load_prior(path: str | Path, map_location: str | torch.device = "cpu") -> Pr
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: prior weights not found (run the prior stage or download steve1_prior.pt)")
+        raise MissingInputError(f"{path}: prior weights not found (run the prior stage or download steve1_prior.pt)")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
+        raise PriorWeightsError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
     model = PriorCVAE(config_from_state_dict(state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: does not match the STEVE-1 prior layout: {exc}") from None
+        raise PriorWeightsError(f"{path}: does not match the STEVE-1 prior layout: {exc}") from None
     return model.eval()
 
 

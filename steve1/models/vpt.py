@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from steve1.actions import N_BUTTONS, N_CAMERA
+from steve1.errors import UserError
 from steve1.models.impala import FanInLinear, ImgObsProcess
 from steve1.models.transformer import BlockState, ResidualRecurrentBlocks
 
@@ -37,6 +38,10 @@ _REQUIRED_VALUES = {
     "init_norm_kwargs": {"batch_norm": False, "group_norm_groups": 1},
     "impala_kwargs": {"post_pool_groups": 1},
 }
+
+
+class PolicyConfigError(UserError, ValueError):
+    """policy/pi-head kwargs (from a .model file or the params) that this implementation cannot build."""
 
 
 @dataclass(frozen=True)
@@ -72,22 +77,22 @@ class PolicyConfig:
                 values[key] = tuple(value) if isinstance(value, list) else value
             elif key in _REQUIRED_VALUES:
                 if value != _REQUIRED_VALUES[key]:
-                    raise ValueError(f"policy_kwargs[{key!r}] = {value!r} is not supported; this implementation "
-                                     f"only has {key} = {_REQUIRED_VALUES[key]!r}")
+                    raise PolicyConfigError(f"policy_kwargs[{key!r}] = {value!r} is not supported; this implementation "
+                                            f"only has {key} = {_REQUIRED_VALUES[key]!r}")
             elif key in _IGNORED_KWARGS:
                 extra[key] = value
             else:
-                raise ValueError(f"unknown policy_kwargs key {key!r} (value {value!r}); known keys: "
-                                 f"{sorted(own | set(_REQUIRED_VALUES) | _IGNORED_KWARGS)}")
+                raise PolicyConfigError(f"unknown policy_kwargs key {key!r} (value {value!r}); known keys: "
+                                        f"{sorted(own | set(_REQUIRED_VALUES) | _IGNORED_KWARGS)}")
         pi = dict(pi_head_kwargs or {})
         if set(pi) - {"temperature"}:
-            raise ValueError(f"unknown pi_head_kwargs keys {sorted(set(pi) - {'temperature'})}; only 'temperature'")
+            raise PolicyConfigError(f"unknown pi_head_kwargs keys {sorted(set(pi) - {'temperature'})}; only 'temperature'")
         cfg = cls(**values, temperature=float(pi.get("temperature", 1.0)), extra=extra)
         if cfg.maxlen <= 0:
-            raise ValueError(f"attention_memory_size ({cfg.attention_memory_size}) must exceed timesteps "
-                             f"({cfg.timesteps})")
+            raise PolicyConfigError(f"attention_memory_size ({cfg.attention_memory_size}) must exceed timesteps "
+                                    f"({cfg.timesteps})")
         if cfg.hidsize % cfg.attention_heads:
-            raise ValueError(f"hidsize {cfg.hidsize} is not divisible by attention_heads {cfg.attention_heads}")
+            raise PolicyConfigError(f"hidsize {cfg.hidsize} is not divisible by attention_heads {cfg.attention_heads}")
         return cfg
 
 

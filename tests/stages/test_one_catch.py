@@ -1,0 +1,121 @@
+"""Issue 25: stages catch no builtin exceptions; ``run_stage`` is the one place a ``UserError`` is caught.
+
+A stage calls the library; a failure the user can fix is a :class:`steve1.errors.UserError` whose
+message names the file/key/value, printed by ``run_stage`` as one line. A ``ValueError`` (or any other
+builtin) escaping a stage is a bug and must keep its traceback, so no stage catches one wholesale.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from pathlib import Path
+
+import pytest
+
+from stages._common import StageError, run_stage
+from steve1.errors import UserError
+
+STAGES = Path(__file__).resolve().parents[2] / "stages"
+BUILTIN_EXCEPTIONS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type)
+                      and issubclass(getattr(builtins, n), BaseException)}
+
+# Catches that wait for another issue-25 branch to give the library's raises on that path a named
+# UserError; delete an entry when its stage no longer needs it (the last test says when).
+PENDING = {
+    "train.py": {"ValueError", "FileNotFoundError"},       # steve1/data/{dataset,sampling}.py, train/val_sets.py
+    "evaluate.py": {"ValueError", "FileNotFoundError"},    # steve1/data/{dataset,sampling}.py
+    "import_set.py": {"ValueError", "FileNotFoundError"},  # steve1/data/custom.py
+    "generate.py": {"ValueError", "FileNotFoundError"},    # the play helper converts stages/generate.py
+    "rollout.py": {"ValueError", "FileNotFoundError"},     # the play helper converts stages/rollout.py
+}
+
+
+def _caught_builtins(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every builtin exception class an ``except`` clause in ``path`` names, except the
+    one documented wrapper around ``check(params)`` in ``run_stage``."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        wraps_check = (len(node.body) == 1 and isinstance(node.body[0], ast.Expr)
+                       and isinstance(node.body[0].value, ast.Call)
+                       and getattr(node.body[0].value.func, "id", None) == "check")
+        for handler in node.handlers:
+            if handler.type is None:
+                found.append((handler.lineno, "<bare except>"))
+                continue
+            types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+            for t in types:
+                name = t.id if isinstance(t, ast.Name) else ast.unparse(t)
+                if name in BUILTIN_EXCEPTIONS and not (path.name == "_common.py" and wraps_check and name == "ValueError"):
+                    found.append((handler.lineno, name))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(STAGES.glob("*.py")), ids=lambda p: p.name)
+def test_no_stage_catches_a_builtin_exception(path):
+    allowed = PENDING.get(path.name, set())
+    bad = [(line, name) for line, name in _caught_builtins(path) if name not in allowed]
+    assert not bad, (f"{path.name} catches builtin exceptions {bad}: raise a named steve1.errors.UserError "
+                     f"subclass in the library instead and let run_stage report it")
+
+
+@pytest.mark.parametrize("name", sorted(PENDING))
+def test_pending_allowances_are_still_needed(name):
+    caught = {n for _, n in _caught_builtins(STAGES / name)}
+    assert PENDING[name] & caught, f"stages/{name} no longer catches {PENDING[name]}: delete its PENDING entry"
+
+
+class _FixableError(UserError, ValueError):
+    pass
+
+
+def _params(tmp_path: Path) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text("{}\n")
+    return str(path)
+
+
+def test_run_stage_prints_a_user_error_as_one_line(tmp_path, capsys):
+    def body(params):
+        raise _FixableError("data/x.h5: attr 'fps' is 'abc', expected a number")
+    assert run_stage("t", body, ["--params", _params(tmp_path)]) == 1
+    assert capsys.readouterr().err == "error: data/x.h5: attr 'fps' is 'abc', expected a number\n"
+    assert issubclass(StageError, UserError)
+
+
+def test_run_stage_lets_a_bug_keep_its_traceback(tmp_path):
+    def body(params):
+        raise ValueError("a bug, not the user's input")
+    with pytest.raises(ValueError, match="a bug"):
+        run_stage("t", body, ["--params", _params(tmp_path)])
+
+
+def test_every_named_library_error_is_a_user_error():
+    from steve1.data.decode import DecodeSkip
+    from steve1.data.episodes import EpisodeFormatError, StoreError
+    from steve1.data.index import IndexFileError
+    from steve1.data.recording import RecordingError
+    from steve1.data.video import VideoError
+    from steve1.engine import EngineError
+    from steve1.eval.drift import DriftInputError
+    from steve1.experiments import ExperimentsError
+    from steve1.io import DiskFullError, NotWritableError
+    from steve1.models.checkpoints import CheckpointMismatchError, PolicyFileError
+    from steve1.numerics import BlasModeError
+    from steve1.params import ParamsError
+    from steve1.train.accelerator import AcceleratorConfigError
+    from steve1.train.process import RunFolderBusyError
+    from steve1.train.prior import PriorDataError
+    from steve1.train.run_state import RunStateError
+    from steve1.train.safe_load import UnsafeCheckpointError
+    from steve1.train.trainer import NonFiniteLossError
+    from steve1.tune import TuneError
+    from steve1.unpickle import UnsafePickleError
+    for cls in (DecodeSkip, EpisodeFormatError, StoreError, IndexFileError, RecordingError, VideoError, EngineError,
+                DriftInputError, ExperimentsError, DiskFullError, NotWritableError, CheckpointMismatchError,
+                PolicyFileError, BlasModeError, ParamsError, AcceleratorConfigError, RunFolderBusyError,
+                PriorDataError, RunStateError, UnsafeCheckpointError, NonFiniteLossError, TuneError, UnsafePickleError):
+        assert issubclass(cls, UserError), cls
