@@ -83,9 +83,9 @@ def test_dvc_yaml_paths_are_the_layout_of_the_placeholders():
 
 def test_params_imports_no_library_code():
     # the layout only names things (the generated set); the package's numerics sets MKL's mode (stdlib
-    # only); nothing from data/, models/, train/ or eval/
-    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/layout.py", "steve1/numerics.py",
-                                                       "steve1/params.py"]
+    # only), errors.py the UserError base (no imports); nothing from data/, models/, train/ or eval/
+    assert ImportGraph(REPO).deps("steve1.params") == ["steve1/__init__.py", "steve1/errors.py", "steve1/layout.py",
+                                                       "steve1/numerics.py", "steve1/params.py"]
 
 
 def test_every_stage_is_a_steve1_command_running_the_same_module():
