@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from steve1.errors import UserError
+from steve1.errors import MissingInputError, UserError
 from steve1.io import atomic_path
 from steve1.unpickle import VPT_MODEL, PickledObject, UnsafePickleError, restricted_load, to_plain  # noqa: F401 (re-exported)
 
@@ -33,14 +33,14 @@ class CheckpointMismatchError(UserError, ValueError):
 
 
 class PolicyFileError(UserError, ValueError):
-    """A ``.model`` or ``.weights`` file is missing or is not what its name says."""
+    """A ``.model`` or ``.weights`` file is not what its name says."""
 
 
 def _open_policy_file(path: Path, what: str):
     try:
         return path.open("rb")
     except FileNotFoundError:
-        raise PolicyFileError(f"{path}: {what} not found") from None
+        raise MissingInputError(f"{path}: {what} not found") from None
 
 
 def load_model_file(path: str | Path) -> Any:
