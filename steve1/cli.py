@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from steve1.errors import UserError
 from steve1.params import DecodeParams, EmbedParams, RolloutParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -79,7 +80,7 @@ def decode_one(
     cursor_png: Optional[Path] = typer.Option(None, "--cursor-png", help="official mouse_cursor_white_16x16.png"),
 ) -> None:
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
-    from steve1.data.decode import DecodeSkip, decode_recording, conversion_settings
+    from steve1.data.decode import decode_recording, conversion_settings
     from steve1.io import sha256_file
     from steve1.data.episodes import write_episode
     from steve1.data import formats as F
@@ -93,7 +94,7 @@ def decode_one(
         attrs = {F.A_VIDEO_SHA256: sha256_file(video), F.A_JSONL_SHA256: sha256_file(actions),
                  F.A_CONVERSION: json.dumps(conversion_settings(settings), sort_keys=True)}
         ep = decode_recording(video, actions, out.stem, settings, attrs)
-    except (DecodeSkip, ValueError, OSError) as exc:
+    except UserError as exc:   # DecodeSkip: the recording's problem, one line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     write_episode(out, ep, settings.frame_codec, settings.codec_level, settings.chunk_frames, settings.frame_quality)
@@ -129,7 +130,7 @@ def import_recordings(
         settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
                                 min_kept_steps=min_kept_steps)
         report = import_all(src_dir, out_dir, settings, fmt, video_dir, fps)
-    except (ValueError, OSError) as exc:
+    except (UserError, ValueError, FileNotFoundError) as exc:   # ValueError: until steve1/data/custom.py raises named UserErrors
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     for eid, reason in sorted(report.skipped.items()):
@@ -154,7 +155,7 @@ def embed_text(
     try:
         encoder, weights_id = mineclip_text_encoder(str(weights) if weights else None, preset, seed)
         emb = encoder([text])[0].numpy()
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     _emit_vector(emb, out, text, "text embedding", weights_id)
@@ -207,7 +208,7 @@ def prompt(
     try:
         encoder, weights_id = mineclip_text_encoder(str(mineclip_weights) if mineclip_weights else None, preset, mineclip_seed)
         goal = prompt_to_goal([text], encoder, load_prior(prior), seed=seed, deterministic=deterministic)[0]
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     how = "prior mean" if deterministic else f"prior sample seed={seed}"
@@ -225,9 +226,8 @@ def rollout(
 ) -> None:
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
     MineRL 1.0.2, JDK 8 and a display (README "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
-    from stages._common import StageError
     from stages.rollout import check, run
-    from steve1.params import ParamsError, load_params
+    from steve1.params import load_params
 
     try:
         p = load_params(params)
@@ -235,12 +235,12 @@ def rollout(
             if value is not None:
                 setattr(p.rollout, key, value)
         check(p)
-    except (ParamsError, ValueError) as exc:
+    except ValueError as exc:   # a ParamsError, or the stage check's describe_invalid line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     try:
         run(p, str(out) if out else None)
-    except StageError as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
 

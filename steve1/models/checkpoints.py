@@ -72,7 +72,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd = torch.load(f, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:    # a foreign, damaged or cut file
             raise PolicyFileError(f"{path}: not a plain tensor state dict loadable with weights_only=True "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                  f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0].split('. ')[0]})") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise PolicyFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
     return strip_prefix(sd)

@@ -10,6 +10,7 @@ the same layout. The architecture itself lives in :mod:`steve1.models.mineclip`.
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,7 +141,12 @@ def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[s
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:                      # files in the legacy (pre-zip) format cannot be mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:   # damaged, cut, or not plain tensors
+            first = (str(exc).splitlines() or [""])[0].split(". ")[0]
+            raise MineCLIPWeightsError(f"{path}: not a torch checkpoint loadable with weights_only=True "
+                                       f"({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise MineCLIPWeightsError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
     official = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
