@@ -63,7 +63,11 @@ def reuse_dataset_embeds(episodes_dir: str | Path, raw_dir: str | Path, embeds_d
         if not companion.is_file():
             raise MissingInputError(f"{companion}: the dataset's embeddings of episode {eid} are missing "
                                     f"(rerun import-set)")
-        vectors = np.load(companion, allow_pickle=False)
+        try:
+            vectors = np.load(companion, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:     # not an .npy, cut, or an object array
+            raise EpisodeFormatError(f"{companion}: not a readable .npy of embeddings ({type(exc).__name__}: {exc}); "
+                                     f"rerun import-set") from None
         if vectors.shape != (n, F.STEVE1_EMBED_DIM) or vectors.dtype != np.float32:
             raise EpisodeFormatError(f"{companion}: {vectors.dtype} {list(vectors.shape)}, expected float32 "
                                      f"[{n},{F.STEVE1_EMBED_DIM}] like its episode (rerun import-set)")
