@@ -119,3 +119,15 @@ def test_every_named_library_error_is_a_user_error():
                 PolicyFileError, BlasModeError, ParamsError, AcceleratorConfigError, RunFolderBusyError,
                 PriorDataError, RunStateError, UnsafeCheckpointError, NonFiniteLossError, TuneError, UnsafePickleError):
         assert issubclass(cls, UserError), cls
+
+
+def test_a_missing_input_of_a_stage_is_one_line_without_a_catch_in_the_stage(tmp_path, capsys):
+    """The decode stage no longer catches FileNotFoundError itself: the library's MissingInputError
+    (a UserError) reaches run_stage and is printed as one line naming the folder."""
+    from stages.decode import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"paths:\n  raw: {tmp_path / 'nowhere'}\n  episodes: {tmp_path / 'episodes'}\n")
+    assert main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'nowhere'}: raw recordings folder not found (run the download stage)\n", err
