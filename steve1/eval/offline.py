@@ -59,11 +59,11 @@ COUNT_KEYS = ("n_chunks", "n_steps")
 Pd = Mapping[str, torch.Tensor]  # {"camera": [B,T,1,121], "buttons": [B,T,1,8641]} log-probs
 
 
-# ----------------------------------------------------------------------------- pure per-step metrics
-
 class EvalInputError(UserError, ValueError):
     """The evaluate stage's inputs (sampling, embeds, weights, device) cannot give metrics; the message says which."""
 
+
+# ----------------------------------------------------------------------------- pure per-step metrics
 
 def step_metrics(pd: Pd, action: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-step metrics of ``pd`` (log-probs [B,T,1,N]) against int actions [B,T]; each value [B,T] float."""
