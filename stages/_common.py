@@ -8,18 +8,21 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from steve1.errors import UserError
-from steve1.io import DiskFullError, NotWritableError
-from steve1.numerics import BlasModeError, require_reproducible_blas
+from steve1.numerics import require_reproducible_blas
 from steve1.params import Params, ParamsError, describe_invalid, load_params
 
 
 def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence[str]] = None,
-              check: Optional[Callable[[Params], None]] = None) -> int:
+              check: Optional[Callable[[Params], None]] = None, where: str = "") -> int:
     """Parse ``--params``, validate params.yaml before any work, run ``body``; return an exit code.
 
     ``check`` validates what the schema cannot without importing the library (official file
     names, freeze groups); it raises ``ValueError`` with a line made by ``describe_invalid``, reported
     like a schema error, before any work.
+
+    This is the one place a stage's errors are caught: a :class:`~steve1.errors.UserError` (its message
+    names the file, key or value) is printed as one line, prefixed by ``where``, and exits 1; anything
+    else is a bug and keeps its traceback. Stages do not catch exceptions themselves.
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"steve1 {name} stage")
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml (default: %(default)s)")
@@ -30,7 +33,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         if check is not None:
             try:
                 check(params)
-            except ValueError as exc:
+            except ValueError as exc:    # the check contract: one describe_invalid line (a ParamsError is one too)
                 raise ParamsError(f"{args.params} is invalid:\n  {exc}") from None
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -40,8 +43,8 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         if "torch" in sys.modules:           # a stage that computes: same bits whatever the thread count
             require_reproducible_blas()
         body(params)
-    except (UserError, StageError, DiskFullError, NotWritableError, BlasModeError) as exc:   # sentences naming the path: no traceback
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:   # a sentence naming the file/key/value: no traceback
+        print(f"error: {where}{exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -56,7 +59,8 @@ def run_set_stage(name: str, body: Callable[[Params, str], None], argv: Optional
         if known.set not in params.custom:
             raise ValueError(describe_invalid("custom", sorted(params.custom), f"has no set {known.set!r}"))
 
-    return run_stage(f"{name} {known.set}", lambda params: body(params, known.set), rest, check)
+    return run_stage(f"{name} {known.set}", lambda params: body(params, known.set), rest, check,
+                     where=f"custom.{known.set}: ")
 
 
 # DVC removes a stage's (non-persistent) outputs before it runs the command, so a bad value given
@@ -66,4 +70,4 @@ RECOVERY_HINT = ("nothing was computed. If DVC ran this stage, it removed the st
 
 
 class StageError(UserError, RuntimeError):
-    """A failure the user can act on; printed without a traceback."""
+    """A failure a stage itself finds in the library's results (too many failed downloads, nothing decoded)."""

@@ -9,19 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from stages._common import StageError
 from steve1.data.embedding import run_embed
-from steve1.data.episodes import EpisodeFormatError
 from steve1.engine import open_executor
 from steve1.params import Params
 
 
 def embed_folders(params: Params, episodes: str | Path, raw: str | Path, embeds: str | Path, *,
-                  cursor_png: Optional[str], where: str = "") -> None:
-    """Embed ``episodes`` (frames from ``raw``) into ``embeds`` on the params' engine with the ``embed``
-    params; a failure the user can act on becomes a :class:`StageError` prefixed by ``where``."""
-    try:
-        with open_executor(params) as executor:
-            run_embed(params.embed, episodes, raw, embeds, cursor_png=cursor_png, executor=executor)
-    except (FileNotFoundError, ValueError, RuntimeError, EpisodeFormatError) as exc:
-        raise StageError(f"{where}{exc}") from None
+                  cursor_png: Optional[str]) -> None:
+    """Embed ``episodes`` (frames from ``raw``) into ``embeds`` on the params' engine with the ``embed`` params."""
+    with open_executor(params) as executor:
+        run_embed(params.embed, episodes, raw, embeds, cursor_png=cursor_png, executor=executor)

@@ -6,18 +6,15 @@ import logging
 
 from stages._common import StageError, run_stage
 from steve1.data.decode import decode_all
-from steve1.engine import EngineError, open_executor
+from steve1.engine import open_executor
 from steve1.params import Params
 
 log = logging.getLogger("stages.decode")
 
 
 def _body(params: Params) -> None:
-    try:
-        with open_executor(params) as executor:
-            report = decode_all(params.paths.raw, params.paths.episodes, params.decode, executor=executor)
-    except (FileNotFoundError, ValueError, EngineError) as exc:
-        raise StageError(str(exc)) from None
+    with open_executor(params) as executor:
+        report = decode_all(params.paths.raw, params.paths.episodes, params.decode, executor=executor)
     log.info(report.summary())
     for eid, reason in report.skipped.items():
         log.warning("skipped %s: %s", eid, reason)

@@ -6,8 +6,7 @@ import logging
 
 from stages._common import StageError, run_stage
 from steve1.data.download import run_download
-from steve1.data.index import IndexFileError
-from steve1.engine import EngineError, open_executor
+from steve1.engine import open_executor
 from steve1.fetch import RetryPolicy
 from steve1.params import Params
 
@@ -16,22 +15,19 @@ log = logging.getLogger("stages.download")
 
 def _body(params: Params) -> None:
     p = params.download
-    try:
-        with open_executor(params) as executor:
-            report = run_download(
-                params.paths.raw,
-                p.index,
-                select=p.select,
-                n_episodes=p.n_episodes,
-                episodes=p.episodes,
-                versions=p.versions,
-                seed=p.seed,
-                policy=RetryPolicy(retries=p.retries, backoff_s=p.backoff_s, timeout_s=p.timeout_s),
-                concurrency=p.concurrency,
-                executor=executor,
-            )
-    except (IndexFileError, EngineError) as exc:
-        raise StageError(f"download: {exc}") from None
+    with open_executor(params) as executor:
+        report = run_download(
+            params.paths.raw,
+            p.index,
+            select=p.select,
+            n_episodes=p.n_episodes,
+            episodes=p.episodes,
+            versions=p.versions,
+            seed=p.seed,
+            policy=RetryPolicy(retries=p.retries, backoff_s=p.backoff_s, timeout_s=p.timeout_s),
+            concurrency=p.concurrency,
+            executor=executor,
+        )
     log.info(report.summary())
     if report.failed_fraction > p.max_failed_fraction:
         raise StageError(

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_set_stage
 from stages._embed import embed_folders
-from steve1.data.episodes import EpisodeFormatError
 from steve1.data.dataset_embeds import carries_embeddings, dataset_weights_id, reuse_dataset_embeds
 from steve1.layout import Layout
 from steve1.params import Params
@@ -27,25 +26,18 @@ def _body(params: Params, name: str) -> None:
     spec, where = params.custom[name], Layout.from_params(params).custom_set(name)
     reuse = False
     if spec.embeddings != "mineclip":
-        try:
-            brought, not_brought = carries_embeddings(where.episodes)
-        except (OSError, EpisodeFormatError) as exc:
-            raise StageError(f"custom.{name}: {exc}") from None
+        brought, not_brought = carries_embeddings(where.episodes)
         if spec.embeddings == "dataset" and not_brought:
-            raise StageError(f"custom.{name}: embeddings: dataset, but {len(not_brought)} episode(s) brought no "
+            raise StageError(f"embeddings: dataset, but {len(not_brought)} episode(s) brought no "
                              f"embeddings (e.g. {not_brought[0]}: not a STEVE-1 dataset episode); use "
                              f"embeddings: mineclip or auto")
         reuse = bool(brought) and not not_brought
     if not reuse:
-        embed_folders(params, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png,
-                      where=f"custom.{name}: ")
+        embed_folders(params, where.episodes, where.raw, where.embeds, cursor_png=params.decode.cursor_png)
         return
     weights = dataset_weights_id(name, spec.dataset_mineclip)
     log.info("custom.%s: reusing the dataset's embeddings (weights %r), MineCLIP not run", name, weights)
-    try:
-        reuse_dataset_embeds(where.episodes, where.raw, where.embeds, weights, params.embed.store_dtype)
-    except (FileNotFoundError, ValueError, OSError, EpisodeFormatError) as exc:
-        raise StageError(f"custom.{name}: {exc}") from None
+    reuse_dataset_embeds(where.episodes, where.raw, where.embeds, weights, params.embed.store_dtype)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

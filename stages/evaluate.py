@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
+from stages._common import run_stage
 from steve1.eval.offline import run_offline_eval
-from steve1.models.checkpoints import CheckpointMismatchError
 from steve1.params import Params
 
 
 def _body(params: Params) -> None:
-    try:
-        m = run_offline_eval(params)
-    except (CheckpointMismatchError, FileNotFoundError, ValueError) as exc:  # messages name the file/key
-        raise StageError(str(exc)) from None
+    m = run_offline_eval(params)
     line = (f"evaluate: {m['n_chunks']} chunks, {m['n_steps']} steps: nll {m['nll']:.4f}, "
             f"acc_joint {m['acc_joint']:.3f}, kl_null_goal {m['kl_null_goal']:.4g}")
     if "delta" in m:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from stages._common import StageError, run_set_stage
 from steve1.data.custom import import_all
-from steve1.engine import EngineError, open_executor
+from steve1.engine import open_executor
 from steve1.layout import Layout
 from steve1.params import Params
 
@@ -21,17 +21,14 @@ log = logging.getLogger("stages.import_set")
 
 def _body(params: Params, name: str) -> None:
     spec, where = params.custom[name], Layout.from_params(params).custom_set(name)
-    try:
-        with open_executor(params) as executor:
-            report = import_all(spec.source, where.episodes, params.decode, spec.format, where.raw, spec.fps,
-                                executor=executor)
-    except (ValueError, OSError, EngineError) as exc:
-        raise StageError(f"custom.{name}: {exc}") from None
+    with open_executor(params) as executor:
+        report = import_all(spec.source, where.episodes, params.decode, spec.format, where.raw, spec.fps,
+                            executor=executor)
     for eid, reason in sorted(report.skipped.items()):
         log.warning("skipped %s: %s", eid, reason)
     log.info(report.summary())
     if report.n_ok == 0:
-        raise StageError(f"custom.{name}: no episode could be imported from {spec.source} (see {report.manifest_path})")
+        raise StageError(f"no episode could be imported from {spec.source} (see {report.manifest_path})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

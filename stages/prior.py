@@ -9,24 +9,20 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
-from steve1.data.episodes import EpisodeFormatError
+from stages._common import run_stage
 from steve1.eval.prompt import mineclip_text_encoder
 from steve1.layout import Layout
 from steve1.params import Params
-from steve1.train.prior import PriorDataError, fit_prior
+from steve1.train.prior import fit_prior
 
 
 def _body(params: Params) -> None:
     e = params.embed
     device = "cpu" if e.device == "auto" else e.device
-    try:
-        layout = Layout.from_params(params)
-        metrics = fit_prior(params.prior, layout.embeds, layout.prior, layout.prior_metrics,
-                            lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device),
-                            report_path=layout.prior_report, history_path=layout.prior_history)
-    except (PriorDataError, EpisodeFormatError, FileNotFoundError, ValueError) as exc:
-        raise StageError(str(exc)) from None
+    layout = Layout.from_params(params)
+    metrics = fit_prior(params.prior, layout.embeds, layout.prior, layout.prior_metrics,
+                        lambda: mineclip_text_encoder(e.weights, e.preset, e.seed, device),
+                        report_path=layout.prior_report, history_path=layout.prior_history)
     official = metrics["official"]
     print(f"prior: {metrics['n_pairs']} pairs, best val loss {metrics['best_val_loss']:.4f} at epoch "
           f"{metrics['best_epoch']}{' (TOY prior)' if metrics['toy'] else ''}"

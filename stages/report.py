@@ -12,8 +12,7 @@ import logging
 from typing import Optional, Sequence
 
 from stages._common import StageError, run_stage
-from steve1.data.episodes import EpisodeFormatError
-from steve1.eval.drift import DriftInputError, build_report
+from steve1.eval.drift import build_report
 from steve1.layout import Layout
 from steve1.params import Params
 
@@ -22,16 +21,13 @@ log = logging.getLogger("stages.report")
 
 def _body(params: Params) -> None:
     rp, layout = params.report, Layout.from_params(params)
-    try:
-        summary = build_report(
-            episodes_dir=layout.episodes, embeds_dir=layout.embeds, sampling_path=layout.sampling,
-            summary_path=layout.report_summary, data_dir=layout.report_data, reference_sampling=rp.reference_sampling,
-            drift_share_threshold=rp.drift_share_threshold, column_threshold=rp.column_threshold,
-            max_steps_per_split=rp.max_steps_per_split, n_components=rp.n_components, seed=rp.seed,
-            details_path=layout.report_details, plot_path=layout.report_plot,
-        )
-    except (DriftInputError, EpisodeFormatError, FileNotFoundError) as exc:
-        raise StageError(str(exc)) from None
+    summary = build_report(
+        episodes_dir=layout.episodes, embeds_dir=layout.embeds, sampling_path=layout.sampling,
+        summary_path=layout.report_summary, data_dir=layout.report_data, reference_sampling=rp.reference_sampling,
+        drift_share_threshold=rp.drift_share_threshold, column_threshold=rp.column_threshold,
+        max_steps_per_split=rp.max_steps_per_split, n_components=rp.n_components, seed=rp.seed,
+        details_path=layout.report_details, plot_path=layout.report_plot,
+    )
     for name, c in summary["comparisons"].items():
         if c["skipped"]:
             continue

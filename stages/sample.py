@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from stages._common import StageError, run_stage
-from steve1.data.sampling import SamplingError, run_sampling
+from stages._common import run_stage
+from steve1.data.sampling import run_sampling
 from steve1.layout import Layout
 from steve1.params import Params
 
 
 def _body(params: Params) -> None:
-    try:
-        layout = Layout.from_params(params)
-        run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling,
-                     layout.mix_dirs(m.name for m in params.sample.mix))
-    except (SamplingError, FileNotFoundError) as exc:
-        raise StageError(str(exc)) from None
+    layout = Layout.from_params(params)
+    run_sampling(params.sample, layout.episodes, layout.embeds, layout.sampling,
+                 layout.mix_dirs(m.name for m in params.sample.mix))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,22 +15,20 @@ from typing import Optional, Sequence
 import json
 import os
 
-from stages._common import StageError, run_stage
+from stages._common import run_stage
 from steve1 import headline
 from steve1.io import write_json_atomic
 from steve1.layout import Layout
-from steve1.models.checkpoints import CheckpointMismatchError
 from steve1.params import Params, describe_invalid
-from steve1.train.accelerator import AcceleratorConfigError
-from steve1.train.freeze import check_freeze_names
-from steve1.train.process import RunFolderBusyError, exit_with_launcher
-from steve1.train.trainer import NonFiniteLossError, train
+from steve1.train.freeze import FreezeError, check_freeze_names
+from steve1.train.process import exit_with_launcher
+from steve1.train.trainer import train
 
 
 def check(params: Params) -> None:
     try:
         check_freeze_names(params.train.freeze)
-    except ValueError as exc:
+    except FreezeError as exc:
         raise ValueError(describe_invalid("train.freeze", params.train.freeze, str(exc))) from None
     start, run_dir = params.train.in_weights, Layout.from_params(params).run.dir
     if start and Path(start).resolve().is_relative_to(run_dir.resolve()):
@@ -42,12 +40,7 @@ def check(params: Params) -> None:
 
 def _body(params: Params) -> None:
     exit_with_launcher()   # no orphan trainer keeps writing when dvc (or accelerate's launcher) dies
-    try:
-        summary = train(params)
-    except (RunFolderBusyError, CheckpointMismatchError, AcceleratorConfigError, NonFiniteLossError, FileNotFoundError) as exc:
-        raise StageError(str(exc)) from None
-    except ValueError as exc:  # bad data or shapes: the message names the file/key
-        raise StageError(str(exc)) from None
+    summary = train(params)
     if int(os.environ.get("RANK", "0")) == 0:   # one writer under accelerate launch
         run = Layout.from_params(params).run
         best = json.loads(run.best_json.read_text()) if run.best_json.is_file() else None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from stages._common import StageError, run_stage
+from stages._common import run_stage
 from steve1.fetch import RetryPolicy
-from steve1.models.official_files import OFFICIAL_FILES, WeightsError, ensure_official_files
+from steve1.models.official_files import OFFICIAL_FILES, ensure_official_files
 from steve1.params import Params, describe_invalid
 
 log = logging.getLogger("stages.weights")
@@ -21,10 +21,7 @@ def check(params: Params) -> None:
 
 def _body(params: Params) -> None:
     w = params.weights
-    try:
-        rows = ensure_official_files(w.files, w.dir, RetryPolicy(retries=w.retries, timeout_s=w.timeout_s))
-    except WeightsError as exc:
-        raise StageError(str(exc)) from None
+    rows = ensure_official_files(w.files, w.dir, RetryPolicy(retries=w.retries, timeout_s=w.timeout_s))
     for name, row in rows.items():
         log.info("%s: ok (%d bytes, sha256 %s)", name, row["bytes"], row["sha256"][:16])
     if not rows:

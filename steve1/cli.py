@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from steve1.errors import UserError
 from steve1.params import DecodeParams, EmbedParams, RolloutParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -79,7 +80,7 @@ def decode_one(
     cursor_png: Optional[Path] = typer.Option(None, "--cursor-png", help="official mouse_cursor_white_16x16.png"),
 ) -> None:
     """Decode one mp4 + jsonl pair to an HDF5 episode (same code as the decode stage)."""
-    from steve1.data.decode import DecodeSkip, decode_recording, conversion_settings
+    from steve1.data.decode import decode_recording, conversion_settings
     from steve1.io import sha256_file
     from steve1.data.episodes import FrameStorage, write_episode
     from steve1.data import formats
@@ -93,7 +94,7 @@ def decode_one(
         attrs = {formats.A_VIDEO_SHA256: sha256_file(video), formats.A_JSONL_SHA256: sha256_file(actions),
                  formats.A_CONVERSION: json.dumps(conversion_settings(settings), sort_keys=True)}
         ep = decode_recording(video, actions, out.stem, settings, attrs)
-    except (DecodeSkip, ValueError, OSError) as exc:
+    except UserError as exc:   # DecodeSkip: the recording's problem, one line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     write_episode(out, ep, FrameStorage.from_params(settings))
@@ -155,7 +156,7 @@ def embed_text(
     try:
         encoder, weights_id = mineclip_text_encoder(str(weights) if weights else None, preset, seed)
         emb = encoder([text])[0].numpy()
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     _emit_vector(emb, out, text, "text embedding", weights_id)
@@ -208,7 +209,7 @@ def prompt(
     try:
         encoder, weights_id = mineclip_text_encoder(str(mineclip_weights) if mineclip_weights else None, preset, mineclip_seed)
         goal = prompt_to_goal([text], encoder, load_prior(prior), seed=seed, deterministic=deterministic)[0]
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     how = "prior mean" if deterministic else f"prior sample seed={seed}"

@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A failure caused by input, params or the machine, told in one line that says how to fix it."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file or folder a step needs is not there; the message names it and what makes it."""
+
+
+class InputFileError(UserError, ValueError):
+    """An input file exists but its contents are not what was expected; the message names the file and why."""

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from steve1.errors import UserError
+
 WIDTH = 120
 MAX_CELL = 18          # a param value wider than this is cut with "…" in the table (never in --json/--csv)
 MAX_NAME = 22
@@ -36,7 +38,7 @@ MAX_NAME = 22
 STATES = {"success": "done", None: "done"}   # DVC executor state -> what the table says
 
 
-class ExperimentsError(RuntimeError):
+class ExperimentsError(UserError, RuntimeError):
     """DVC's experiment records could not be read."""
 
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from steve1.errors import UserError
+
 TEMP_PREFIX = ".tmp-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -25,14 +27,14 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 LOW_SPACE_BYTES = 1 << 20  # below this, a failed write (C++ writers give no errno) is taken as disk full
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """No space left where an output is written; the partial output was removed."""
 
     def __str__(self) -> str:
         return str(self.strerror)
 
 
-class NotWritableError(OSError):
+class NotWritableError(UserError, OSError):
     """An output folder cannot be created or written to."""
 
     def __str__(self) -> str:

@@ -20,6 +20,8 @@ import functools
 import os
 from typing import Optional
 
+from steve1.errors import UserError
+
 ENV = "MKL_CBWR"
 DEFAULT_BRANCH = "AUTO"
 STRICT = "STRICT"
@@ -68,7 +70,7 @@ def blas_is_reproducible() -> Optional[bool]:
     return bool(fns[0](_ALL) & _STRICT_BIT)
 
 
-class BlasModeError(RuntimeError):
+class BlasModeError(UserError, RuntimeError):
     """MKL computed before its reproducible mode was set: this process's results may depend on threads."""
 
 

@@ -16,10 +16,12 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
                       model_validator)
 
+from steve1.errors import UserError
 from steve1.names import GENERATED_SET, FrameCodec
 
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 

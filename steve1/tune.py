@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
+from steve1.errors import UserError
 from steve1.params import Params, ParamsError, TuneParams, validate_params
 from steve1.shapes import nested
 
@@ -51,7 +52,7 @@ REASON = "fail_reason"
 MISSING_POLLS = 3                # a queued trial absent from DVC's records this many looks in a row has vanished
 
 
-class TuneError(ValueError):
+class TuneError(UserError, ValueError):
     """The tune section cannot run: one line naming the key and what was expected."""
 
 

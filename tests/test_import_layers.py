@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("steve1", "stages")
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("steve1", "steve1.errors", "steve1.io", "steve1.numerics", "steve1.actions", "steve1.numpy_pickle",
+    ("base", ("steve1", "steve1.errors", "steve1.io", "steve1.numerics", "steve1.actions",
               "steve1.unpickle", "steve1.headline", "steve1.devices", "steve1.names")),
     ("formats", ("steve1.data.formats",)),
     ("contracts", ("steve1.params", "steve1.layout", "steve1.shapes")),

@@ -17,7 +17,8 @@ import numpy as np
 
 from steve1.data import formats
 from steve1.data.embedding import is_up_to_date, source_id
-from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
+from steve1.data.episodes import EpisodeFormatError, EpisodeReader, episode_path, list_episode_ids, write_embeds
+from steve1.errors import MissingInputError
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
 
@@ -51,8 +52,8 @@ def reuse_dataset_embeds(episodes_dir: str | Path, raw_dir: str | Path, embeds_d
         with EpisodeReader(episode_path(episodes_dir, eid)) as ep:
             n, attrs = ep.n_frames, ep.attrs
         if str(attrs.get(formats.A_RECORDER_VERSION, "")) != formats.STEVE1_RECORDER:
-            raise ValueError(f"{episode_path(episodes_dir, eid)}: not imported from a STEVE-1 dataset, so it has no "
-                             f"embeddings to reuse; set embeddings: mineclip (or auto) for this set")
+            raise EpisodeFormatError(f"{episode_path(episodes_dir, eid)}: not imported from a STEVE-1 dataset, so it has no "
+                                     f"embeddings to reuse; set embeddings: mineclip (or auto) for this set")
         source = source_id(attrs, None)
         out = episode_path(embeds_dir, eid)
         entries[eid] = {"n_frames": n, "n_valid": max(0, n - formats.NONE_EMBED_OFFSET)}
@@ -60,12 +61,16 @@ def reuse_dataset_embeds(episodes_dir: str | Path, raw_dir: str | Path, embeds_d
             continue
         companion = Path(raw_dir) / f"{eid}{formats.DATASET_EMBEDS_SUFFIX}"
         if not companion.is_file():
-            raise FileNotFoundError(f"{companion}: the dataset's embeddings of episode {eid} are missing "
+            raise MissingInputError(f"{companion}: the dataset's embeddings of episode {eid} are missing "
                                     f"(rerun import-set)")
-        vectors = np.load(companion, allow_pickle=False)
+        try:
+            vectors = np.load(companion, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:     # not an .npy, cut, or an object array
+            raise EpisodeFormatError(f"{companion}: not a readable .npy of embeddings ({type(exc).__name__}: {exc}); "
+                                     f"rerun import-set") from None
         if vectors.shape != (n, formats.STEVE1_EMBED_DIM) or vectors.dtype != np.float32:
-            raise ValueError(f"{companion}: {vectors.dtype} {list(vectors.shape)}, expected float32 "
-                             f"[{n},{formats.STEVE1_EMBED_DIM}] like its episode (rerun import-set)")
+            raise EpisodeFormatError(f"{companion}: {vectors.dtype} {list(vectors.shape)}, expected float32 "
+                                     f"[{n},{formats.STEVE1_EMBED_DIM}] like its episode (rerun import-set)")
         valid = np.arange(n) >= formats.NONE_EMBED_OFFSET
         write_embeds(out, eid, vectors, valid, weights=weights_id, store_dtype=store_dtype,
                      extra_attrs={formats.A_SOURCE_ID: source, "embeddings_source": "dataset"})

@@ -28,6 +28,7 @@ from steve1.data.recording import RecordingError, convert_recording
 from steve1.data.video import (ReadStats, VideoError, check_container_size, iter_kept_bgr, load_cursor, probe_video,
                                to_rgb_resized)
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import InputFileError, MissingInputError, UserError
 from steve1.io import check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
@@ -40,7 +41,7 @@ AGENT_SIZE = (formats.FRAME_SHAPE[1], formats.FRAME_SHAPE[0])   # (W, H) for cv2
 DRAWN_CURSOR = "drawn-arrow-v1"
 
 
-class DecodeSkip(ValueError):
+class DecodeSkip(UserError, ValueError):
     """A recording that cannot be decoded; the message is the manifest's reason."""
 
 
@@ -161,13 +162,13 @@ def find_sources(raw_dir: str | Path) -> list[Source]:
     """Recordings in ``raw_dir``: the download manifest's ok episodes when present, else every pair."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: raw recordings folder not found (run the download stage)")
+        raise MissingInputError(f"{raw_dir}: raw recordings folder not found (run the download stage)")
     manifest = raw_dir / MANIFEST
     if manifest.is_file():
         try:
             episodes = json.loads(manifest.read_text())["episodes"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{manifest}: not a download manifest ({exc}); expected {{'episodes': {{id: {{...}}}}}}") from None
+            raise InputFileError(f"{manifest}: not a download manifest ({exc}); expected {{'episodes': {{id: {{...}}}}}}") from None
         out = []
         for eid, row in sorted(episodes.items()):
             if row.get("status") != "ok":

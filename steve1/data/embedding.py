@@ -26,9 +26,10 @@ import torch
 from tqdm import tqdm
 
 from steve1.data import formats
-from steve1.data.episodes import EpisodeReader, episode_path, list_episode_ids, write_embeds
+from steve1.data.episodes import EpisodeFormatError, EpisodeReader, episode_path, list_episode_ids, write_embeds
 from steve1.devices import resolve_device
 from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.errors import MissingInputError, UserError
 from steve1.io import check_writable, remove_stale_temps, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.models.mineclip import MineCLIP, build_mineclip
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 POOL_BATCH = 256                       # windows per temporal-pooling call
 _DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EmbedError(UserError, RuntimeError):
+    """Embedding cannot run as configured, or some episodes could not be embedded."""
 
 
 @dataclass
@@ -165,13 +170,13 @@ def embed_episode(embedder: Embedder, episode_file: Path, video_file: Path, out_
     if is_up_to_date(out_file, embedder.weights.weights_id, n, store_dtype, source):
         return {**entry, "status": "skipped"}
     if not video_file.is_file():
-        raise FileNotFoundError(f"{video_file}: raw video of episode {episode_id} not found (run the download stage)")
+        raise MissingInputError(f"{video_file}: raw video of episode {episode_id} not found (run the download stage)")
     batches = iter_processed_frames(video_file, source_step, gui_open, cursor, size=embedder.frame_size,
                                     batch=embedder.batch_size, cursor_png=cursor_png)
     features = frame_features(embedder, tqdm(batches, total=-(-n // embedder.batch_size), unit="batch",
                                              desc=episode_id[:40], leave=False, disable=not progress))
     if len(features) != n:
-        raise ValueError(f"{video_file}: {len(features)} frames decoded but {episode_file} has n_frames={n}")
+        raise EpisodeFormatError(f"{video_file}: {len(features)} frames decoded but {episode_file} has n_frames={n}")
     embeds, valid = window_embeddings(embedder, features)
     write_embeds(out_file, episode_id, embeds, valid, weights=embedder.weights.weights_id, store_dtype=store_dtype,
                  extra_attrs={formats.A_SOURCE_ID: source, "weights_info": embedder.weights.as_attrs(),
@@ -226,8 +231,8 @@ def _embed_episodes(embedder: Embedder | Callable[[], Embedder], episodes_dir: P
         remove_stale_temps(embeds_dir)     # temps of workers that died (other ranks may still be writing theirs)
     if lost:   # the embeds manifest has no failed rows (sample needs every episode): the stage fails
         listing = "\n".join(f"  {eid}: {why}" for eid, why in sorted(lost.items()))
-        raise RuntimeError(f"{len(lost)} episode(s) could not be embedded (the other {len(done)} are written; a "
-                           f"rerun keeps them and retries these):\n{listing}")
+        raise EmbedError(f"{len(lost)} episode(s) could not be embedded (the other {len(done)} are written; a "
+                         f"rerun keeps them and retries these):\n{listing}")
     return dict(sorted(done.items())), identity
 
 
@@ -254,7 +259,7 @@ def write_manifest(model: Embedder | dict[str, Any], episodes_dir: Path, embeds_
         with EpisodeReader(episode_path(episodes_dir, eid)) as ep:
             n = ep.n_frames
         if not is_up_to_date(episode_path(embeds_dir, eid), identity["weights"], n, store_dtype):
-            raise RuntimeError(f"{episode_path(embeds_dir, eid)}: missing or stale after embedding; rerun the stage")
+            raise EmbedError(f"{episode_path(embeds_dir, eid)}: missing or stale after embedding; rerun the stage")
         episodes[eid] = {"n_frames": n, "n_valid": max(0, n - formats.NONE_EMBED_OFFSET)}
     manifest = {"format_version": formats.EMBED_FORMAT_VERSION, "weights": identity["weights"],
                 "weights_info": identity["weights_info"], "mineclip_config": identity["mineclip_config"],

@@ -20,13 +20,14 @@ import h5py
 import numpy as np
 
 from steve1.data import formats
+from steve1.errors import MissingInputError, UserError
 from steve1.io import write_bytes_atomic
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError)  # what h5py raises for damaged files and missing objects
 _STAGE = {"episode": "decode", "embeds": "embed"}
 
 
-class EpisodeFormatError(ValueError):
+class EpisodeFormatError(UserError, ValueError):
     """An episode or embeds file does not follow the declared format."""
 
 
@@ -48,7 +49,7 @@ def open_store(path: str | Path, what: str = "episode", **kwargs: Any) -> h5py.F
     """``h5py.File(path, "r")`` whose failures name the file: FileNotFoundError or :class:`StoreError`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} file not found (run the {_STAGE.get(what, 'decode')} stage)")
+        raise MissingInputError(f"{path}: {what} file not found (run the {_STAGE.get(what, 'decode')} stage)")
     try:
         return h5py.File(path, "r", **kwargs)
     except _H5_ERRORS as exc:

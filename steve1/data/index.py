@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
+from steve1.errors import UserError
 from steve1.fetch import file_url_path, recorded_url, redact_text, redact_url
 from steve1.io import TEMP_PREFIX
 
@@ -35,7 +36,7 @@ _VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
 _URL_SCHEMES = ("http", "https", "file")
 
 
-class IndexFileError(ValueError):
+class IndexFileError(UserError, ValueError):
     """An index file is unreadable, malformed, or a selection names what it does not hold."""
 
 

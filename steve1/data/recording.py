@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from steve1 import actions as A
+from steve1.errors import UserError
 
 CAMERA_SCALER = 360.0 / 2400.0          # degrees per mouse pixel
 RECORDER_HEIGHT_PX = 720                 # GUI cursor coordinates are in 1280x720 space
@@ -48,7 +49,7 @@ MOUSE_TO_BUTTON = {0: "attack", 1: "use", 2: "pickItem"}
 _COL = {k: j for j, k in enumerate(A.ENV_BUTTON_KEYS)}
 
 
-class RecordingError(ValueError):
+class RecordingError(UserError, ValueError):
     """A jsonl recording cannot be parsed."""
 
 

@@ -14,7 +14,7 @@ One folder per episode, as the official ``1_generate_dataset.sh`` / ``convert_fr
   [1,512] MineCLIP embedding per frame (of the 16-frame window ending there);
 * ``len.txt`` (the episode length) and ``metadata.json`` (free-form; not read).
 
-Both pickles are untrusted: they are read by :func:`steve1.numpy_pickle.load_numpy_pickle`
+Both pickles are untrusted: they are read by :func:`steve1.unpickle.load_numpy_pickle`
 (builtins and numpy arrays only). ``len.txt``, the decoded frames, the actions and the embeddings
 must agree in length, every embedding from row 15 on must be a finite [512] vector: an episode
 that breaks any of this is skipped with the reason (:class:`~steve1.data.decode.DecodeSkip`).
@@ -46,7 +46,7 @@ from steve1.data.episodes import Episode
 from steve1.data.recording import RecordingActions
 from steve1.data.video import VideoError, check_container_size, iter_raw_frames
 from steve1.io import atomic_path, sha256_file
-from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
+from steve1.unpickle import UnsafePickleError, load_numpy_pickle
 
 VIDEO = "frames.mp4"
 ACTIONS = "actions.pkl"

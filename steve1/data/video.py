@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 
 from steve1.data.recording import RECORDER_HEIGHT_PX
+from steve1.errors import UserError
 
 
-class VideoError(ValueError):
+class VideoError(UserError, ValueError):
     """A video file cannot be opened or decoded."""
 
 

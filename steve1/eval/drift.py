@@ -30,6 +30,7 @@ from steve1.actions import CAMERA_KEY, CAMERA_NULL_IDX, NULL_BUTTONS_IDX
 from steve1.data import formats
 from steve1.data.episodes import EpisodeReader, read_embeds
 from steve1.data.sampling import Sampling, episode_files
+from steve1.errors import UserError
 from steve1.io import atomic_path, remove_stale_temps, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ CAT_METHOD = "jensenshannon"     # distance in [0, 1]; drift when >= threshold
 
 
 
-class DriftInputError(ValueError):
+class DriftInputError(UserError, ValueError):
     """A sampling, episode or embeds file needed by the report is missing or inconsistent."""
 
 

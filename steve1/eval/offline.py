@@ -44,6 +44,7 @@ from steve1.data.dataset import LoaderConfig, make_dataloader
 from steve1.data.episodes import read_embeds
 from steve1.data.sampling import Sampling, episode_files, split_key
 from steve1.devices import resolve_device
+from steve1.errors import MissingInputError, UserError
 from steve1.io import sha256_file, write_json_atomic
 from steve1.layout import EVAL_PLOT_CHUNKS as PLOT_CHUNKS, EVAL_PLOT_SETS as PLOT_SETS, EVAL_PLOT_SWEEP as PLOT_SWEEP, Layout
 from steve1.models.build import build_policy_for_params
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 COUNT_KEYS = ("n_chunks", "n_steps")
 
 Pd = Mapping[str, torch.Tensor]  # {"camera": [B,T,1,121], "buttons": [B,T,1,8641]} log-probs
+
+
+class EvalInputError(UserError, ValueError):
+    """The evaluate stage's inputs (sampling, embeds, weights, device) cannot give metrics; the message says which."""
 
 
 # ----------------------------------------------------------------------------- pure per-step metrics
@@ -212,7 +217,7 @@ def evaluate_policies(policies: Mapping[str, AgentPolicy], batches: Iterable[Map
         for name, p in policies.items():
             p.train(was_training[name])
     if not rows:
-        raise ValueError("no chunks to evaluate: the validation split is empty (sample.val_frames > 0?)")
+        raise EvalInputError("no chunks to evaluate: the validation split is empty (sample.val_frames > 0?)")
     n_steps = next(iter(sums.values())).n
     metrics = {name: summarize(s.means(), cond_scales, len(rows), n_steps) for name, s in sums.items()}
     return metrics, rows
@@ -258,7 +263,7 @@ def check_finite(metrics: Mapping[str, Any], where: str = "") -> None:
         if isinstance(v, Mapping):
             check_finite(v, f"{where}{k}.")
         elif isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"metric {where}{k} is {v}: non-finite log-probs (check the weights and the embeds files)")
+            raise EvalInputError(f"metric {where}{k} is {v}: non-finite log-probs (check the weights and the embeds files)")
 
 
 # ----------------------------------------------------------------------------- validation data
@@ -294,7 +299,7 @@ def other_episode_goals(chunks: Sequence[tuple[str, int, int]], lengths: Mapping
         for i, (e, t) in enumerate(pick):
             if e == eid:
                 if not valid[t]:
-                    raise ValueError(f"{emb_path}: embedding row {t} is marked invalid")
+                    raise EvalInputError(f"{emb_path}: embedding row {t} is marked invalid")
                 out[i] = embeds[t]
     return out
 
@@ -342,11 +347,11 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     sampling = Sampling.load(sampling_path)
     chunks = eval_chunks(sampling, e.every_nth, e.max_chunks)
     if not chunks:
-        raise ValueError(f"{sampling_path}: the val split has no chunks (set sample.val_frames > 0 and re-run sample)")
+        raise EvalInputError(f"{sampling_path}: the val split has no chunks (set sample.val_frames > 0 and re-run sample)")
 
     wpath = weights_path(params)
     if not wpath.is_file():
-        raise FileNotFoundError(f"{wpath}: weights not found (run the train stage, or set evaluate.weights)")
+        raise MissingInputError(f"{wpath}: weights not found (run the train stage, or set evaluate.weights)")
     policies = {"model": build_eval_policy(tp)}
     load_policy_weights(policies["model"], wpath, allow_vpt=False)
     run_info: dict[str, Any] = {"weights": str(wpath), "weights_sha256": sha256_file(wpath),
@@ -355,7 +360,7 @@ def run_offline_eval(params: Params) -> dict[str, Any]:
     if e.baseline_weights:
         bpath = Path(e.baseline_weights)
         if not bpath.is_file():
-            raise FileNotFoundError(f"{bpath}: evaluate.baseline_weights not found")
+            raise MissingInputError(f"{bpath}: evaluate.baseline_weights not found")
         policies["baseline"] = build_eval_policy(tp)
         # a VPT file has no goal layer: zeroing it makes the baseline exactly the VPT policy
         initialised = load_policy_weights(policies["baseline"], bpath, allow_vpt=True, goal_init="zeros")

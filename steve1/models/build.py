@@ -25,7 +25,7 @@ def policy_kwargs_for_params(tp) -> tuple[dict, dict]:
         stored = policy_kwargs.get("mineclip_embed_dim")
         if stored is not None and stored != tp.mineclip_embed_dim:
             raise PolicyConfigError(f"{tp.in_model} has mineclip_embed_dim {stored} but train.mineclip_embed_dim is "
-                             f"{tp.mineclip_embed_dim}; make them agree")
+                                    f"{tp.mineclip_embed_dim}; make them agree")
     else:
         preset = copy.deepcopy(PRESETS[tp.preset])
         policy_kwargs, pi_head_kwargs = preset["policy_kwargs"], preset["pi_head_kwargs"]

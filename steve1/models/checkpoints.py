@@ -1,9 +1,10 @@
 """Safe loading and saving of policy files.
 
-* ``.model`` (official VPT architecture pickles): read with :class:`RestrictedUnpickler`, which imports
-  nothing. Plain containers and numbers are opcodes; the only globals accepted are a few builtin
-  containers and the three ``gym3.types`` classes the files reference (under ``extra_args``), which
-  become inert :class:`PickledObject` records. Anything else is refused before it can run.
+* ``.model`` (official VPT architecture pickles): read by the one restricted unpickler
+  (:mod:`steve1.unpickle`, allow-list ``VPT_MODEL``), which imports nothing: plain containers and
+  numbers, a few builtin containers, and the three ``gym3.types`` classes the files reference (under
+  ``extra_args``) as inert :class:`~steve1.unpickle.PickledObject` records. Anything else is refused
+  (:class:`~steve1.unpickle.UnsafePickleError`) before it can run.
 * ``.weights`` (official VPT / STEVE-1 state dicts, and ours): ``torch.load(weights_only=True)``,
   ``module.policy.`` prefix (STEVE-1 DDP saves) stripped, strict key and shape checking.
 * :func:`save_policy_weights` writes a plain state_dict with the official key names (atomic), which the
@@ -19,95 +20,35 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from steve1.errors import UserError
+from steve1.errors import MissingInputError, UserError
 from steve1.io import atomic_path
+from steve1.unpickle import VPT_MODEL, PickledObject, UnsafePickleError, restricted_load, to_plain  # noqa: F401 (re-exported)
 
 STEVE1_PREFIX = "module.policy."
 GOAL_KEYS = ("net.mineclip_embed_linear.weight", "net.mineclip_embed_linear.bias")
 
-_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex}
-_INERT_CLASSES = {("gym3.types", "DictType"), ("gym3.types", "TensorType"), ("gym3.types", "Discrete")}
 
-
-class ModelFileError(UserError, ValueError):
-    """A ``.model`` or ``.weights`` file is damaged, foreign, or does not fit the model; the message names it."""
-
-
-class UnsafePickleError(ModelFileError, pickle.UnpicklingError):
-    """A pickle asked for a global this loader does not allow (a UserError: stages print it as one line)."""
-
-
-class CheckpointMismatchError(ModelFileError):
+class CheckpointMismatchError(UserError, ValueError):
     """A state dict's keys or shapes do not match the model."""
 
 
-class PickledObject:
-    """Inert record of an allowed non-builtin object: its class name, constructor args and BUILD state."""
-
-    pickle_class = ""
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.kwargs, obj.state = args, kwargs, None
-        return obj
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"PickledObject({self.pickle_class}, state={self.state!r})"
+class PolicyFileError(UserError, ValueError):
+    """A ``.model`` or ``.weights`` file is not what its name says."""
 
 
-_placeholders: dict[str, type] = {}
-
-
-def _placeholder(qualname: str) -> type:
-    if qualname not in _placeholders:
-        _placeholders[qualname] = type(qualname.rsplit(".", 1)[-1], (PickledObject,), {"pickle_class": qualname})
-    return _placeholders[qualname]
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` never imports: allowed names map to builtins or inert records."""
-
-    def __init__(self, file, source: str = "<pickle>"):
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return _SAFE_BUILTINS[name]
-        if (module, name) in _INERT_CLASSES:
-            return _placeholder(f"{module}.{name}")
-        raise UnsafePickleError(f"{self.source}: refusing to load global {module}.{name}; only plain "
-                                f"containers, numbers and gym3.types.{{DictType,TensorType,Discrete}} are allowed")
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self.source}: persistent ids are not allowed (got {pid!r})")
+def _open_policy_file(path: Path, what: str):
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: {what} not found") from None
 
 
 def load_model_file(path: str | Path) -> Any:
-    """Decode an official ``.model`` pickle without importing or executing anything."""
+    """Decode an official ``.model`` pickle without importing or executing anything
+    (:data:`steve1.unpickle.VPT_MODEL`: gym3 types become inert records)."""
     path = Path(path)
-    with path.open("rb") as f:
-        try:
-            return RestrictedUnpickler(f, source=str(path)).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-                AttributeError, MemoryError) as exc:     # what a damaged or foreign pickle raises
-            raise ModelFileError(f"{path}: not a readable VPT .model pickle ({type(exc).__name__}: {exc})") from None
-
-
-def to_plain(obj: Any) -> Any:
-    """JSON-like view: tuples -> lists, records -> {"__pickle_class__", "__state__"} (as the reference JSON)."""
-    if isinstance(obj, PickledObject):
-        return {"__pickle_class__": obj.pickle_class, "__state__": to_plain(obj.state)}
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
+    with _open_policy_file(path, "VPT .model file") as f:
+        return restricted_load(f, VPT_MODEL, str(path))
 
 
 def read_policy_kwargs(path: str | Path) -> tuple[dict, dict]:
@@ -117,21 +58,23 @@ def read_policy_kwargs(path: str | Path) -> tuple[dict, dict]:
         args = data["model"]["args"]
         net_args, pi_opts = args["net"]["args"], args["pi_head_opts"]
     except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"{path}: not a VPT .model file; missing key {exc} under ['model']['args']") from exc
+        raise PolicyFileError(f"{path}: not a VPT .model file; missing key {exc} under ['model']['args']") from exc
     if not isinstance(net_args, dict) or not isinstance(pi_opts, dict):
-        raise ModelFileError(f"{path}: ['model']['args']['net']['args'] and ['pi_head_opts'] must be dicts")
+        raise PolicyFileError(f"{path}: ['model']['args']['net']['args'] and ['pi_head_opts'] must be dicts")
     return to_plain(net_args), to_plain(pi_opts)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``.weights`` file as a plain dict of tensors (weights_only, CPU), ``module.policy.`` stripped."""
     path = Path(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelFileError(f"{path}: not a plain tensor state dict loadable with weights_only=True ({exc})") from exc
+    with _open_policy_file(path, "weights file") as f:
+        try:
+            sd = torch.load(f, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:    # a foreign, damaged or cut file
+            raise PolicyFileError(f"{path}: not a plain tensor state dict loadable with weights_only=True "
+                                  f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0].split('. ')[0]})") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ModelFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+        raise PolicyFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
     return strip_prefix(sd)
 
 

@@ -27,12 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from steve1.errors import UserError
 from steve1.models.tokenizer import tokenize as clip_tokenize
 
 # Minecraft frame statistics of MineCLIP (R, G, B), not the OpenAI CLIP constants.
 MC_IMAGE_MEAN = (0.3331, 0.3245, 0.3051)
 MC_IMAGE_STD = (0.2439, 0.2493, 0.2873)
 LN_EPS = 1e-5
+
+
+class MineCLIPConfigError(UserError, ValueError):
+    """A MineCLIP preset or config that this implementation does not build."""
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,12 @@ class MineCLIPConfig:
     def __post_init__(self) -> None:
         h, w = self.resolution
         if h % self.vision_patch_size or w % self.vision_patch_size:
-            raise ValueError(f"MineCLIP resolution {self.resolution} must be divisible by the patch size "
-                             f"{self.vision_patch_size}")
+            raise MineCLIPConfigError(f"MineCLIP resolution {self.resolution} must be divisible by the patch size "
+                                      f"{self.vision_patch_size}")
         if self.vision_width % 64:
-            raise ValueError(f"MineCLIP vision_width {self.vision_width} must be a multiple of 64 (heads of 64)")
+            raise MineCLIPConfigError(f"MineCLIP vision_width {self.vision_width} must be a multiple of 64 (heads of 64)")
         if self.text_width % self.text_heads:
-            raise ValueError(f"MineCLIP text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
+            raise MineCLIPConfigError(f"MineCLIP text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
 
 PRESETS: dict[str, MineCLIPConfig] = {
@@ -90,16 +95,16 @@ def config_from_official(mineclip_kwargs: Mapping[str, Any], clip_config: Option
     override (the layout of ``tiny_config.json``)."""
     kw = dict(mineclip_kwargs)
     if not str(kw.get("arch", "vit_base_p16")).startswith("vit_base_p16"):
-        raise ValueError(f"MineCLIP arch {kw.get('arch')!r} is not supported (only vit_base_p16*)")
+        raise MineCLIPConfigError(f"MineCLIP arch {kw.get('arch')!r} is not supported (only vit_base_p16*)")
     if kw.get("hidden_dim", 512) != kw.get("image_feature_dim", 512):
-        raise ValueError(f"MineCLIP hidden_dim {kw.get('hidden_dim')} must equal image_feature_dim "
-                         f"{kw.get('image_feature_dim')}")
+        raise MineCLIPConfigError(f"MineCLIP hidden_dim {kw.get('hidden_dim')} must equal image_feature_dim "
+                                  f"{kw.get('image_feature_dim')}")
     pool = re.fullmatch(r"attn\.d(\d+)\.nh(\d+)\.glusw", kw.get("pool_type", "attn.d2.nh8.glusw"))
     if pool is None:
-        raise ValueError(f"MineCLIP pool_type {kw.get('pool_type')!r} is not supported (only attn.d<N>.nh<N>.glusw)")
+        raise MineCLIPConfigError(f"MineCLIP pool_type {kw.get('pool_type')!r} is not supported (only attn.d<N>.nh<N>.glusw)")
     adapter = re.fullmatch(r"v0-(\d+)\.t0", kw.get("mlp_adapter_spec", "v0-2.t0"))
     if adapter is None:
-        raise ValueError(f"MineCLIP mlp_adapter_spec {kw.get('mlp_adapter_spec')!r} is not supported (only v0-<N>.t0)")
+        raise MineCLIPConfigError(f"MineCLIP mlp_adapter_spec {kw.get('mlp_adapter_spec')!r} is not supported (only v0-<N>.t0)")
     cfg = MineCLIPConfig(
         resolution=tuple(kw.get("resolution", (160, 256))),
         embed_dim=int(kw.get("image_feature_dim", 512)),
@@ -123,14 +128,14 @@ def resolve_config(config: Union[str, MineCLIPConfig, Mapping[str, Any]]) -> Min
         return config
     if isinstance(config, str):
         if config not in PRESETS:
-            raise ValueError(f"unknown MineCLIP preset {config!r}; expected one of {sorted(PRESETS)}")
+            raise MineCLIPConfigError(f"unknown MineCLIP preset {config!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[config]
     if "mineclip_kwargs" in config:
         return config_from_official(config["mineclip_kwargs"], config.get("clip_config_override"))
     names = {f.name for f in fields(MineCLIPConfig)}
     unknown = sorted(set(config) - names)
     if unknown:
-        raise ValueError(f"unknown MineCLIP config keys {unknown}; expected some of {sorted(names)}")
+        raise MineCLIPConfigError(f"unknown MineCLIP config keys {unknown}; expected some of {sorted(names)}")
     values = dict(config)
     if "resolution" in values:
         values["resolution"] = tuple(values["resolution"])

@@ -10,6 +10,7 @@ the same layout. The architecture itself lives in :mod:`steve1.models.mineclip`.
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from steve1.errors import UserError
+from steve1.errors import MissingInputError, UserError
 from steve1.io import atomic_path, file_digest
 from steve1.models.mineclip import MC_IMAGE_MEAN, MC_IMAGE_STD, MineCLIP, MineCLIPConfig, build_mineclip
 
@@ -35,12 +36,8 @@ ALIAS_TO_CANONICAL = {
 }
 
 
-class MineCLIPFileError(UserError, ValueError):
-    """A MineCLIP weights file is not an ``attn.pth`` of this config; the message names it."""
-
-
-class MineCLIPNotFoundError(UserError, FileNotFoundError):
-    """The MineCLIP weights file is not there."""
+class MineCLIPWeightsError(UserError, ValueError):
+    """A MineCLIP weights file that is not an attn checkpoint of the configured model."""
 
 
 def canonical_key(official_key: str) -> str:
@@ -88,7 +85,7 @@ def canonical_state_dict(official: Mapping[str, torch.Tensor], expected: Sequenc
             parts.append(f"missing {len(missing)} keys: {_listing(missing)}")
         if extra:
             parts.append(f"unexpected {len(extra)} keys: {_listing(extra)}")
-        raise MineCLIPFileError(f"{where}: not a MineCLIP attn checkpoint of this config ({'; '.join(parts)})")
+        raise MineCLIPWeightsError(f"{where}: not a MineCLIP attn checkpoint of this config ({'; '.join(parts)})")
     canonical: dict[str, torch.Tensor] = {}
     disagree = []
     for key in expected:
@@ -104,7 +101,7 @@ def canonical_state_dict(official: Mapping[str, torch.Tensor], expected: Sequenc
             if not same and not torch.equal(value, ref):
                 disagree.append(f"{key} != {canon}")
     if disagree:
-        raise MineCLIPFileError(f"{where}: alias tensors differ from their canonical tensors: {_listing(disagree)}")
+        raise MineCLIPWeightsError(f"{where}: alias tensors differ from their canonical tensors: {_listing(disagree)}")
     return canonical
 
 
@@ -135,7 +132,7 @@ def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[s
     """
     path = Path(path)
     if not path.is_file():
-        raise MineCLIPNotFoundError(f"{path}: MineCLIP weights file not found (set embed.weights or download attn.pth)")
+        raise MissingInputError(f"{path}: MineCLIP weights file not found (set embed.weights or download attn.pth)")
     md5 = file_digest(path, "md5")
     if md5 != expected_md5:
         msg = f"{path}: md5 {md5} differs from the official attn.pth ({expected_md5}); using it anyway"
@@ -144,9 +141,14 @@ def load_attn_pth(path: str | Path, config: Union[str, MineCLIPConfig, Mapping[s
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:                      # files in the legacy (pre-zip) format cannot be mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:   # damaged, cut, or not plain tensors
+            first = (str(exc).splitlines() or [""])[0].split(". ")[0]
+            raise MineCLIPWeightsError(f"{path}: not a torch checkpoint loadable with weights_only=True "
+                                       f"({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise MineCLIPFileError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
+        raise MineCLIPWeightsError(f"{path}: expected a dict with a 'state_dict' entry (the official attn.pth layout)")
     official = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
     model = build_mineclip(config, device="meta")
     canonical = canonical_state_dict(official, official_keys(model.state_dict().keys()), str(path))

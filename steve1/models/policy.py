@@ -13,7 +13,7 @@ import torch
 
 from steve1.actions import agent_to_env
 from steve1.models.transformer import BlockState
-from steve1.models.vpt import AgentPolicy
+from steve1.models.vpt import AgentPolicy, PolicyConfigError
 
 ACTION_KEYS = ("camera", "buttons")  # the pi_head order
 
@@ -98,7 +98,7 @@ def act(policy: AgentPolicy, obs: Mapping[str, torch.Tensor], state: list[BlockS
     batch = {k: v.unsqueeze(1) for k, v in obs.items()}  # [B,...] -> [B,1,...]
     if cond_scale is not None:
         if not policy.is_goal_conditioned:
-            raise ValueError("cond_scale needs a goal-conditioned (STEVE-1) policy; this one has no mineclip_embed_linear")
+            raise PolicyConfigError("cond_scale needs a goal-conditioned (STEVE-1) policy; this one has no mineclip_embed_linear")
         embed = batch["mineclip_embed"]
         batch = {**{k: torch.cat([v, v]) for k, v in batch.items()},
                  "mineclip_embed": torch.cat([embed, torch.zeros_like(embed)])}  # -> [2B,1,...]

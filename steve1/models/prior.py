@@ -18,7 +18,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from steve1.errors import UserError
+from steve1.errors import MissingInputError, UserError
+
+
+class PriorWeightsError(UserError, ValueError):
+    """A prior weights file is not a STEVE-1 prior state dict."""
 
 
 @dataclass(frozen=True)
@@ -71,21 +75,13 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + eps * torch.exp(0.5 * logvar)
 
 
-class PriorFileError(UserError, ValueError):
-    """A prior weights file is not a STEVE-1 prior state dict; the message names it."""
-
-
-class PriorNotFoundError(UserError, FileNotFoundError):
-    """The prior weights file is not there."""
-
-
 def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> PriorConfig:
     """Read the sizes back from weight shapes, so any official-layout prior file loads."""
     try:
         w_in = state_dict["encoder.0.weight"]      # [hidden, 2*embed]
         w_out = state_dict["encoder.6.weight"]     # [2*latent, hidden]
     except KeyError as exc:
-        raise PriorFileError(f"not a STEVE-1 prior state_dict: missing key {exc.args[0]!r}") from None
+        raise PriorWeightsError(f"not a STEVE-1 prior state_dict: missing key {exc.args[0]!r}") from None
     return PriorConfig(embed_dim=w_in.shape[1] // 2, hidden_dim=w_in.shape[0], latent_dim=w_out.shape[0] // 2)
 
 
@@ -96,15 +92,15 @@ def load_prior(path: str | Path, map_location: str | torch.device = "cpu") -> Pr
     """
     path = Path(path)
     if not path.is_file():
-        raise PriorNotFoundError(f"{path}: prior weights not found (run the prior stage or download steve1_prior.pt)")
+        raise MissingInputError(f"{path}: prior weights not found (run the prior stage or download steve1_prior.pt)")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict):
-        raise PriorFileError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
+        raise PriorWeightsError(f"{path}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
     model = PriorCVAE(config_from_state_dict(state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise PriorFileError(f"{path}: does not match the STEVE-1 prior layout: {exc}") from None
+        raise PriorWeightsError(f"{path}: does not match the STEVE-1 prior layout: {exc}") from None
     return model.eval()
 
 

@@ -40,7 +40,7 @@ _REQUIRED_VALUES = {
 
 
 class PolicyConfigError(UserError, ValueError):
-    """Policy kwargs (from a ``.model`` file or the train params) this implementation cannot build."""
+    """policy/pi-head kwargs (from a .model file or the params) that this implementation cannot build."""
 
 
 @dataclass(frozen=True)
@@ -77,19 +77,19 @@ class PolicyConfig:
             elif key in _REQUIRED_VALUES:
                 if value != _REQUIRED_VALUES[key]:
                     raise PolicyConfigError(f"policy_kwargs[{key!r}] = {value!r} is not supported; this implementation "
-                                     f"only has {key} = {_REQUIRED_VALUES[key]!r}")
+                                            f"only has {key} = {_REQUIRED_VALUES[key]!r}")
             elif key in _IGNORED_KWARGS:
                 extra[key] = value
             else:
                 raise PolicyConfigError(f"unknown policy_kwargs key {key!r} (value {value!r}); known keys: "
-                                 f"{sorted(own | set(_REQUIRED_VALUES) | _IGNORED_KWARGS)}")
+                                        f"{sorted(own | set(_REQUIRED_VALUES) | _IGNORED_KWARGS)}")
         pi = dict(pi_head_kwargs or {})
         if set(pi) - {"temperature"}:
             raise PolicyConfigError(f"unknown pi_head_kwargs keys {sorted(set(pi) - {'temperature'})}; only 'temperature'")
         cfg = cls(**values, temperature=float(pi.get("temperature", 1.0)), extra=extra)
         if cfg.maxlen <= 0:
             raise PolicyConfigError(f"attention_memory_size ({cfg.attention_memory_size}) must exceed timesteps "
-                             f"({cfg.timesteps})")
+                                    f"({cfg.timesteps})")
         if cfg.hidsize % cfg.attention_heads:
             raise PolicyConfigError(f"hidsize {cfg.hidsize} is not divisible by attention_heads {cfg.attention_heads}")
         return cfg

@@ -149,7 +149,7 @@ def visual_prompts_from(source: str | Path, cond_scale: float = RolloutParams().
                         dim: Optional[int] = None) -> list[Prompt]:
     """Every ``<name>.npy`` / ``<name>.pkl`` in a folder or a ``.zip`` (STEVE-1's visual_prompt_embeds.zip
     holds ``visual_prompt_embeds/<name>.pkl``), sorted by name. Pickles are read by a numpy-only unpickler."""
-    from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
+    from steve1.unpickle import UnsafePickleError, load_numpy_pickle
 
     source = Path(source)
     members: dict[str, tuple[str, bytes]] = {}

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from steve1.errors import UserError
 from steve1.io import read_json
 from steve1.params import TrainParams
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
 
-class AcceleratorConfigError(ValueError):
+class AcceleratorConfigError(UserError, ValueError):
     """The DeepSpeed choice or its JSON cannot be used."""
 
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from steve1.errors import MissingInputError
 from steve1.io import disk_full_errors, read_json, write_json_atomic
 from steve1.train.run_state import RunState, RunStateError
 from steve1.train.safe_load import verify_checkpoint, weights_only_loads
@@ -121,7 +122,7 @@ def load_checkpoint(accelerator, path: Path, device) -> tuple[RunState, list]:
         accelerator.load_state(str(path / "accelerate"))
     rec = path / f"recurrent_rank{accelerator.process_index}.pt"
     if not rec.is_file():
-        raise FileNotFoundError(f"{rec}: missing; the checkpoint was written by a different number of processes")
+        raise MissingInputError(f"{rec}: missing; the checkpoint was written by a different number of processes")
     state = torch.load(rec, map_location="cpu", weights_only=True)
     state = [(None if m is None else m.to(device), (k.to(device), v.to(device))) for m, (k, v) in state]
     return load_trainer_state(path), state

@@ -14,6 +14,8 @@ import re
 
 from torch import nn
 
+from steve1.errors import UserError
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "cnn": ("net.img_process",),                                         # Impala CNN + its dense layer
     "transformer": ("net.recurrent_layer", "net.lastlayer", "net.final_ln"),
@@ -24,12 +26,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
 PATH_PATTERN = re.compile(r"^(net|pi_head)(\.[A-Za-z0-9_]+)*$")
 
 
+class FreezeError(UserError, ValueError):
+    """``train.freeze`` names no known group or module, or freezes everything."""
+
+
 def check_freeze_names(names: list[str]) -> None:
     """Raise ``ValueError`` naming every entry that is neither an alias nor a module path."""
     bad = [n for n in names if n not in GROUPS and not PATH_PATTERN.match(n)]
     if bad:
-        raise ValueError(f"unknown freeze entries {bad}; use the groups {sorted(GROUPS)} or a module path "
-                         f"prefix under net. or pi_head. (e.g. net.recurrent_layer.blocks.0)")
+        raise FreezeError(f"unknown freeze entries {bad}; use the groups {sorted(GROUPS)} or a module path "
+                          f"prefix under net. or pi_head. (e.g. net.recurrent_layer.blocks.0)")
 
 
 def freeze_prefixes(names: list[str]) -> tuple[str, ...]:
@@ -56,11 +62,11 @@ def apply_freeze(model: nn.Module, names: list[str]) -> list[str]:
     unmatched = [p for p in prefixes if not any(_under(n, p) for n in params)]
     if unmatched:
         tops = sorted({n.rsplit(".", 1)[0] for n in params})
-        raise ValueError(f"train.freeze: {unmatched} match no parameter of the policy; module paths include "
-                         f"{tops[:12]}{' ...' if len(tops) > 12 else ''}")
+        raise FreezeError(f"train.freeze: {unmatched} match no parameter of the policy; module paths include "
+                          f"{tops[:12]}{' ...' if len(tops) > 12 else ''}")
     frozen = [n for n, p in params.items() if any(_under(n, pre) for pre in prefixes)]
     for n in frozen:
         params[n].requires_grad_(False)
     if not any(p.requires_grad for p in params.values()):
-        raise ValueError(f"train.freeze {names} freezes every trained parameter; nothing would learn")
+        raise FreezeError(f"train.freeze {names} freezes every trained parameter; nothing would learn")
     return frozen

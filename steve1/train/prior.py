@@ -22,10 +22,11 @@ import torch
 from steve1.data.episodes import read_embeds
 from steve1.data.formats import EPISODE_SUFFIX
 from steve1.devices import resolve_device
+from steve1.errors import UserError
 from steve1.io import read_json
 from steve1.models.prior import PriorConfig, PriorCVAE, load_prior, reparameterize
-from steve1.numpy_pickle import UnsafePickleError, load_numpy_pickle
 from steve1.params import PriorParams
+from steve1.unpickle import UnsafePickleError, load_numpy_pickle
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ TOY_PROMPTS = (
 )
 
 
-class PriorDataError(ValueError):
+class PriorDataError(UserError, ValueError):
     """Prior training data is missing, malformed or unsafe to load."""
 
 

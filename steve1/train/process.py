@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from steve1.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
@@ -32,7 +34,7 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox", "env", "timeout"}
 PR_SET_PDEATHSIG = 1
 
 
-class RunFolderBusyError(RuntimeError):
+class RunFolderBusyError(UserError, RuntimeError):
     """Another live trainer holds the run folder."""
 
 

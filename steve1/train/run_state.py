@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional
 
+from steve1.errors import UserError
 
-class RunStateError(ValueError):
+
+class RunStateError(UserError, ValueError):
     """A checkpoint's trainer state is missing a key, has an unknown one, or holds a value of the wrong type."""
 
 

@@ -26,10 +26,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from steve1.errors import UserError
+
 PICKLE_SUFFIXES = (".pt", ".pkl", ".bin")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """A checkpoint file does not load as plain data (tampered, corrupt, or of an unknown kind)."""
 
 

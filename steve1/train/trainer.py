@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped without saving."""
 
 

@@ -32,7 +32,7 @@ from steve1.data.episodes import EpisodeReader, episode_path, read_embeds
 from steve1.data.sampling import SamplingError, check_one_mineclip_space
 from steve1.io import TEMP_PREFIX
 from steve1.layout import MANIFEST
-from steve1.numpy_pickle import load_numpy_pickle
+from steve1.unpickle import load_numpy_pickle
 from steve1.params import DecodeParams, ParamsError, validate_params
 
 SMALL = "trimmed_gimpy-jade-panda-f153ac423f61-20220417-084844"      # 217 frames

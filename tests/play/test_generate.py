@@ -294,7 +294,7 @@ def test_a_malicious_agent_model_is_refused_with_one_line_naming_it(tmp_path, ca
     params = _params(tmp_path, agents=[{"name": "a", "model": str(evil)}, {"name": "b"}])
     assert main(["--params", str(params)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {evil}: refusing to load global os.system") and err.count("\n") == 1, err
+    assert err.startswith(f"error: {evil}: refusing to unpickle os.system") and err.count("\n") == 1, err
     assert "Traceback" not in err and not marker.exists()
 
 
