@@ -2,6 +2,8 @@
 
 ``python -m steve1.params_doc`` prints the page; ``--write [FILE]`` writes it (default
 ``docs/params.md``); ``--check [FILE]`` exits non-zero when the file differs from the schema.
+``--params P`` names the params.yaml whose toy sizes are shown (default: the project's; the tests
+pass the shipped embedded default, so a user's own params.yaml does not fail them).
 """
 
 from __future__ import annotations
@@ -77,10 +79,18 @@ def params_page(shipped: Path = SHIPPED) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    shipped = SHIPPED
+    if "--params" in argv:
+        at = argv.index("--params")
+        if at + 1 >= len(argv):
+            print("--params needs a file", file=sys.stderr)
+            return 2
+        shipped = Path(argv[at + 1])
+        del argv[at:at + 2]
     if argv[:1] == ["--check"]:
         path = Path(argv[1] if len(argv) > 1 else PAGE)
         current = path.read_text() if path.is_file() else None
-        if current != params_page():
+        if current != params_page(shipped):
             print(f"{path}: the params reference is {'missing' if current is None else 'out of date'}; "
                   "regenerate it with python -m steve1.params_doc --write (make params-doc)", file=sys.stderr)
             return 1
@@ -88,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--write"]:
         from steve1.io import write_text_atomic
 
-        write_text_atomic(Path(argv[1] if len(argv) > 1 else PAGE), params_page())
+        write_text_atomic(Path(argv[1] if len(argv) > 1 else PAGE), params_page(shipped))
         return 0
     if argv:
-        print("usage: python -m steve1.params_doc [--write [FILE] | --check [FILE]]", file=sys.stderr)
+        print("usage: python -m steve1.params_doc [--write [FILE] | --check [FILE]] [--params PARAMS_YAML]",
+              file=sys.stderr)
         return 2
-    print(params_page(), end="")
+    print(params_page(shipped), end="")
     return 0
 
 

@@ -47,6 +47,17 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def shipped_params_file(tmp_path_factory) -> Path:
+    """The project's params.yaml as shipped (the embedded default), whatever the user's workspace holds
+    (custom sets of the fine-tuning recipe, a profile): see fixtures.project.shipped_params."""
+    from fixtures.project import shipped_params
+
+    path = tmp_path_factory.mktemp("shipped") / "params.yaml"
+    path.write_text(shipped_params())
+    return path
+
+
 @pytest.fixture
 def mounted(tmp_path):
     """Mount a tmpfs of the given options at a fresh folder (needs root with CAP_SYS_ADMIN: skipped otherwise)."""

@@ -12,24 +12,27 @@ import yaml
 from steve1.params import ParamsError, load_params, validate_params
 
 
-def test_shipped_params_validate(repo_root):
-    params = load_params(repo_root / "params.yaml")
+def test_shipped_params_validate(shipped_params_file):
+    params = load_params(shipped_params_file)
     assert params.decode.frame_codec in ("none", "lzf", "gzip", "blosc-lz4", "blosc-zstd", "jpeg")
     assert params.learning_rate > 0
 
 
-def test_shipped_grad_norm_range_follows_the_loss_reduction(repo_root):
+def test_shipped_grad_norm_range_follows_the_loss_reduction(repo_root, shipped_params_file):
     """The embedded default once pinned the guide's per-step 0.5-5 while training with STEVE-1's summed
     loss, so every logged step was flagged out of range: the shipped files leave the range derived."""
-    for path in [repo_root / "params.yaml", *sorted((repo_root / "configs" / "profiles").glob("*.yaml"))]:
+    for path in [shipped_params_file, *sorted((repo_root / "configs" / "profiles").glob("*.yaml"))]:
         assert (yaml.safe_load(path.read_text()).get("train") or {}).get("grad_norm_range") is None, path
-    tp = load_params(repo_root / "params.yaml").train
+    tp = load_params(shipped_params_file).train
     scale = tp.trunc_t if tp.loss_reduction == "official" else 1
     assert tp.grad_norm_bounds == (0.5 * scale, 5.0 * scale)
 
 
 def _shipped(repo_root):
-    return yaml.safe_load((repo_root / "params.yaml").read_text())
+    """The shipped params.yaml (not the user's workspace copy: fixtures.project.shipped_params)."""
+    from fixtures.project import shipped_params
+
+    return yaml.safe_load(shipped_params())
 
 
 def test_unknown_key_is_named(repo_root):
@@ -170,8 +173,8 @@ def test_nan_and_inf_are_refused(repo_root, section, key, value):
         validate_params(raw)
 
 
-def test_nan_from_yaml_is_refused(tmp_path, repo_root):
-    text = (repo_root / "params.yaml").read_text().replace("max_grad_norm: 5.0", "max_grad_norm: .inf")
+def test_nan_from_yaml_is_refused(tmp_path, shipped_params_file):
+    text = shipped_params_file.read_text().replace("max_grad_norm: 5.0", "max_grad_norm: .inf")
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"train\.max_grad_norm.*inf.*finite"):
         load_params(tmp_path / "params.yaml")
@@ -201,10 +204,10 @@ def _flat(model, prefix=""):
     return out
 
 
-def test_shipped_params_are_the_schema_defaults_but_the_declared_departures(repo_root):
+def test_shipped_params_are_the_schema_defaults_but_the_declared_departures(repo_root, shipped_params_file):
     from steve1.params import Params
 
-    shipped, schema = _flat(load_params(repo_root / "params.yaml")), _flat(Params())
+    shipped, schema = _flat(load_params(shipped_params_file)), _flat(Params())
     assert {k for k in schema if shipped[k] != schema[k]} == EMBEDDED_DEFAULT_DEPARTURES
     # every key is written out: dvc.yaml lists each key a stage reads, and DVC needs it in params.yaml
     raw = _shipped(repo_root)

@@ -19,12 +19,12 @@ def test_every_field_is_documented():
     assert not missing, f"params without a description: {missing}"
 
 
-def test_params_page_matches_schema(repo_root):
+def test_params_page_matches_schema(repo_root, shipped_params_file):
     page = repo_root / "docs" / "params.md"
-    assert page.read_text() == params_page()
-    assert params_table() in page.read_text()
-    assert main(["--check", str(page)]) == 0
-    assert main(["--check"]) == 0                    # the default file is the repository's docs/params.md
+    assert page.read_text() == params_page(shipped_params_file)
+    assert params_table(shipped_params_file) in page.read_text()
+    assert main(["--check", str(page), "--params", str(shipped_params_file)]) == 0
+    assert main(["--check", "--params", str(shipped_params_file)]) == 0   # default file: the repository's page
 
 
 def test_every_leaf_key_has_a_row(repo_root):
@@ -33,14 +33,15 @@ def test_every_leaf_key_has_a_row(repo_root):
         assert f"| `{key}` |" in table
 
 
-def test_check_fails_on_a_stale_or_missing_page_and_write_fixes_it(tmp_path, repo_root, capsys):
+def test_check_fails_on_a_stale_or_missing_page_and_write_fixes_it(tmp_path, repo_root, capsys, shipped_params_file):
     stale = tmp_path / "params.md"
     stale.write_text((repo_root / "docs" / "params.md").read_text()
                      .replace("| `learning_rate` |", "| `learning_rates` |", 1))
-    assert main(["--check", str(stale)]) == 1
+    shipped = ["--params", str(shipped_params_file)]
+    assert main(["--check", str(stale), *shipped]) == 1
     assert "out of date" in capsys.readouterr().err
-    assert main(["--check", str(tmp_path / "none.md")]) == 1
+    assert main(["--check", str(tmp_path / "none.md"), *shipped]) == 1
     assert "missing" in capsys.readouterr().err
-    assert main(["--write", str(stale)]) == 0
-    assert main(["--check", str(stale)]) == 0
-    assert stale.read_text() == params_page()
+    assert main(["--write", str(stale), *shipped]) == 0
+    assert main(["--check", str(stale), *shipped]) == 0
+    assert stale.read_text() == params_page(shipped_params_file)
