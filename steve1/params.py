@@ -379,7 +379,7 @@ PAPER_PROMPT_TARGETS = {"wood": "log", "dirt": "dirt", "seeds": "seed", "explore
 class RolloutParams(Section):
     """Rollouts of the trained agent with STEVE-1's programmatic metrics (the ``rollout`` stage).
 
-    ``env: minerl`` plays MineRL 1.0.2's HumanSurvival (from its tag, JDK 8, xvfb: README "Rollouts
+    ``env: minerl`` plays MineRL 1.0.2's HumanSurvival (from its tag, JDK 8, xvfb: docs/rollouts.md "Rollouts
     in MineRL"); ``env: standin`` plays the deterministic stand-in world of the embedded default,
     and every output says so.
     """

@@ -23,7 +23,7 @@ from steve1.layout import Layout
 from steve1.params import Section, load_params
 from steve1.shapes import STAGES
 
-EXECUTION = ("engine", "ray")     # where per-episode work runs, never what it writes (README "Ray")
+EXECUTION = ("engine", "ray")     # where per-episode work runs, never what it writes (docs/cluster.md)
 _OWNER: dict[int, tuple[str, set[str]]] = {}
 _KEEP: list[Any] = []
 _CLASSES: dict[type, type] = {}

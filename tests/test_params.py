@@ -182,7 +182,7 @@ def test_nan_from_yaml_is_refused(tmp_path, shipped_params_file):
 
 
 # The shipped params.yaml is the embedded default: the schema's defaults (the paper's values where
-# there is one) at toy size. These keys, and only these, may differ; the README table shows both.
+# there is one) at toy size. These keys, and only these, may differ; docs/params.md shows both.
 EMBEDDED_DEFAULT_DEPARTURES = {
     "source.n_synthetic", "source.synthetic_steps",                                # a small offline source
     "sample.val_frames", "sample.T", "sample.mix",                                 # toy chunks, the generated set mixed in

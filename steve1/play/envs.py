@@ -5,7 +5,7 @@ before ``reset``, ``step`` with the 24-key MineRL action dict, ``close``) and th
 keys, so the rollout and generate loops do not know which one runs:
 
 - ``minerl``: ``HumanSurvival`` with VPT's settings (:data:`ENV_KWARGS`). MineRL 1.0.2 installs from
-  its repository tag with JDK 8 and renders with OpenGL (a display, or ``xvfb-run``); see the README's
+  its repository tag with JDK 8 and renders with OpenGL (a display, or ``xvfb-run``); see docs/rollouts.md,
   "Rollouts in MineRL". :func:`check_minerl` finds what is missing before any work is done, and
   :func:`start_env` turns a failure to start into one message saying what to install.
 - ``standin``: :class:`steve1.play.standin.StandInEnv`, a small deterministic world with MineRL's
@@ -39,7 +39,7 @@ ENV_KWARGS: dict[str, Any] = dict(
 ENV_KINDS = ("standin", "minerl")
 ENV_LABELS = {"standin": "stand-in env", "minerl": "MineRL HumanSurvival"}
 MINERL_INSTALL = (
-    "install MineRL 1.0.2 from its v1.0.2 tag with JDK 8 (java -version must say 1.8) and xvfb, as the README's "
+    "install MineRL 1.0.2 from its v1.0.2 tag with JDK 8 (java -version must say 1.8) and xvfb, as docs/rollouts.md's "
     "'Rollouts in MineRL' says (or use the Docker image built with WITH_ROLLOUT=1), and on a headless node run "
     "under a virtual display: xvfb-run -a -s \"-screen 0 1024x768x24\" <command>"
 )

@@ -49,7 +49,7 @@ def test_real_recordings(real_inputs, real_goldens, variant):
         np.testing.assert_array_equal(rec.kept_steps, v["kept_step_indices"], err_msg=name)
         for key in real_goldens["meta"]["env_button_keys"]:
             np.testing.assert_array_equal(rec.env[key], v["env_actions"][key], err_msg=f"{name} {key}")
-        # exact float64 equality: dx * (360/2400) computed in float64, as the README says
+        # exact float64 equality: dx * (360/2400) computed in float64, as docs/data.md says
         np.testing.assert_array_equal(rec.env["camera"], v["env_actions"]["camera"], err_msg=name)
         buttons, camera = rec.agent_actions()
         np.testing.assert_array_equal(buttons, v["agent_actions"]["buttons"], err_msg=name)
