@@ -19,11 +19,11 @@ def _body(params: Params) -> None:
     layout = Layout.from_params(params)
     # generated episodes never open the GUI (gui_open all false): no cursor to draw, none in their source id
     embed_folders(params, layout.generated_episodes, layout.generated_videos, layout.generated_embeds,
-                  cursor_png=None, where="generated set: ")
+                  cursor_png=None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_stage("embed_generated", _body, argv)
+    return run_stage("embed_generated", _body, argv, where="generated set: ")
 
 
 if __name__ == "__main__":
