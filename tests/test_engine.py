@@ -169,3 +169,76 @@ def test_worker_device_keeps_the_param_locally_and_falls_back_to_cpu_on_ray_with
     assert worker_device(ex, "rollout", "auto", "rollout.device") == "cpu"
     with pytest.raises(EngineError, match=r"^rollout.device is 'cuda' but the Ray workers of rollout get no GPU"):
         worker_device(ex, "rollout", "cuda", "rollout.device")
+
+
+# ---------------------------------------------------------------------------------------------- retries
+
+
+def test_a_lost_workers_running_item_is_retried_first_and_never_handed_to_it_again():
+    from steve1.engine import _Book
+
+    book = _Book(5, limit=3, per_worker=2)
+    book.add(0)
+    book.add(1)
+    assert book.assign() == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    assert book.lose(0) == (0, False)               # worker 0 ran item 0 (its oldest call): one try charged
+    assert book.tries == [1, 0, 0, 0, 0] and list(book.todo) == [0, 1, 4]   # item 1, queued behind it: uncharged
+    book.add(0)                                     # a late "ready" of the lost worker changes nothing
+    assert 0 not in book.calls
+    book.done(1, 2)
+    assert book.assign() == [(1, 0)]                # the retry goes to the live worker
+    book.add(2)                                     # the replacement
+    assert book.assign() == [(2, 1), (2, 4)]
+    assert all(w != 0 for w in book.calls) and book.retried == 1 and book.losses == 1
+
+
+def test_an_item_whose_workers_all_die_is_given_up_after_the_limit():
+    from steve1.engine import _Book
+
+    book = _Book(1, limit=2, per_worker=1)
+    for w, expected in [(0, (0, False)), (1, (0, True))]:
+        book.add(w)
+        assert book.assign(only=w) == [(w, 0)]
+        assert book.lose(w) == expected
+    assert not book.busy() and book.retried == 1
+    book.add(2)
+    assert book.lose(2) == (None, False)            # lost before taking anything
+
+
+def test_a_stage_no_live_node_can_hold_fails_with_one_line(ray_local, by_value):
+    ex = RayExecutor(RayParams(decode=RayResources(num_cpus=64), rollout=RayResources(num_cpus=64)))
+    for kw in ({}, {"setup": _pid_state}):
+        with pytest.raises(EngineError, match=r"^(decode|rollout): no live Ray node can take the work: it needs 64 "
+                                              r"CPU\(s\) and 0 GPU\(s\) per worker"):
+            list(ex.map(_with_state if kw else _square, ITEMS, task="rollout" if kw else "decode", **kw))
+
+
+def test_retries_after_a_lost_worker_are_logged(ray_local, by_value, caplog):
+    caplog.set_level("INFO", logger="steve1.engine")
+    ex = RayExecutor(_ray_settings(max_retries=1))
+    dict(ex.map(_dies_on_3, ITEMS, task="decode"))
+    assert "decode: 3: its worker was lost (WorkerCrashedError); retry 1 of 1 on another worker" in caplog.text
+    assert "decode: 3: its worker died on each of 2 tries" in caplog.text
+    assert "decode: 1 retry after a lost worker" in caplog.text
+
+
+def _slow_square(state: dict, x: int) -> int:
+    import time
+
+    time.sleep(0.5)
+    return x * x
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_when_the_only_node_that_fits_is_lost_the_map_fails_with_one_line(ray_gpu_node, by_value, tmp_path):
+    """Actors of one GPU: only the worker node has one. It is lost mid-episode: no node is left that
+    can take the work, and the map says so (before, it waited for ever or failed every try on the dead actor)."""
+    from fixtures.ray_kill import NodeLoss
+
+    ex = RayExecutor(_ray_settings(max_retries=3, actors=1))
+    with NodeLoss(ray_gpu_node, "embed:", tmp_path) as loss:
+        with pytest.raises(EngineError, match=r"^embed: no live Ray node can take the work: it needs 1 CPU\(s\) "
+                                              r"and 1 GPU\(s\) per worker"):
+            list(ex.map(_slow_square, ITEMS, task="embed", setup=_pid_state))
+    assert len(loss.killed) == 1
