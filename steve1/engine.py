@@ -37,6 +37,7 @@ import logging
 import math
 import multiprocessing
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
@@ -61,6 +62,14 @@ class Lost:
     """An item whose worker died on every try: the reason, for the manifest."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """A Ray call whose worker (a task's process, an actor, a node) is gone: the name of Ray's error.
+    The error itself is not kept: see :meth:`RayExecutor._result`."""
+
+    error: str
 
 
 class EngineError(RuntimeError):
@@ -198,6 +207,17 @@ def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
     return (e.WorkerCrashedError, e.NodeDiedError, e.OutOfMemoryError, e.RayActorError, e.ObjectLostError)
 
 
+def _drop_tracebacks(exc: Optional[BaseException]) -> None:
+    """Clear the frames of ``exc``'s traceback and of those of the errors chained to it, and drop them
+    (see :meth:`RayExecutor._result`)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
 class RayExecutor:
     """A Ray cluster: per-item tasks, or per-worker state in actors; see the module docstring."""
 
@@ -266,25 +286,42 @@ class RayExecutor:
         return max(1, math.floor(n + 1e-9))
 
     def _result(self, ref: Any) -> Any:
-        """The value of a finished call; the function's own exception is raised as it is locally."""
+        """The value of a finished call, or :class:`_Gone` when its worker is gone; the function's own
+        exception is raised as it is locally.
+
+        Nothing of Ray's error outlives this call. The error and the frames of ``ray.get`` that raised
+        it hold each other (a reference cycle), and its traceback reaching the map's frames would put
+        the map's actor handles and object refs into that cycle too. Only the cyclic garbage collector
+        frees such objects, and it may run in a forked child (a DataLoader worker of the same process):
+        that child's copy of the Ray client then tells the GCS an actor went out of scope over the
+        connection it shares with the driver, the two processes' HTTP/2 header tables part, and every
+        later GCS call of the driver (``ray.cluster_resources()``) waits for ever. So the frames are
+        cleared here, and a lost worker is answered with a value, not an exception through the map.
+        """
         ray = self.ray
         try:
             return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
-                raise cause from None
-            raise
+        except ray.exceptions.RayError as exc:
+            _drop_tracebacks(exc)
+            cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+            if not isinstance(cause, BaseException):
+                if isinstance(exc, _lost_errors(ray)):
+                    return _Gone(type(exc).__name__)
+                raise
+        try:       # raised outside the handler, so that it does not chain Ray's error (which holds it)
+            raise cause
+        finally:
+            del cause
 
-    def _lost(self, task: str, label: str, exc: BaseException, book: "_Book", i: int, gave_up: bool) -> Optional[Lost]:
+    def _lost(self, task: str, label: str, gone: _Gone, book: "_Book", i: int, gave_up: bool) -> Optional[Lost]:
         """Log a lost worker's item (its retry, or that it is given up); the :class:`Lost` when given up."""
         if gave_up:
             log.warning("%s: %s: its worker died on each of %d tries (last: %s); recorded as failed",
-                        task, label, book.limit, type(exc).__name__)
+                        task, label, book.limit, gone.error)
             return Lost(f"its Ray worker died on each of {book.limit} tries (a crash, the out-of-memory killer "
-                        f"or a lost node; last: {type(exc).__name__}); see the driver's log")
+                        f"or a lost node; last: {gone.error}); see the driver's log")
         log.warning("%s: %s: its worker was lost (%s); retry %d of %d on another worker", task, label,
-                    type(exc).__name__, book.tries[i], book.limit - 1)
+                    gone.error, book.tries[i], book.limit - 1)
         return None
 
     def _feasible(self, task: str, cpus: float, gpus: float, avoid: set[str]) -> list[dict]:
@@ -327,7 +364,6 @@ class RayExecutor:
         window = self._workers(task) or IN_FLIGHT_PER_SLOT * self._slots(cpus, gpus)
         book = _Book(len(items), self.settings.max_retries + 1, per_worker=1)
         pending: dict[Any, int] = {}
-        lost = _lost_errors(ray)
         tasks = itertools.count()
 
         def submit() -> None:
@@ -348,11 +384,10 @@ class RayExecutor:
                 for ref in ready:
                     w = pending.pop(ref)
                     i = book.calls[w][0]
-                    try:
-                        result = self._result(ref)
-                    except lost as exc:
+                    result = self._result(ref)
+                    if isinstance(result, _Gone):
                         i, gave_up = book.lose(w)
-                        out = self._lost(task, key(items[i]), exc, book, i, gave_up)
+                        out = self._lost(task, key(items[i]), result, book, i, gave_up)
                         if out is not None:
                             yield items[i], out
                         continue
@@ -362,6 +397,8 @@ class RayExecutor:
         finally:
             for ref in pending:       # an error or Ctrl-C on the driver: stop what is queued or running
                 ray.cancel(ref)
+            pending.clear()           # Ray's handles go now, in this process (see _result)
+            del fn_ref
         if book.retried:
             log.info("%s: %d retr%s after a lost worker", task, book.retried, "y" if book.retried == 1 else "ies")
 
@@ -385,7 +422,6 @@ class RayExecutor:
         lost_nodes: set[str] = set()          # nodes where an actor of this map was lost
         starting: dict[Any, int] = {}
         pending: dict[Any, tuple[int, int]] = {}
-        lost = _lost_errors(ray)
         spare = n * self.settings.max_retries  # replacements for actors lost before taking an item
         ids = itertools.count()
 
@@ -404,16 +440,15 @@ class RayExecutor:
                 ref = actors[w].call.options(name=f"{task}:{key(items[i])}").remote(fn_ref, items[i])
                 pending[ref] = (w, i)
 
-        def lose(w: int, exc: BaseException) -> Iterator[tuple[T, Any]]:
+        def lose(w: int, gone: _Gone) -> Iterator[tuple[T, Any]]:
             """Actor ``w`` is gone: what it finished comes back, its running item is retried elsewhere (or
             given up), what was queued behind it goes back to the queue; a new actor takes its place."""
             nonlocal spare
             mine = [ref for ref, (v, _) in pending.items() if v == w]
             done, _ = ray.wait(mine, num_returns=len(mine), timeout=0) if mine else ([], [])
             for ref in done:
-                try:
-                    result = self._result(ref)
-                except lost:
+                result = self._result(ref)
+                if isinstance(result, _Gone):
                     continue
                 _, i = pending.pop(ref)
                 book.done(w, i)
@@ -426,9 +461,9 @@ class RayExecutor:
             i, gave_up = book.lose(w)
             if i is None:
                 spare -= 1
-                log.warning("%s: an actor was lost before taking an episode (%s)", task, type(exc).__name__)
+                log.warning("%s: an actor was lost before taking an episode (%s)", task, gone.error)
             else:
-                out = self._lost(task, key(items[i]), exc, book, i, gave_up)
+                out = self._lost(task, key(items[i]), gone, book, i, gave_up)
                 if out is not None:
                     yield items[i], out
             if book.busy() and spare >= 0:
@@ -446,21 +481,19 @@ class RayExecutor:
                 for ref in ready:
                     if ref in starting:               # set up (or failed to: its calls raise that error)
                         w = starting.pop(ref)
-                        try:
-                            node_of[w] = self._result(ref)
-                        except lost as exc:
-                            book.add(w)
-                            yield from lose(w, exc)
-                            continue
+                        node = self._result(ref)
                         book.add(w)
+                        if isinstance(node, _Gone):
+                            yield from lose(w, node)
+                        else:
+                            node_of[w] = node
                         continue
                     if ref not in pending:            # a call of an actor already lost: handled with it
                         continue
                     w, i = pending[ref]
-                    try:
-                        result = self._result(ref)
-                    except lost as exc:
-                        yield from lose(w, exc)
+                    result = self._result(ref)
+                    if isinstance(result, _Gone):
+                        yield from lose(w, result)
                         continue
                     del pending[ref]
                     book.done(w, i)
@@ -479,6 +512,10 @@ class RayExecutor:
                     ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
             for actor in actors.values():
                 ray.kill(actor, no_restart=True)
+            actors.clear()            # Ray's handles go now, in this process (see _result)
+            pending.clear()
+            starting.clear()
+            del fn_ref
         if book.losses:
             log.info("%s: %d actor(s) lost, %d replaced, %d retr%s of an episode", task, book.losses, book.replaced,
                      book.retried, "y" if book.retried == 1 else "ies")

@@ -222,6 +222,48 @@ def test_retries_after_a_lost_worker_are_logged(ray_local, by_value, caplog):
     assert "decode: 1 retry after a lost worker" in caplog.text
 
 
+def _dies_on_3_in_an_actor(state: dict, x: int) -> int:
+    return _dies_on_3(x)
+
+
+def _left_to_the_cyclic_gc(run) -> list[str]:
+    """The Ray handles (actor handles, object refs) that ``run()`` leaves for the cyclic garbage collector."""
+    import gc
+
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return sorted(type(o).__name__ for o in gc.garbage if isinstance(o, (ObjectRef, ActorHandle)))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_map_leaves_no_ray_handle_to_the_cyclic_garbage_collector(ray_local, by_value):
+    """Whether workers were lost (tasks, actors) or the function raised, a map's actor handles and
+    object refs are freed by reference counting, in this process. Left in a reference cycle (Ray's
+    error and the frames of ray.get hold each other), they were freed by whichever process collected
+    next: a forked DataLoader worker, whose copy of the Ray client then wrote to the driver's GCS
+    connection, after which ray.cluster_resources() in the driver waited for ever."""
+    ex = RayExecutor(_ray_settings(max_retries=1, actors=1))
+    assert _left_to_the_cyclic_gc(lambda: dict(ex.map(_dies_on_3, ITEMS, task="decode"))) == []
+    assert _left_to_the_cyclic_gc(lambda: dict(ex.map(_dies_on_3_in_an_actor, ITEMS, task="embed",
+                                                      setup=_pid_state))) == []
+
+    def fails() -> None:
+        with pytest.raises(ValueError, match="^item 3 is bad$"):
+            list(ex.map(_fails_on_3, ITEMS, task="decode"))
+
+    assert _left_to_the_cyclic_gc(fails) == []
+
+
 def _slow_square(state: dict, x: int) -> int:
     import time
 
