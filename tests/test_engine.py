@@ -284,3 +284,34 @@ def test_when_the_only_node_that_fits_is_lost_the_map_fails_with_one_line(ray_gp
                                               r"and 1 GPU\(s\) per worker"):
             list(ex.map(_slow_square, ITEMS, task="embed", setup=_pid_state))
     assert len(loss.killed) == 1
+
+
+class _SlowClose:
+    """A state whose close() takes seconds, as a MineRL environment stopping its Minecraft."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        import time
+
+        time.sleep(5)
+
+
+def _with_slow_close(state: _SlowClose, x: int) -> tuple[int, int]:
+    return state.pid, x
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_node_lost_while_the_driver_closes_its_actors_ends_the_map_with_every_result(ray_two_nodes, by_value,
+                                                                                      tmp_path):
+    """Every episode is done; the node of the one actor is lost while the actor closes its state: the
+    map ends with every result (a dead actor's close is not waited for, nor retried)."""
+    from fixtures.ray_kill import NodeLoss
+
+    ex = RayExecutor(_ray_settings(actors=1))
+    with NodeLoss(ray_two_nodes, "_Holder.close", tmp_path) as loss:
+        got = dict(ex.map(_with_slow_close, ITEMS, task="embed", setup=_SlowClose))
+    assert len(loss.killed) == 1, "the actor was never seen closing on the worker node"
+    assert {x: r for x, (_, r) in got.items()} == {x: x for x in ITEMS}
