@@ -315,3 +315,64 @@ def test_a_node_lost_while_the_driver_closes_its_actors_ends_the_map_with_every_
         got = dict(ex.map(_with_slow_close, ITEMS, task="embed", setup=_SlowClose))
     assert len(loss.killed) == 1, "the actor was never seen closing on the worker node"
     assert {x: r for x, (_, r) in got.items()} == {x: x for x in ITEMS}
+
+
+_FORKED_GC = '''
+import gc, os, signal, sys, threading, time
+from pathlib import Path
+import ray
+from steve1.engine import RayExecutor
+from steve1.params import RayParams, RayResources
+
+MARK = Path(sys.argv[1])
+
+def setup():
+    return {}
+
+def dies_once_on_3(state, x):
+    if x == 3 and not MARK.exists():
+        MARK.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+ray.init(address="local", num_cpus=2, object_store_memory=100 << 20, include_dashboard=False)
+one = RayResources(num_cpus=1, num_gpus=0, workers=1)
+gc.disable()                     # no collection in the driver before the fork
+assert dict(RayExecutor(RayParams(max_retries=2, embed=one)).map(dies_once_on_3, list(range(6)), task="embed",
+                                                                 setup=setup)) == {x: x for x in range(6)}
+pid = os.fork()
+if pid == 0:                     # as a DataLoader worker
+    gc.collect()
+    os._exit(0)
+os.waitpid(pid, 0)
+gc.enable()
+threading.Timer(60, lambda: (print("ray.cluster_resources() did not answer", flush=True), os._exit(3))).start()
+ray.cluster_resources()
+print("answered", flush=True)
+ray.shutdown()
+os._exit(0)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_driver_still_reaches_the_cluster_after_a_forked_child_collects_garbage(tmp_path):
+    """The fresh-clone hang: after a map that lost an actor, a forked child (a DataLoader worker) ran
+    the cyclic garbage collector; the driver's next GCS call never answered. A driver of its own."""
+    import subprocess
+
+    script = tmp_path / "forked_gc.py"
+    script.write_text(_FORKED_GC)
+    root = str(Path(__file__).resolve().parents[1])
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": root},
+                              start_new_session=True)
+    try:
+        out = driver.communicate(timeout=240)[0]
+    finally:
+        try:                      # its Ray's processes (agents) outlive a driver that hung
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()
+    assert driver.returncode == 0 and "answered" in out, out[-3000:]
