@@ -12,10 +12,13 @@ arguments, so the engine changes where work runs, never what is written.
   items. A state with a ``close()`` method (an environment) is closed when the map ends, by either
   executor: a MineRL left open keeps its Minecraft process running.
   A worker that dies mid-episode (a crash, the OOM killer, a lost node) leaves only a temp file,
-  which the driver removes at the end; Ray runs the episode again elsewhere, up to
-  ``ray.max_retries`` times, after which the item comes back as :class:`Lost` with a reason
-  (no host, PID or time in it: it goes into a DVC output). An exception raised by the function
-  itself is re-raised on the driver as itself, as it would be locally.
+  which the driver removes at the end; the driver sends the episode again, up to ``ray.max_retries``
+  times, to a live worker (a dead actor gets nothing more: it is replaced by a new actor, on
+  another node where one has room), and logs each retry; after the last try the item comes back as
+  :class:`Lost` with a reason (no host, PID or time in it: it goes into a DVC output). When no live
+  node can hold a worker of the stage any more, the map fails with an :class:`EngineError` saying so.
+  An exception raised by the function itself is re-raised on the driver as itself, as it would be
+  locally.
 
 The cluster is the one ``RAY_ADDRESS`` names (Ray's convention); without it, a local Ray sized to
 this machine is started and stopped with the stage. Workers run in the driver's working directory
@@ -29,10 +32,12 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import multiprocessing
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
@@ -49,6 +54,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]     # the folder holding this
 IN_FLIGHT_PER_SLOT = 2          # tasks queued per free slot: workers never wait on the driver, and a
                                 # 10^5-episode run does not hold 10^5 pending tasks in the driver
 CALLS_PER_ACTOR = 2             # one running, one queued
+POLL_S = 5.0                    # after a lost worker, how often the driver checks that a live node can still take the work
 CLOSE_WAIT_S = 60.0             # an actor's state gets this long to close (a MineRL env) before the actor is killed
 PASSED_ENV = ("MALLOC_",)       # driver environment variables workers get (glibc tuning of embed)
 
@@ -58,6 +64,14 @@ class Lost:
     """An item whose worker died on every try: the reason, for the manifest."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """A Ray call whose worker (a task's process, an actor, a node) is gone: the name of Ray's error.
+    The error itself is not kept: see :meth:`RayExecutor._result`."""
+
+    error: str
 
 
 class EngineError(UserError, RuntimeError):
@@ -196,9 +210,11 @@ class _Holder:
             raise self.error
         return fn(self.state, item)
 
-    def ready(self) -> bool:
-        """Answers once ``setup()`` has run: the actor has a place on the cluster."""
-        return True
+    def ready(self) -> str:
+        """Answers once ``setup()`` has run (the actor has a place on the cluster): its node's id."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def close(self) -> None:
         close_state(self.state)
@@ -224,6 +240,17 @@ def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Ray's errors that mean the process running an item is gone (after Ray's own retries)."""
     e = ray.exceptions
     return (e.WorkerCrashedError, e.NodeDiedError, e.OutOfMemoryError, e.RayActorError, e.ObjectLostError)
+
+
+def _drop_tracebacks(exc: Optional[BaseException]) -> None:
+    """Clear the frames of ``exc``'s traceback and of those of the errors chained to it, and drop them
+    (see :meth:`RayExecutor._result`)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 class RayExecutor:
@@ -312,19 +339,58 @@ class RayExecutor:
             n = min(n, res.get("GPU", 0) / gpus)
         return max(1, math.floor(n + 1e-9))
 
-    def _outcome(self, ref: Any, lost: tuple[type[BaseException], ...]) -> Any:
+    def _result(self, ref: Any) -> Any:
+        """The value of a finished call, or :class:`_Gone` when its worker is gone; the function's own
+        exception is raised as it is locally.
+
+        Nothing of Ray's error outlives this call. The error and the frames of ``ray.get`` that raised
+        it hold each other (a reference cycle), and its traceback reaching the map's frames would put
+        the map's actor handles and object refs into that cycle too. Only the cyclic garbage collector
+        frees such objects, and it may run in a forked child (a DataLoader worker of the same process):
+        that child's copy of the Ray client then tells the GCS an actor went out of scope over the
+        connection it shares with the driver, the two processes' HTTP/2 header tables part, and every
+        later GCS call of the driver (``ray.cluster_resources()``) waits for ever. So the frames are
+        cleared here, and a lost worker is answered with a value, not an exception through the map.
+        """
         ray = self.ray
         try:
             return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:     # the function's own exception: as it is locally
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
-                raise cause from None
-            raise
-        except lost as exc:
-            log.warning("Ray gave up on an item after %d tries: %s", self.settings.max_retries + 1, exc)
-            return Lost(f"its Ray worker died on each of {self.settings.max_retries + 1} tries (a crash, the "
-                        f"out-of-memory killer or a lost node; last: {type(exc).__name__}); see the driver's log")
+        except ray.exceptions.RayError as exc:
+            _drop_tracebacks(exc)
+            cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+            if not isinstance(cause, BaseException):
+                if isinstance(exc, _lost_errors(ray)):
+                    return _Gone(type(exc).__name__)
+                raise
+        try:       # raised outside the handler, so that it does not chain Ray's error (which holds it)
+            raise cause
+        finally:
+            del cause
+
+    def _lost(self, task: str, label: str, gone: _Gone, book: "_Book", i: int, gave_up: bool) -> Optional[Lost]:
+        """Log a lost worker's item (its retry, or that it is given up); the :class:`Lost` when given up."""
+        if gave_up:
+            log.warning("%s: %s: its worker died on each of %d tries (last: %s); recorded as failed",
+                        task, label, book.limit, gone.error)
+            return Lost(f"its Ray worker died on each of {book.limit} tries (a crash, the out-of-memory killer "
+                        f"or a lost node; last: {gone.error}); see the driver's log")
+        log.warning("%s: %s: its worker was lost (%s); retry %d of %d on another worker", task, label,
+                    gone.error, book.tries[i], book.limit - 1)
+        return None
+
+    def _feasible(self, task: str, cpus: float, gpus: float, avoid: set[str]) -> list[dict]:
+        """The live nodes, other than ``avoid``, that can hold one worker of ``task``; raises
+        :class:`EngineError` when no live node can (the work cannot run anywhere). Nodes count as the
+        cluster has them now: nodes an autoscaler would add on demand are not waited for."""
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        fits = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) + 1e-9 >= cpus
+                and n.get("Resources", {}).get("GPU", 0) + 1e-9 >= gpus]
+        if not fits:
+            raise EngineError(f"{task}: no live Ray node can take the work: it needs {cpus:g} CPU(s) and {gpus:g} "
+                              f"GPU(s) per worker and the cluster's {len(nodes)} live node(s) have less (a lost node "
+                              f"or a cluster too small); add a node, lower ray.{task}.num_cpus/num_gpus, or set "
+                              f"engine: local")
+        return [n for n in fits if n["NodeID"] not in avoid] or fits
 
     def map(self, fn: Callable[..., Any], items: Sequence[T], *, task: str, setup: Optional[Callable[[], Any]] = None,
             workers: int = 1, threads: bool = False, key: Callable[[T], str] = str) -> Iterator[tuple[T, Any]]:
@@ -333,6 +399,8 @@ class RayExecutor:
         if not items:
             return
         self.connect()
+        cpus, gpus = self._resources(task)
+        self._feasible(task, cpus, gpus, set())
         if setup is None:
             yield from self._map_tasks(fn, items, task, key)
         else:
@@ -343,81 +411,227 @@ class RayExecutor:
         ray = self.ray
         cpus, gpus = self._resources(task)
         remote = ray.remote(_run_task)
-        opts = dict(num_cpus=cpus, num_gpus=gpus, max_retries=self.settings.max_retries, retry_exceptions=False,
-                    runtime_env=self.runtime_env)
+        # Retried by this driver, not by Ray: each try is counted and logged, and a lost node's task is
+        # sent again only once the driver has seen it fail.
+        opts = dict(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False, runtime_env=self.runtime_env)
         fn_ref = ray.put(fn)          # shipped once; every task takes it by reference
         window = self._workers(task) or IN_FLIGHT_PER_SLOT * self._slots(cpus, gpus)
-        todo = iter(items)
-        pending: dict[Any, T] = {}
-        lost = _lost_errors(ray)
+        book = _Book(len(items), self.settings.max_retries + 1, per_worker=1)
+        pending: dict[Any, int] = {}
+        tasks = itertools.count()
 
-        def submit(n: int) -> None:
-            for item in _take(todo, n):
-                ref = remote.options(name=f"{task}:{key(item)}", **opts).remote(self.cwd, str(PROJECT_ROOT), fn_ref,
-                                                                                 item)
-                pending[ref] = item
+        def submit() -> None:
+            while len(pending) < window and book.todo:
+                w = next(tasks)
+                book.add(w)
+                for _, i in book.assign(only=w):
+                    ref = remote.options(name=f"{task}:{key(items[i])}", **opts).remote(
+                        self.cwd, str(PROJECT_ROOT), fn_ref, items[i])
+                    pending[ref] = w
 
         try:
-            submit(window)
+            submit()
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if not book.losses else POLL_S)
+                if not ready:                        # after a loss: fail with a sentence if no node is left
+                    self._feasible(task, cpus, gpus, set())
                 for ref in ready:
-                    item = pending.pop(ref)
-                    yield item, self._outcome(ref, lost)
-                submit(window - len(pending))
+                    w = pending.pop(ref)
+                    i = book.calls[w][0]
+                    result = self._result(ref)
+                    if isinstance(result, _Gone):
+                        i, gave_up = book.lose(w)
+                        out = self._lost(task, key(items[i]), result, book, i, gave_up)
+                        if out is not None:
+                            yield items[i], out
+                        continue
+                    book.done(w, i)
+                    yield items[i], result
+                submit()
         finally:
             for ref in pending:       # an error or Ctrl-C on the driver: stop what is queued or running
                 ray.cancel(ref)
+            pending.clear()           # Ray's handles go now, in this process (see _result)
+            del fn_ref
+        if book.retried:
+            log.info("%s: %d retr%s after a lost worker", task, book.retried, "y" if book.retried == 1 else "ies")
 
     def _map_actors(self, fn: Callable[[Any, T], Any], items: Sequence[T], task: str, setup: Callable[[], Any],
                     key: Callable[[T], str]) -> Iterator[tuple[T, Any]]:
         ray = self.ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         cpus, gpus = self._resources(task)
         n = min(self._workers(task) or self._slots(cpus, gpus), len(items))
-        # A dead actor is restarted (on any node with room: "elsewhere" when its node was lost) and its
-        # calls retried, each at most max_retries times; a poison item cannot kill the pool for good.
-        cls = ray.remote(_Holder).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
-                                          max_task_retries=self.settings.max_retries, runtime_env=self.runtime_env)
+        # A dead actor is not restarted by Ray (a restart waits for its node to be declared dead, and calls
+        # sent to it meanwhile fail one after the other): this driver replaces it with a new actor, on
+        # another node where one can hold it, and sends its episode to a live actor.
+        cls = ray.remote(_Holder)
+        cls_opts = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0, runtime_env=self.runtime_env)
         log.info("%s: %d actor(s), %g CPU and %g GPU each", task, n, cpus, gpus)
-        actors = [cls.remote(self.cwd, str(PROJECT_ROOT), setup) for _ in range(n)]
         fn_ref = ray.put(fn)
-        # Items go only to actors that are set up: one the cluster has no room for (its nodes' free CPUs and
-        # GPUs are split so that it fits nowhere) would otherwise hold its items for ever.
-        starting = {actor.ready.remote(): i for i, actor in enumerate(actors)}
-        load: dict[int, int] = {}           # calls in flight per started actor
-        todo = collections.deque(items)
-        pending: dict[Any, tuple[T, int]] = {}
-        lost = _lost_errors(ray)
+        book = _Book(len(items), self.settings.max_retries + 1, per_worker=CALLS_PER_ACTOR)
+        actors: dict[int, Any] = {}
+        node_of: dict[int, str] = {}          # a started actor's node
+        lost_nodes: set[str] = set()          # nodes where an actor of this map was lost
+        starting: dict[Any, int] = {}
+        pending: dict[Any, tuple[int, int]] = {}
+        spare = n * self.settings.max_retries  # replacements for actors lost before taking an item
+        ids = itertools.count()
+
+        def start(prefer_elsewhere: bool) -> None:
+            opts = {}
+            if prefer_elsewhere:               # a live node that can hold it, with the fewest of our actors
+                here = collections.Counter(node_of[w] for w in book.calls if w in node_of)
+                node = min(self._feasible(task, cpus, gpus, lost_nodes), key=lambda d: (here[d["NodeID"]], d["NodeID"]))
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+            w = next(ids)
+            actors[w] = cls.options(**cls_opts, **opts).remote(self.cwd, str(PROJECT_ROOT), setup)
+            starting[actors[w].ready.remote()] = w
 
         def submit() -> None:
-            for i in sorted(load, key=load.get):
-                while load[i] < CALLS_PER_ACTOR and todo:
-                    item = todo.popleft()
-                    ref = actors[i].call.options(name=f"{task}:{key(item)}").remote(fn_ref, item)
-                    pending[ref] = (item, i)
-                    load[i] += 1
+            for w, i in book.assign():
+                ref = actors[w].call.options(name=f"{task}:{key(items[i])}").remote(fn_ref, items[i])
+                pending[ref] = (w, i)
 
+        def lose(w: int, gone: _Gone) -> Iterator[tuple[T, Any]]:
+            """Actor ``w`` is gone: what it finished comes back, its running item is retried elsewhere (or
+            given up), what was queued behind it goes back to the queue; a new actor takes its place."""
+            nonlocal spare
+            mine = [ref for ref, (v, _) in pending.items() if v == w]
+            done, _ = ray.wait(mine, num_returns=len(mine), timeout=0) if mine else ([], [])
+            for ref in done:
+                result = self._result(ref)
+                if isinstance(result, _Gone):
+                    continue
+                _, i = pending.pop(ref)
+                book.done(w, i)
+                yield items[i], result
+            for ref in [ref for ref, (v, _) in pending.items() if v == w]:
+                del pending[ref]
+            if w in node_of:
+                lost_nodes.add(node_of[w])
+            ray.kill(actors[w], no_restart=True)
+            i, gave_up = book.lose(w)
+            if i is None:
+                spare -= 1
+                log.warning("%s: an actor was lost before taking an episode (%s)", task, gone.error)
+            else:
+                out = self._lost(task, key(items[i]), gone, book, i, gave_up)
+                if out is not None:
+                    yield items[i], out
+            if book.busy() and spare >= 0:
+                start(prefer_elsewhere=True)
+                book.replaced += 1
+
+        for _ in range(n):
+            start(prefer_elsewhere=False)
         finished = False
         try:
-            while pending or todo:
-                ready, _ = ray.wait([*pending, *starting], num_returns=1)
+            while book.busy():
+                ready, _ = ray.wait([*pending, *starting], num_returns=1, timeout=None if not book.losses else POLL_S)
+                if not ready and not book.calls:      # after a loss, no live actor: is any node left for one?
+                    self._feasible(task, cpus, gpus, set())
                 for ref in ready:
-                    if ref in starting:         # set up (or failed to: its calls raise that error)
-                        load[starting.pop(ref)] = 0
+                    if ref in starting:               # set up (or failed to: its calls raise that error)
+                        w = starting.pop(ref)
+                        node = self._result(ref)
+                        book.add(w)
+                        if isinstance(node, _Gone):
+                            yield from lose(w, node)
+                        else:
+                            node_of[w] = node
                         continue
-                    item, i = pending.pop(ref)
-                    load[i] -= 1
-                    yield item, self._outcome(ref, lost)
+                    if ref not in pending:            # a call of an actor already lost: handled with it
+                        continue
+                    w, i = pending[ref]
+                    result = self._result(ref)
+                    if isinstance(result, _Gone):
+                        yield from lose(w, result)
+                        continue
+                    del pending[ref]
+                    book.done(w, i)
+                    yield items[i], result
+                if not book.calls and not starting and book.busy():
+                    raise EngineError(f"{task}: every Ray actor was lost and none could be started again "
+                                      f"({book.losses} lost); see the driver's log")
                 submit()
             finished = True
             if starting:
                 log.info("%s: %d actor(s) never started (no room on the cluster's nodes)", task, len(starting))
         finally:
-            if finished:      # idle actors close their state (an env); on an error or Ctrl-C they are killed at once
-                closing = [actors[i].close.remote() for i in load]
-                ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
-            for actor in actors:
-                ray.kill(actor)
+            if finished:      # live actors close their state (an env); on an error or Ctrl-C they are killed at once
+                closing = [actors[w].close.remote() for w in book.calls]
+                if closing:
+                    ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
+            for actor in actors.values():
+                ray.kill(actor, no_restart=True)
+            actors.clear()            # Ray's handles go now, in this process (see _result)
+            pending.clear()
+            starting.clear()
+            del fn_ref
+        if book.losses:
+            log.info("%s: %d actor(s) lost, %d replaced, %d retr%s of an episode", task, book.losses, book.replaced,
+                     book.retried, "y" if book.retried == 1 else "ies")
+
+
+class _Book:
+    """The driver's book of one map: which item each worker holds and how many tries each item has had.
+
+    Items are positions in the map's list; workers are numbers. A worker runs its calls in order, so
+    the first of its calls in flight is the one running: when the worker is lost, that item is charged
+    a try and goes first in the queue again (or is given up after ``limit`` tries), and those queued
+    behind it go back uncharged. A lost worker is out of the book: nothing is handed to it again.
+    Kept apart from Ray so that these rules are tested without a cluster.
+    """
+
+    def __init__(self, n_items: int, limit: int, per_worker: int):
+        self.todo: collections.deque[int] = collections.deque(range(n_items))
+        self.tries = [0] * n_items
+        self.limit, self.per_worker = limit, per_worker
+        self.calls: dict[int, list[int]] = {}          # a live worker's items in flight, oldest first
+        self.dead: set[int] = set()
+        self.losses = self.retried = self.replaced = 0
+
+    def add(self, w: int) -> None:
+        """Worker ``w`` is ready for items."""
+        if w not in self.dead:
+            self.calls[w] = []
+
+    def assign(self, only: Optional[int] = None) -> list[tuple[int, int]]:
+        """(worker, item) pairs to send now: the least loaded live workers first, ``per_worker`` each at most."""
+        out = []
+        for w in sorted(self.calls if only is None else [only], key=lambda w: (len(self.calls[w]), w)):
+            while len(self.calls[w]) < self.per_worker and self.todo:
+                i = self.todo.popleft()
+                self.calls[w].append(i)
+                out.append((w, i))
+        return out
+
+    def done(self, w: int, i: int) -> None:
+        self.calls[w].remove(i)
+        if not self.calls[w] and self.per_worker == 1:      # a task: one item per worker
+            del self.calls[w]
+
+    def lose(self, w: int) -> tuple[Optional[int], bool]:
+        """Worker ``w`` died: (the item it was running or None, whether that item is given up)."""
+        self.dead.add(w)
+        self.losses += 1
+        calls = self.calls.pop(w, [])
+        if not calls:
+            return None, False
+        running, queued = calls[0], calls[1:]
+        self.todo.extendleft(reversed(queued))
+        self.tries[running] += 1
+        if self.tries[running] >= self.limit:
+            return running, True
+        self.todo.appendleft(running)
+        self.retried += 1
+        return running, False
+
+    def busy(self) -> bool:
+        """Items left to send or in flight."""
+        return bool(self.todo) or any(self.calls.values())
 
 
 _END = object()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.ray_kill import Killer
+from fixtures.ray_kill import Killer, NodeLoss
 from fixtures.recordings import write_png_recording
 from stages import decode as decode_stage
 from stages import download as download_stage
@@ -280,3 +280,31 @@ def test_on_two_nodes_every_stage_writes_the_local_bytes(ray_two_nodes, shared, 
     _assert_same_outputs(local_all, root)
 
 
+@pytest.mark.slow
+def test_a_node_lost_mid_decode_has_its_episode_retried_on_the_other(ray_two_nodes, shared, local_decoded, caplog):
+    """A task stage: the node decoding the real recording (1056 frames) is lost; the head decodes it."""
+    caplog.set_level("INFO", logger="steve1.engine")
+    root = _workspace(shared)
+    params = _params(root, shared, "ray")
+    _run(["download"], params)
+    with NodeLoss(ray_two_nodes, f"decode:{REAL}", shared) as loss:
+        _run(["decode"], params)
+    assert len(loss.killed) == 1, "the real recording was not decoded on the worker node"
+    _assert_same_outputs(local_decoded, root)
+    assert f"decode: {REAL}: its worker was lost" in caplog.text and "decode: 1 retry after a lost worker" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_embed_has_its_actor_replaced_and_the_episode_embedded_on_the_other(
+        ray_two_nodes, shared, local_all, caplog):
+    """An actor stage: the node whose MineCLIP actor embeds an episode is lost; a new actor on the head
+    embeds it (before, every retry went to the dead node's actor and the stage failed)."""
+    caplog.set_level("INFO", logger="steve1.engine")
+    root = _workspace(shared)
+    _run(["download", "decode", "import-set", "embed-set"], _params(root, shared, "local", SYNTHETIC))
+    params = _params(root, shared, "ray", SYNTHETIC, embed={"num_cpus": 1, "num_gpus": 0, "workers": 1})
+    with NodeLoss(ray_two_nodes, "embed:", shared) as loss:
+        _run(["embed"], params)
+    assert len(loss.killed) == 1, "no episode was embedded on the worker node"
+    _assert_same_outputs(local_all, root)
+    assert "embed: 1 actor(s) lost, 1 replaced, 1 retry of an episode" in caplog.text

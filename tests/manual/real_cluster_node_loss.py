@@ -100,11 +100,13 @@ try:
             time.sleep(0.002)
     t = threading.Thread(target=watch, daemon=True); t.start()
     t0 = time.time()
-    out = stage("embed", "ray", {"RAY_ADDRESS": f"127.0.0.1:{port}"}, wait=False).communicate()[0]
-    rc_line = out.strip().splitlines()[-3:]
+    driver = stage("embed", "ray", {"RAY_ADDRESS": f"127.0.0.1:{port}"}, wait=False)
+    out = driver.communicate()[0]
     got = {p.name: p.read_bytes() for p in (work / "embeds").iterdir()} if (work / "embeds").exists() else {}
     same = got == local
-    print(f"MOMENT={MOMENT} killed={bool(killed)} same_bytes={same} stage_s={time.time()-t0:.0f}")
+    temps = [p.name for p in (work / "embeds").rglob("*") if p.name.startswith(".tmp-")] if (work / "embeds").exists() else []
+    print(f"MOMENT={MOMENT} killed={bool(killed)} rc={driver.returncode} same_bytes={same} temp_files={temps} "
+          f"stage_s={time.time()-t0:.0f}")
     print("\n".join(l for l in out.splitlines() if "lost" in l or "retr" in l or "error" in l.lower())[-2000:])
     if not same: print(sorted(got), sorted(local)); print(out[-3000:])
 finally:

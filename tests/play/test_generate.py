@@ -395,6 +395,24 @@ def test_on_two_nodes_generate_writes_the_local_bytes(ray_two_nodes, generated, 
     _same_files(local, Layout.from_params(load_params(params)))
 
 
+@pytest.mark.slow
+def test_a_node_lost_mid_episode_has_its_generate_actor_replaced_on_the_other(ray_two_nodes, generated, tmp_path,
+                                                                              caplog):
+    """The node whose actor (an env and two agents) plays an episode is lost (all its processes killed at
+    once); a new actor on the head plays it again: the local bytes, the retry in the log."""
+    from fixtures.ray_kill import NodeLoss
+    from stages.generate import main
+
+    caplog.set_level("INFO", logger="steve1.engine")
+    _, local = generated
+    params = _on_ray(tmp_path, workers=1)
+    with NodeLoss(ray_two_nodes, "generate:", tmp_path) as loss:
+        assert main(["--params", str(params)]) == 0
+    assert len(loss.killed) == 1, "no episode was played on the worker node"
+    _same_files(local, Layout.from_params(load_params(params)))
+    assert "generate: 1 actor(s) lost, 1 replaced, 1 retry of an episode" in caplog.text
+
+
 def test_generation_record_covers_every_declared_decode_key():
     from steve1.play.generate import _settings
     from steve1.params import DecodeParams, GenerateParams
