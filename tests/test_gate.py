@@ -67,6 +67,64 @@ def test_trimmed_drops_only_the_farthest_from_the_median():
     assert gate.trimmed([10.0, 11.0, 9.0, 30.0]) == [10.0, 11.0, 9.0]
 
 
+STEADY, DROPPED = [100, 104, 98, 101, 99], [67, 69, 66, 68, 65]
+
+
+@pytest.fixture
+def offline_gate(monkeypatch, tmp_path):
+    """``gate.main`` with its measurements scripted: ``script`` holds one ``{name: (base, head)}`` per call
+    of ``measure``; ``calls`` records each call's node ids."""
+    script, calls = [], []
+    monkeypatch.setattr(gate, "resolve_commit", lambda repo, ref: "0" * 40)
+    monkeypatch.setattr(gate, "export_tree", lambda repo, commit, dest: dest)
+    monkeypatch.setattr(gate, "check_import_origin", lambda tree: None)
+
+    def measure(base, head, reps, select, workdir, progress=print, nodeids=(), stage=""):
+        calls.append(tuple(nodeids))
+        figures = script[len(calls) - 1]
+        return {name: gate.Samples("frames/s", list(b), list(h)) for name, (b, h) in figures.items()
+                if not nodeids or name in nodeids}
+
+    monkeypatch.setattr(gate, "measure", measure)
+
+    def run(*flags: str) -> tuple[int, dict]:
+        out = tmp_path / "gate.json"
+        rc = gate.main(["--base", "HEAD", "--json", str(out), *flags])
+        return rc, json.loads(out.read_text())
+    return script, calls, run
+
+
+def test_a_slowdown_flagged_once_and_not_again_alone_passes(offline_gate, capsys):
+    script, calls, run = offline_gate
+    script += [{"a": (STEADY, DROPPED), "b": (STEADY, STEADY)}, {"a": (STEADY, STEADY)}]
+    rc, result = run()
+    assert rc == 0 and result["failed"] == []
+    assert calls == [(), ("a",)]                      # only the flagged benchmark is measured again
+    assert [r["verdict"] for r in result["confirmation"]["rows"]] == ["ok"]
+    assert "1 flagged SLOWER in the first measurement and not again alone: a" in capsys.readouterr().out
+
+
+def test_a_slowdown_flagged_in_both_measurements_fails(offline_gate, capsys):
+    script, calls, run = offline_gate
+    script += [{"a": (STEADY, DROPPED), "b": (STEADY, DROPPED)}, {"a": (STEADY, DROPPED), "b": (STEADY, STEADY)}]
+    rc, result = run()
+    assert rc == 1 and result["failed"] == ["a"] and calls == [(), ("a", "b")]
+    assert "FAIL: 1 benchmark(s) slower than base beyond 25% in both measurements: a" in capsys.readouterr().out
+
+
+def test_nothing_flagged_is_measured_once(offline_gate):
+    script, calls, run = offline_gate
+    script += [{"a": (STEADY, STEADY)}]
+    assert run()[0] == 0 and calls == [()]
+
+
+def test_no_confirm_fails_on_the_first_measurement(offline_gate):
+    script, calls, run = offline_gate
+    script += [{"a": (STEADY, DROPPED)}]
+    rc, result = run("--no-confirm")
+    assert rc == 1 and result["failed"] == ["a"] and calls == [()]
+
+
 def test_committed_reference_is_a_commit_of_this_repository():
     ref = gate.read_reference()
     assert len(ref.commit) == 40 and ref.reason and ref.moved
@@ -170,7 +228,7 @@ def test_the_gate_switch_goes_to_both_sides_or_neither(tmp_path, monkeypatch):
         (tree / "benchmarks" / "conftest.py").write_text(text)
     monkeypatch.setenv("STEVE1_BENCH_GATE", "1")          # not inherited from the caller either
     seen = []
-    monkeypatch.setattr(gate, "run_side", lambda tree, out, select, log, switch=False: seen.append(
+    monkeypatch.setattr(gate, "run_side", lambda tree, out, select, log, switch=False, **kw: seen.append(
         (tree.name, gate.side_env(tree, switch).get("STEVE1_BENCH_GATE"))) or {})
     gate.measure(old, new, 2, None, tmp_path, progress=lambda _: None)
     assert seen == [("old", None), ("new", None), ("new", None), ("old", None)]
