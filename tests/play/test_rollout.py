@@ -439,6 +439,29 @@ def test_cli_rollout_is_the_stage_code(tmp_path):
     assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3
 
 
+@pytest.mark.parametrize("flags, key", [(["--env", "bogus"], "env"), (["--device", "tpu"], "device")])
+def test_cli_rollout_bad_overrides_are_one_line_naming_the_key(tmp_path, flags, key):
+    from typer.testing import CliRunner
+
+    from steve1.cli import app
+
+    params = _project(tmp_path)
+    result = CliRunner().invoke(app, ["rollout", "--params", str(params), *flags])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("error: steve1 rollout options is invalid:") and f"key '{key}'" in result.output
+
+
+def test_unknown_rollout_target_metric_is_a_params_error(tmp_path):
+    from steve1.params import ParamsError, load_params
+    from steve1.play.rollout import check_targets
+
+    p = load_params(_project(tmp_path))
+    p.rollout.targets = {**p.rollout.targets, "chop a tree": "no_such_metric"}
+    with pytest.raises(ParamsError, match="key 'rollout.targets'.*no_such_metric"):
+        check_targets(p)
+
+
 def test_a_missing_prior_is_one_error_line_from_the_stage_and_the_cli(tmp_path, capsys):
     from typer.testing import CliRunner
 
