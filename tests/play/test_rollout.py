@@ -11,7 +11,6 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ from steve1.play.envs import EnvError
 from steve1.play.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RolloutError, make_minerl_env,
                                  rollouts_from_params, run_rollouts, text_prompts, visual_prompts, visual_prompts_from)
 from steve1.play.standin import StandInEnv, noop_action
+from tests.fixtures.mp4 import read_rgb_frames
 
 RESULTS_FILE = RolloutLayout(Path(".")).results.name
 
@@ -156,14 +156,7 @@ def test_agent_errors_are_not_retried(tmp_path):
 def test_video_is_readable_and_carries_the_prompt_banner(tmp_path):
     run_rollouts(text_prompts({"wood": "chop a tree"}, _goal_of), RecordingAgent(), Factory(),
                  _cfg(n_episodes=1, steps=5, video=True), tmp_path)
-    cap = cv2.VideoCapture(str(tmp_path / "videos" / "text-wood-ep000.mp4"))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
-    cap.release()
+    frames = read_rgb_frames(tmp_path / "videos" / "text-wood-ep000.mp4")
     assert len(frames) == 5 and frames[0].shape == (360 + BANNER_H, 640, 3)
     banner, pov = frames[0][:BANNER_H].astype(int), frames[0][BANNER_H:].astype(int)
     assert (banner > 200).all(axis=2).mean() > 0.8            # white band ...
