@@ -26,6 +26,7 @@ from steve1.data.decode import decode_recording
 from steve1.data.episodes import EpisodeReader, FrameStorage, write_episode
 from steve1.data.video import DECODE_THREADS
 from steve1.params import DecodeParams
+from tests.fixtures.mp4 import read_rgb_frames
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "assets" / "recordings" / "trimmed_lovely-persimmon-angora-a39257c803d3-20220422-051333"
@@ -112,18 +113,7 @@ def frames(tmp_path_factory) -> dict:
     for f in lossless:
         writer.write(np.ascontiguousarray(f[..., ::-1]))
     writer.release()
-    return {"lossless": lossless, "mp4v_path": path, "mp4v": _read_mp4v(path)}
-
-
-def _read_mp4v(path: Path) -> np.ndarray:
-    cap, out = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return np.stack(out)
+    return {"lossless": lossless, "mp4v_path": path, "mp4v": read_rgb_frames(path)}
 
 
 def _errors(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
@@ -171,8 +161,8 @@ def test_frame_codec_decode_per_core(benchmark, tmp_path, frames, codec, monkeyp
 def test_official_mp4v_decode_per_core(benchmark, frames):
     """STEVE-1's frames.mp4 read back with cv2 (how its loader reads them), per CPU-second."""
     n = len(frames["mp4v"])
-    cpu, _ = _timed(lambda: _read_mp4v(frames["mp4v_path"]), max(ROUNDS, 3))
-    benchmark.pedantic(lambda: _read_mp4v(frames["mp4v_path"]), rounds=1, iterations=1)
+    cpu, _ = _timed(lambda: read_rgb_frames(frames["mp4v_path"]), max(ROUNDS, 3))
+    benchmark.pedantic(lambda: read_rgb_frames(frames["mp4v_path"]), rounds=1, iterations=1)
     official = _errors(frames["mp4v"], frames["lossless"])
     record(benchmark, figure=n / cpu, reference=_memcpy_per_cpu_s(frames["lossless"]), unit="frames/cpu-s decoded",
            reference_name="memcpy of the same frames", codec="mp4v (STEVE-1 frames.mp4)",

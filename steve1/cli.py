@@ -122,16 +122,18 @@ def import_recordings(
     from steve1.data import formats
     from steve1.data.custom import FORMATS, import_all
     from steve1.errors import UserError
+    from steve1.params import params_errors
 
     if fmt not in FORMATS or codec not in formats.CODECS:
         typer.echo(f"error: --format {fmt!r} / --codec {codec!r}: expected --format in {', '.join(FORMATS)} "
                    f"and --codec in {', '.join(formats.CODECS)}", err=True)
         raise typer.Exit(2)
     try:
-        settings = DecodeParams(frame_codec=codec, frame_quality=quality, camera_int_truncation=camera_int_truncation,
-                                min_kept_steps=min_kept_steps)
+        with params_errors("import-recordings options"):
+            settings = DecodeParams(frame_codec=codec, frame_quality=quality,
+                                    camera_int_truncation=camera_int_truncation, min_kept_steps=min_kept_steps)
         report = import_all(src_dir, out_dir, settings, fmt, video_dir, fps)
-    except (UserError, ValueError, OSError) as exc:
+    except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     for eid, reason in sorted(report.skipped.items()):
@@ -228,16 +230,17 @@ def rollout(
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
     MineRL 1.0.2, JDK 8 and a display (docs/rollouts.md "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
     from steve1.errors import UserError
-    from steve1.params import ParamsError, load_params
+    from steve1.params import ParamsError, load_params, params_errors
     from steve1.play.rollout import check_targets, rollout_stage
 
     try:
         p = load_params(params)
-        for key, value in (("n_episodes", episodes), ("steps", steps), ("env", env), ("device", device)):
-            if value is not None:
-                setattr(p.rollout, key, value)
+        with params_errors("steve1 rollout options"):
+            for key, value in (("n_episodes", episodes), ("steps", steps), ("env", env), ("device", device)):
+                if value is not None:
+                    setattr(p.rollout, key, value)
         check_targets(p)
-    except (ParamsError, ValueError) as exc:
+    except ParamsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     try:
@@ -329,7 +332,8 @@ def tune(
     from dataclasses import asdict
 
     from steve1.params import ParamsError
-    from steve1.tune import DvcQueueRunner, TuneError, distributions, load_tune, open_study, run_study, summarize
+    from steve1.tune import (DvcCommandError, DvcQueueRunner, TuneError, distributions, load_tune, open_study,
+                             run_study, summarize)
 
     try:
         cfg, p, raw = load_tune(params)
@@ -342,7 +346,7 @@ def tune(
     except (ParamsError, TuneError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    except RuntimeError as exc:
+    except DvcCommandError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(asdict(summary), indent=2) if as_json else "\n".join(summary.lines()))

@@ -7,10 +7,11 @@ what was expected. Each section is a model of its own; stages read only their se
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 import re
 from pathlib import Path
-import posixpath
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Any, Iterator, Literal, Optional, get_args
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer,
@@ -674,8 +675,16 @@ def validate_params(raw: Any, origin: str = "params.yaml") -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{origin}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    try:
+    with params_errors(origin):
         return Params.model_validate(raw)
+
+
+@contextlib.contextmanager
+def params_errors(origin: str) -> Iterator[None]:
+    """Pydantic's ValidationError from building or assigning a params model, as one ParamsError that
+    names each key, its value and what was expected (``origin``: where the values came from)."""
+    try:
+        yield
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ParamsError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None

@@ -56,6 +56,10 @@ class TuneError(UserError, ValueError):
     """The tune section cannot run: one line naming the key and what was expected."""
 
 
+class DvcCommandError(UserError, RuntimeError):
+    """A dvc command the study runs failed (not a DVC repository, a dirty queue...): its output's tail."""
+
+
 # ------------------------------------------------------------------ the study's config
 
 
@@ -309,7 +313,7 @@ class DvcQueueRunner:
     def _dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=self.repo, capture_output=True, text=True)
         if check and out.returncode != 0:
-            raise RuntimeError(f"dvc {' '.join(args)} failed: {(out.stderr or out.stdout).strip()[-1500:]}")
+            raise DvcCommandError(f"dvc {' '.join(args)} failed: {(out.stderr or out.stdout).strip()[-1500:]}")
         return out
 
     def submit(self, name: str, overrides: Mapping[str, Any]) -> None:
@@ -324,7 +328,7 @@ class DvcQueueRunner:
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
             if rc != 0:
                 out.seek(0)
-                raise RuntimeError(f"dvc queue start --jobs {jobs} failed: {out.read().strip()[-1500:]}")
+                raise DvcCommandError(f"dvc queue start --jobs {jobs} failed: {out.read().strip()[-1500:]}")
 
     def poll(self) -> dict[str, TrialStatus]:
         from steve1 import experiments as X

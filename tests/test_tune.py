@@ -315,6 +315,16 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
     assert applied["learning_rate"] == summary["best"]["diff"]["learning_rate"][1]
 
 
+def test_a_failed_dvc_command_is_a_user_error_with_dvcs_words(tmp_path):
+    """Outside a DVC repository the study's first dvc call fails: one error carrying DVC's message."""
+    from steve1.errors import UserError
+    from steve1.tune import DvcCommandError, DvcQueueRunner
+
+    with pytest.raises(DvcCommandError, match="dvc exp run --queue --name t0 .*failed: .*") as info:
+        DvcQueueRunner(tmp_path).submit("t0", {"learning_rate": 1e-4})
+    assert isinstance(info.value, UserError)
+
+
 def test_a_failed_runs_reason_is_its_last_words_and_dvcs_error_or_says_it_was_killed(monkeypatch):
     from steve1.tune import DvcQueueRunner
 

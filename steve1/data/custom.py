@@ -58,7 +58,7 @@ from steve1.data.video import (ReadStats, VideoError, composite_cursor, cursor_p
                                load_cursor, probe_video, to_rgb_resized)
 from steve1.engine import Executor, LocalExecutor, Lost
 from steve1.errors import UserError
-from steve1.io import atomic_path, remove_stale_temps, sha256_file, write_json_atomic
+from steve1.io import atomic_path, check_writable, remove_stale_temps, sha256_file, write_json_atomic
 from steve1.layout import MANIFEST
 from steve1.params import DecodeParams
 
@@ -455,6 +455,7 @@ def import_all(src_dir: str | Path, out_dir: str | Path, settings: DecodeParams,
     manifest = out_dir / MANIFEST
     rows = _previous_rows(manifest)
     sources = find_custom_sources(src_dir, fmt)
+    check_writable(out_dir, video_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video_dir.mkdir(parents=True, exist_ok=True)
     for d in (out_dir, video_dir):

@@ -49,12 +49,12 @@ import cv2
 import numpy as np
 
 from steve1.devices import resolve_device
-from steve1.engine import Executor, LocalExecutor, Lost
+from steve1.engine import Executor, LocalExecutor, Lost, open_executor
 from steve1.errors import UserError
 from steve1.eval.programmatic import METRICS, ProgrammaticTracker, aggregate
 from steve1.io import atomic_path, remove_stale_temps, write_json_atomic
 from steve1.layout import Layout, RolloutLayout
-from steve1.params import Params, RolloutParams
+from steve1.params import Params, ParamsError, RolloutParams, describe_invalid
 from steve1.play.envs import (ENV_KWARGS, EnvCrash, EnvFactory, EnvSlot, closed_on_error, env_call, env_label,
                               make_minerl_env)
 from steve1.play.envs import env_factory as make_env_factory
@@ -557,19 +557,15 @@ def _declared_embed(params: Params) -> dict[str, Any]:
 
 def check_targets(params: Params) -> None:
     """Refuse a ``rollout.targets`` metric the tracker does not compute (before any work)."""
-    from steve1.params import describe_invalid
-
     unknown = sorted(set(params.rollout.targets.values()) - set(METRICS))
     if unknown:
-        raise ValueError(describe_invalid("rollout.targets", params.rollout.targets,
+        raise ParamsError(describe_invalid("rollout.targets", params.rollout.targets,
                                           f"unknown metric(s) {unknown}; expected some of {list(METRICS)}"))
 
 
 def rollout_stage(params: Params, out_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """The rollout stage's work, shared by ``python -m stages.rollout`` and ``steve1 rollout``: every
     prompt played through the executor ``engine`` names, then one summary line."""
-    from steve1.engine import open_executor
-
     with open_executor(params) as executor:
         res = rollouts_from_params(params, out_dir, executor=executor)
     print(f"rollout ({res['env']['label']}): {len(res['prompts'])} prompts, {len(res['episodes'])} episodes, "

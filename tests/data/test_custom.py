@@ -235,6 +235,22 @@ def test_cli_import_recordings(tmp_path):
     assert bad.exit_code == 2
 
 
+def test_cli_import_recordings_into_an_unusable_folder_is_one_line_naming_it(tmp_path):
+    """An output path that is a file (or lies under one) is refused before any episode, with one line."""
+    from typer.testing import CliRunner
+
+    from steve1.cli import app
+
+    write_frames_episode(tmp_path / "src", "ep")
+    (tmp_path / "taken").write_text("a file\n")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        res = CliRunner().invoke(app, ["import-recordings", str(tmp_path / "src"), str(out)])
+        assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit)), res.exception
+        assert res.output.startswith(f"error: {out}: output folder is not writable"), res.output
+        assert res.output.count("\n") == 1, res.output
+    assert (tmp_path / "taken").read_text() == "a file\n"
+
+
 def test_symbolic_links_out_of_the_source_folder_are_refused_naming_the_link(tmp_path):
     """A link that leads out of the source folder (a frame, the actions, the episode folder itself) skips
     its episode with a reason naming the link; links that stay inside are followed."""

@@ -11,7 +11,6 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ from steve1.play.envs import EnvError
 from steve1.play.rollout import (BANNER_H, ENV_KWARGS, PAPER_TEXT_PROMPTS, RolloutError, make_minerl_env,
                                  rollouts_from_params, run_rollouts, text_prompts, visual_prompts, visual_prompts_from)
 from steve1.play.standin import StandInEnv, noop_action
+from tests.fixtures.mp4 import read_rgb_frames
 
 RESULTS_FILE = RolloutLayout(Path(".")).results.name
 
@@ -156,14 +156,7 @@ def test_agent_errors_are_not_retried(tmp_path):
 def test_video_is_readable_and_carries_the_prompt_banner(tmp_path):
     run_rollouts(text_prompts({"wood": "chop a tree"}, _goal_of), RecordingAgent(), Factory(),
                  _cfg(n_episodes=1, steps=5, video=True), tmp_path)
-    cap = cv2.VideoCapture(str(tmp_path / "videos" / "text-wood-ep000.mp4"))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
-    cap.release()
+    frames = read_rgb_frames(tmp_path / "videos" / "text-wood-ep000.mp4")
     assert len(frames) == 5 and frames[0].shape == (360 + BANNER_H, 640, 3)
     banner, pov = frames[0][:BANNER_H].astype(int), frames[0][BANNER_H:].astype(int)
     assert (banner > 200).all(axis=2).mean() > 0.8            # white band ...
@@ -437,6 +430,29 @@ def test_cli_rollout_is_the_stage_code(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rollout (stand-in env): 2 prompts, 2 episodes" in result.output
     assert json.loads(RolloutLayout(tmp_path / "cli").results.read_text())["config"]["steps"] == 3
+
+
+@pytest.mark.parametrize("flags, key", [(["--env", "bogus"], "env"), (["--device", "tpu"], "device")])
+def test_cli_rollout_bad_overrides_are_one_line_naming_the_key(tmp_path, flags, key):
+    from typer.testing import CliRunner
+
+    from steve1.cli import app
+
+    params = _project(tmp_path)
+    result = CliRunner().invoke(app, ["rollout", "--params", str(params), *flags])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("error: steve1 rollout options is invalid:") and f"key '{key}'" in result.output
+
+
+def test_unknown_rollout_target_metric_is_a_params_error(tmp_path):
+    from steve1.params import ParamsError, load_params
+    from steve1.play.rollout import check_targets
+
+    p = load_params(_project(tmp_path))
+    p.rollout.targets = {**p.rollout.targets, "chop a tree": "no_such_metric"}
+    with pytest.raises(ParamsError, match="key 'rollout.targets'.*no_such_metric"):
+        check_targets(p)
 
 
 def test_a_missing_prior_is_one_error_line_from_the_stage_and_the_cli(tmp_path, capsys):
