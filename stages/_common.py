@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from steve1.errors import UserError
@@ -35,6 +37,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
                 check(params)
             except ValueError as exc:    # the check contract: one describe_invalid line (a ParamsError is one too)
                 raise ParamsError(f"{args.params} is invalid:\n  {exc}") from None
+        check_dvc_yaml_lists_named_files(params, args.params)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(RECOVERY_HINT, file=sys.stderr)
@@ -47,6 +50,26 @@ def run_stage(name: str, body: Callable[[Params], None], argv: Optional[Sequence
         print(f"error: {where}{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_dvc_yaml_lists_named_files(params: Params, origin: str) -> None:
+    """Under ``dvc repro``, refuse a run whose params name a file that dvc.yaml does not list among
+    the stage's deps: DVC would reuse this result when that file changes. DVC names the stage it runs
+    in ``DVC_STAGE`` (``train``, ``embed-set@mine``; ``sub/dvc.yaml:x`` for another dvc.yaml, not
+    ours) and the repository in ``DVC_ROOT``; run by hand, a stage has no DVC cache to keep right."""
+    stage, root = os.environ.get("DVC_STAGE", ""), os.environ.get("DVC_ROOT", "")
+    if not stage or not root or ":" in stage:
+        return
+    from steve1.pipeline import unlisted_file_deps
+
+    name = stage.split("@", 1)[0]
+    missing = unlisted_file_deps(params, name, Path(root))
+    if missing:
+        raise ParamsError(
+            f"{origin} names {', '.join(missing)} for stage '{name}', but dvc.yaml does not list "
+            f"{'it' if len(missing) == 1 else 'them'} among the stage's deps, so DVC would not rerun "
+            f"'{name}' when {'it changes' if len(missing) == 1 else 'they change'}: run `make dvc-yaml` "
+            "(python -m steve1.pipeline), then dvc repro again")
 
 
 def run_set_stage(name: str, body: Callable[[Params, str], None], argv: Optional[Sequence[str]] = None) -> int:

@@ -36,6 +36,9 @@ DATA_FILES: dict[str, tuple[str, ...]] = {
     "steve1/models/tokenizer.py": ("steve1/assets/bpe_simple_vocab_16e6.txt.gz",),
     "steve1/train/accelerator.py": ("configs/deepspeed",),
 }
+# Modules a stage imports only to refuse a run, never to compute an output byte: not code deps (editing
+# one reruns nothing). steve1.pipeline: stages/_common.py's check that dvc.yaml lists the files params name.
+REFUSE_ONLY = ("steve1.pipeline",)
 # glibc tuning of the embed stage on CPU: no per-call mmap/munmap of its large activations
 EMBED_ENV = "env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1000000000 "
 HEADER = """\
@@ -237,6 +240,8 @@ class ImportGraph:
             done.add(name)
             parts = name.split(".")
             for i in range(1, len(parts) + 1):   # importing a.b.c runs a/__init__ and a/b/__init__ first
+                if ".".join(parts[:i]) in REFUSE_ONLY:
+                    break
                 path = module_file(".".join(parts[:i]), self.root)
                 if path is not None and path not in files:
                     files.add(path)
@@ -252,17 +257,40 @@ class ImportGraph:
 
 # ----------------------------------------------------------------------------- dvc.yaml
 
+def named_file_deps(params: Params) -> dict[str, list[str]]:
+    """Per stage, the file deps ``params``' values add to it: the files its params name, less those
+    inside one of its folder deps (``steve1.shapes.file_deps``)."""
+    return {s.name: file_deps(params, s.name, [str(d) for d in s.deps]) for s in stages(Layout.from_params(params))}
+
+
+def unlisted_file_deps(params: Params, stage: str, root: Path) -> list[str]:
+    """Files ``params`` name for ``stage`` that ``root``'s dvc.yaml does not list among its deps.
+
+    dvc.yaml is rendered from params.yaml's values. A file named since then (``train.in_weights``
+    pointed somewhere new) is not a dep, so DVC would not rerun the stage when that file changes.
+    A stage dvc.yaml does not define (a user's own) has nothing to check.
+    """
+    path = root / DVC_YAML
+    try:
+        entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage)
+    except (OSError, yaml.YAMLError):
+        return []        # DVC itself reads dvc.yaml before it runs a stage: nothing this check adds
+    if not isinstance(entry, dict):
+        return []
+    entry = entry.get("do", entry)
+    listed = {str(d) for d in entry.get("deps") or []}
+    return [f for f in named_file_deps(params).get(stage, []) if f not in listed]
+
+
 def render(root: Path = ROOT, params: Optional[Params] = None) -> str:
     """``dvc.yaml``: the stages, their code deps, the params each declares (``steve1.shapes``) and the
     files params.yaml's values name (so it is rendered from ``root/params.yaml`` unless ``params``)."""
     graph = ImportGraph(root)
     params = load_params(root / "params.yaml") if params is None else params
-    concrete = {s.name: s for s in stages(Layout.from_params(params))}
+    named = named_file_deps(params)
     doc: dict[str, Any] = {}
     for s in stages():
-        folders = [str(d) for d in concrete[s.name].deps]
-        named = file_deps(params, s.name, folders)
-        entry: dict[str, Any] = {"cmd": s.cmd, "deps": [str(d) for d in s.deps] + named + graph.deps(s.module),
+        entry: dict[str, Any] = {"cmd": s.cmd, "deps": [str(d) for d in s.deps] + named[s.name] + graph.deps(s.module),
                                  "params": param_keys(s.name)}
         for key in ("outs", "metrics", "plots"):
             outs = getattr(s, key)

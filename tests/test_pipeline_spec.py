@@ -143,6 +143,31 @@ def test_files_named_by_params_are_deps():
     assert not any("://" in d for d in doc["download"]["deps"])
 
 
+def test_a_file_named_after_dvc_yaml_was_rendered_is_unlisted_until_it_is_rendered_again(tmp_path):
+    """The stages' guard under `dvc repro` (stages/_common.py): a file params name since dvc.yaml was
+    rendered is no dep, so DVC would reuse the stage's result when that file changes."""
+    from steve1.params import validate_params
+    from steve1.pipeline import unlisted_file_deps
+
+    (tmp_path / DVC_YAML).write_text(render(REPO, Params()))
+    named = validate_params({"evaluate": {"baseline_weights": "extra/base.weights"}, "embed": {"weights": "clip/attn.pth"},
+                             "train": {"in_weights": "data/weights/steve1.weights"}})
+    assert unlisted_file_deps(named, "evaluate", tmp_path) == ["extra/base.weights"]
+    assert unlisted_file_deps(named, "embed-set", tmp_path) == ["clip/attn.pth"]     # a foreach stage: its `do`
+    assert unlisted_file_deps(named, "train", tmp_path) == []       # inside ${weights.dir}, a dep already
+    assert unlisted_file_deps(named, "sample", tmp_path) == []
+    (tmp_path / DVC_YAML).write_text(render(REPO, named))
+    assert {s.name: unlisted_file_deps(named, s.name, tmp_path) for s in stages()} == {s.name: [] for s in stages()}
+    assert unlisted_file_deps(named, "a-users-own-stage", tmp_path) == []
+
+
+def test_the_dvc_yaml_check_is_no_code_dep_of_the_stages():
+    """stages/_common.py imports steve1.pipeline only to refuse a run: editing the pipeline declaration
+    (a plot, a stage's outs) must not make every stage stale."""
+    assert "stages/_common.py" in _deps()["train"]
+    assert _importers("steve1/pipeline.py") == set()
+
+
 def test_null_and_empty_params_give_no_file_dep():
     """A file param left null (the defaults) or set to an empty string names no file: no dep of its own,
     the deps of the defaults (the test once compared two renders of the same Params(): it could not fail)."""
