@@ -185,6 +185,32 @@ def _val_sets(params: Params) -> list[str]:
     return [name for name, frames in sets.items() if frames > 0 or s.val_from]
 
 
+def check_named_files(cfg: TuneParams, raw: Mapping[str, Any], root: str | Path = ".") -> None:
+    """Refuse, before any trial, params or a choice that name a file ``root``'s dvc.yaml does not list
+    as a dep: under ``dvc exp run`` the stage that reads it would refuse every such trial (DVC would not
+    rerun it when the file changed; stages/_common.py)."""
+    from steve1.pipeline import stages, unlisted_file_deps
+
+    base = _without_tune(raw)
+
+    def unlisted(values: Mapping[str, Any]) -> list[str]:
+        params = validate_params(values)
+        return sorted({f for s in stages() for f in unlisted_file_deps(params, s.name, Path(root))})
+
+    missing = unlisted(base)
+    if missing:
+        raise TuneError(f"params.yaml names {', '.join(missing)}, which dvc.yaml does not list as a dep: run "
+                        "`make dvc-yaml` and commit before the study")
+    for key, spec in cfg.space.items():
+        for choice in spec.choices or ():
+            missing = unlisted(nested({key: choice}, base))
+            if missing:
+                raise TuneError(
+                    f"tune.space.{key}: choice {choice!r} names {', '.join(missing)}, which dvc.yaml does not list "
+                    "as a dep, so its trials' stages would refuse it. Search files inside a folder the stage "
+                    "depends on (weights.dir for weights), or fix the value and run `make dvc-yaml`")
+
+
 def check_objective(cfg: TuneParams, params: Params) -> None:
     """Every objective term is a headline metric these params can produce (``steve1.headline``)."""
     sets = ["main", *(m.name for m in params.sample.mix)]
@@ -481,6 +507,7 @@ def run_study(cfg: TuneParams, params: Params, raw: Mapping[str, Any], runner: R
     from optuna.trial import TrialState
 
     dists = distributions(cfg, raw)
+    check_named_files(cfg, raw, root)
     check_objective(cfg, params)
     curve_paths = curves_of(cfg, params) if cfg.pruner != "none" else None
     study = open_study(cfg, dists, root)

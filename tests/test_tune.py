@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -313,6 +314,26 @@ def test_a_real_study_of_queued_dvc_experiments(tmp_path):
     run(sys.executable, "-m", "dvc", "exp", "apply", summary["best"]["experiment"])
     applied = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert applied["learning_rate"] == summary["best"]["diff"]["learning_rate"][1]
+
+
+def test_a_choice_naming_a_file_dvc_yaml_does_not_list_is_refused_before_any_trial(tmp_path, shipped_params_file):
+    """A trial whose params name an unlisted file would be refused by its stage (stages/_common.py)."""
+    from steve1.tune import check_named_files
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    raw = yaml.safe_load(shipped_params_file.read_text())
+    inside = ["data/weights/a.weights", "data/weights/b.weights"]          # in ${weights.dir}, a dep of train
+    raw["tune"] = {"space": {"train.in_weights": {"choices": inside}}}
+    cfg = validate_params(raw).tune
+    check_named_files(cfg, raw, tmp_path)
+    raw["tune"]["space"]["train.in_weights"]["choices"] = [*inside, "elsewhere/c.weights"]
+    with pytest.raises(TuneError, match=r"tune.space.train.in_weights: choice 'elsewhere/c.weights' names "
+                                        r"elsewhere/c.weights, which dvc.yaml does not list"):
+        check_named_files(validate_params(raw).tune, raw, tmp_path)
+    raw["tune"]["space"] = {"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}}
+    raw["evaluate"]["baseline_weights"] = "extra/base.weights"
+    with pytest.raises(TuneError, match=r"params.yaml names extra/base.weights, which dvc.yaml does not list"):
+        check_named_files(validate_params(raw).tune, raw, tmp_path)
 
 
 def test_a_failed_dvc_command_is_a_user_error_with_dvcs_words(tmp_path):
