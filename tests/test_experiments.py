@@ -8,16 +8,15 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from fixtures.dvc_repo import tiny_dvc_repo
+from fixtures.project import shipped_params
 from steve1 import experiments as X
 
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = yaml.safe_load(shipped_params())   # the project's, whatever the workspace's params.yaml holds
 
 
 def _metrics(val_loss, main=None, mine=None, delta=None, rollout=None, run="default"):
@@ -174,7 +173,7 @@ def test_metrics_follow_each_rows_own_run_folder():
 @pytest.mark.slow
 def test_compare_reads_a_real_dvc_repo(tmp_path):
     """A tiny DVC project (one stage writing the train metrics file): a done and a queued experiment."""
-    run = tiny_dvc_repo(tmp_path, params=(ROOT / "params.yaml").read_text(),
+    run = tiny_dvc_repo(tmp_path, params=shipped_params(),
                         stage_params=["learning_rate", "train.freeze"],
                         train_py="import json, os, yaml\np = yaml.safe_load(open('params.yaml'))\n"
                         "os.makedirs('models/default', exist_ok=True)\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,14 @@ import pytest
 import yaml
 
 from fixtures.dvc_repo import tiny_dvc_repo
+from fixtures.project import shipped_params
 from steve1.params import validate_params
 from steve1.shapes import nested
 from steve1.tune import (TrialStatus, TuneError, _flat, distributions, experiment_name, load_tune, run_study,
                          yaml_value)
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+RAW = yaml.safe_load(shipped_params())   # the project's, whatever the workspace's params.yaml holds
 STEPS = [0, 10, 20, 30]
 
 
@@ -126,8 +126,8 @@ def test_every_schema_key_may_be_searched_even_one_left_out_of_its_sections_dump
     assert dists["train.augment.hue"].__class__.__name__ == "FloatDistribution"
 
 
-def test_the_shipped_study_is_the_guides_sweep_and_valid():
-    cfg, params, raw = load_tune(ROOT / "params.yaml")
+def test_the_shipped_study_is_the_guides_sweep_and_valid(shipped_params_file):
+    cfg, params, raw = load_tune(shipped_params_file)
     dists = distributions(cfg, raw)
     assert set(dists) == {"learning_rate", "train.freeze"} and cfg.objective == "val_loss" and cfg.n_trials == 4
 
@@ -320,7 +320,10 @@ def test_a_choice_naming_a_file_dvc_yaml_does_not_list_is_refused_before_any_tri
     """A trial whose params name an unlisted file would be refused by its stage (stages/_common.py)."""
     from steve1.tune import check_named_files
 
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    from steve1.params import load_params
+    from steve1.pipeline import render
+
+    (tmp_path / "dvc.yaml").write_text(render(ROOT, load_params(shipped_params_file)))   # the shipped one
     raw = yaml.safe_load(shipped_params_file.read_text())
     inside = ["data/weights/a.weights", "data/weights/b.weights"]          # in ${weights.dir}, a dep of train
     raw["tune"] = {"space": {"train.in_weights": {"choices": inside}}}

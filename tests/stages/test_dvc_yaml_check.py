@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def project(tmp_path, shipped_params_file):
     """A DVC root with the shipped dvc.yaml and params that name two files it does not list."""
-    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "dvc.yaml").write_text(render(REPO, load_params(shipped_params_file)))
     raw = yaml.safe_load(shipped_params_file.read_text())
     raw["evaluate"]["baseline_weights"] = "extra/base.weights"
     raw["embed"]["weights"] = "clip/attn.pth"
