@@ -183,12 +183,11 @@ def measure(base: Path, head: Path, reps: int, select: str | None, workdir: Path
     switch = knows_gate_switch(base) and knows_gate_switch(head)
     if not stage:
         progress(f"gate: STEVE1_BENCH_GATE {'on for both sides' if switch else 'off: the base commit does not know it'}")
-    extra = {"nodeids": nodeids} if nodeids else {}
     for i in range(reps):
         order = (("base", base), ("head", head)) if i % 2 == 0 else (("head", head), ("base", base))
         for side, tree in order:
             t0 = time.perf_counter()
-            infos = run_side(tree, workdir / f"{stage}{side}-{i}.json", select, log, switch, **extra)
+            infos = run_side(tree, workdir / f"{stage}{side}-{i}.json", select, log, switch, nodeids)
             progress(f"gate: {stage}repetition {i + 1}/{reps} {side}: {len(infos)} benchmark(s) in "
                      f"{time.perf_counter() - t0:.0f} s")
             for name, info in infos.items():

@@ -63,7 +63,7 @@ def check_dvc_yaml_lists_named_files(params: Params, origin: str) -> None:
     from steve1.pipeline import unlisted_file_deps
 
     name = stage.split("@", 1)[0]
-    missing = unlisted_file_deps(params, name, Path(root))
+    missing = unlisted_file_deps(params, Path(root)).get(name, [])
     if missing:
         raise ParamsError(
             f"{origin} names {', '.join(missing)} for stage '{name}', but dvc.yaml does not list "

@@ -121,7 +121,6 @@ def import_recordings(
     bad episodes are skipped with a reason in the manifest, a rerun keeps finished ones."""
     from steve1.data import formats
     from steve1.data.custom import FORMATS, import_all
-    from steve1.errors import UserError
     from steve1.params import params_errors
 
     if fmt not in FORMATS or codec not in formats.CODECS:
@@ -229,7 +228,6 @@ def rollout(
 ) -> None:
     """Rollouts with programmatic metrics and videos (the rollout stage's code). rollout.env: minerl needs
     MineRL 1.0.2, JDK 8 and a display (docs/rollouts.md "Rollouts in MineRL"; headless: xvfb-run -a steve1 rollout)."""
-    from steve1.errors import UserError
     from steve1.params import ParamsError, load_params, params_errors
     from steve1.play.rollout import check_targets, rollout_stage
 

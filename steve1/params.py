@@ -21,7 +21,6 @@ from steve1.errors import UserError
 from steve1.names import GENERATED_SET, FrameCodec
 
 
-
 class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 

@@ -263,23 +263,25 @@ def named_file_deps(params: Params) -> dict[str, list[str]]:
     return {s.name: file_deps(params, s.name, [str(d) for d in s.deps]) for s in stages(Layout.from_params(params))}
 
 
-def unlisted_file_deps(params: Params, stage: str, root: Path) -> list[str]:
-    """Files ``params`` name for ``stage`` that ``root``'s dvc.yaml does not list among its deps.
+def unlisted_file_deps(params: Params, root: Path) -> dict[str, list[str]]:
+    """Per stage of ``root``'s dvc.yaml, the files ``params`` name for it that dvc.yaml does not list
+    among its deps (stages with none are left out).
 
     dvc.yaml is rendered from params.yaml's values. A file named since then (``train.in_weights``
     pointed somewhere new) is not a dep, so DVC would not rerun the stage when that file changes.
     A stage dvc.yaml does not define (a user's own) has nothing to check.
     """
-    path = root / DVC_YAML
     try:
-        entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage)
+        doc = yaml.safe_load((root / DVC_YAML).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return []        # DVC itself reads dvc.yaml before it runs a stage: nothing this check adds
-    if not isinstance(entry, dict):
-        return []
-    entry = entry.get("do", entry)
-    listed = {str(d) for d in entry.get("deps") or []}
-    return [f for f in named_file_deps(params).get(stage, []) if f not in listed]
+        return {}        # DVC itself reads dvc.yaml before it runs a stage: nothing this check adds
+    listed: dict[str, set[str]] = {}
+    for name, entry in (doc.get("stages") or {}).items():
+        if isinstance(entry, dict):
+            listed[name] = {str(d) for d in entry.get("do", entry).get("deps") or []}
+    unlisted = {name: [f for f in files if f not in listed[name]]
+                for name, files in named_file_deps(params).items() if name in listed}
+    return {name: files for name, files in unlisted.items() if files}
 
 
 def render(root: Path = ROOT, params: Optional[Params] = None) -> str:

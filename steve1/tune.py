@@ -189,13 +189,12 @@ def check_named_files(cfg: TuneParams, raw: Mapping[str, Any], root: str | Path 
     """Refuse, before any trial, params or a choice that name a file ``root``'s dvc.yaml does not list
     as a dep: under ``dvc exp run`` the stage that reads it would refuse every such trial (DVC would not
     rerun it when the file changed; stages/_common.py)."""
-    from steve1.pipeline import stages, unlisted_file_deps
+    from steve1.pipeline import unlisted_file_deps
 
     base = _without_tune(raw)
 
     def unlisted(values: Mapping[str, Any]) -> list[str]:
-        params = validate_params(values)
-        return sorted({f for s in stages() for f in unlisted_file_deps(params, s.name, Path(root))})
+        return sorted({f for files in unlisted_file_deps(validate_params(values), Path(root)).values() for f in files})
 
     missing = unlisted(base)
     if missing:

@@ -228,7 +228,7 @@ def test_the_gate_switch_goes_to_both_sides_or_neither(tmp_path, monkeypatch):
         (tree / "benchmarks" / "conftest.py").write_text(text)
     monkeypatch.setenv("STEVE1_BENCH_GATE", "1")          # not inherited from the caller either
     seen = []
-    monkeypatch.setattr(gate, "run_side", lambda tree, out, select, log, switch=False, **kw: seen.append(
+    monkeypatch.setattr(gate, "run_side", lambda tree, out, select, log, switch=False, nodeids=(): seen.append(
         (tree.name, gate.side_env(tree, switch).get("STEVE1_BENCH_GATE"))) or {})
     gate.measure(old, new, 2, None, tmp_path, progress=lambda _: None)
     assert seen == [("old", None), ("new", None), ("new", None), ("old", None)]

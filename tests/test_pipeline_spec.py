@@ -152,13 +152,16 @@ def test_a_file_named_after_dvc_yaml_was_rendered_is_unlisted_until_it_is_render
     (tmp_path / DVC_YAML).write_text(render(REPO, Params()))
     named = validate_params({"evaluate": {"baseline_weights": "extra/base.weights"}, "embed": {"weights": "clip/attn.pth"},
                              "train": {"in_weights": "data/weights/steve1.weights"}})
-    assert unlisted_file_deps(named, "evaluate", tmp_path) == ["extra/base.weights"]
-    assert unlisted_file_deps(named, "embed-set", tmp_path) == ["clip/attn.pth"]     # a foreach stage: its `do`
-    assert unlisted_file_deps(named, "train", tmp_path) == []       # inside ${weights.dir}, a dep already
-    assert unlisted_file_deps(named, "sample", tmp_path) == []
+    unlisted = unlisted_file_deps(named, tmp_path)
+    assert unlisted["evaluate"] == ["extra/base.weights"]
+    assert unlisted["embed-set"] == ["clip/attn.pth"]     # a foreach stage: its `do`
+    assert "train" not in unlisted                        # inside ${weights.dir}, a dep already
+    assert "sample" not in unlisted
     (tmp_path / DVC_YAML).write_text(render(REPO, named))
-    assert {s.name: unlisted_file_deps(named, s.name, tmp_path) for s in stages()} == {s.name: [] for s in stages()}
-    assert unlisted_file_deps(named, "a-users-own-stage", tmp_path) == []
+    assert unlisted_file_deps(named, tmp_path) == {}
+    assert unlisted_file_deps(named, tmp_path / "no-such-repo") == {}
+    (tmp_path / DVC_YAML).write_text(yaml.safe_dump({"stages": {"mine": {"cmd": "true"}}}))   # a user's own dvc.yaml
+    assert unlisted_file_deps(named, tmp_path) == {}
 
 
 def test_the_dvc_yaml_check_is_no_code_dep_of_the_stages():
